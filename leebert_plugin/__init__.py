@@ -1,0 +1,16 @@
+"""leebert_plugin: early-exit sentence classifiers (LeeBERT, SmartBERT, PABEE, DeeBERT) for fairseq.
+
+Importing the package registers every model, criterion and task with fairseq. fairseq's
+``--user-dir`` auto-imports only ``models/`` and ``tasks/``, so the user dir imports this package.
+"""
+import argparse
+
+import torch
+
+# Checkpoints written by the argparse CLI (fairseq-train) store an argparse.Namespace; torch >= 2.6
+# loads weights-only by default. Allow exactly that class, nothing else.
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([argparse.Namespace])
+
+from leebert_plugin import criterions, models, tasks  # noqa: E402,F401
+from leebert_plugin.errors import UsageError  # noqa: E402,F401

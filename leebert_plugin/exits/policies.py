@@ -1,0 +1,168 @@
+"""Exit policies: per-sample decisions on a batch, taken layer by layer.
+
+A policy sees the logits of the samples still running at one exit and returns which of them are
+done. Anything it must remember between exits (PABEE's patience counter) lives in a ``state`` dict
+of batch-first tensors, which the layer loop compacts together with the batch. No policy looks at
+Python truth values of per-sample tensors, so every decision is independent of the batch size.
+"""
+import math
+from typing import Callable, Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+
+from leebert_plugin.errors import UsageError
+
+State = Dict[str, Tensor]
+POLICY_REGISTRY: Dict[str, Type["ExitPolicy"]] = {}
+
+
+def register_policy(name: str) -> Callable[[Type["ExitPolicy"]], Type["ExitPolicy"]]:
+    """Class decorator: make a policy selectable by ``--exit-policy NAME``."""
+
+    def wrap(cls: Type["ExitPolicy"]) -> Type["ExitPolicy"]:
+        if name in POLICY_REGISTRY:
+            raise ValueError(f"exit policy {name!r} is registered twice")
+        cls.name = name
+        POLICY_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Shannon entropy (natural log) of softmax(logits), per row, in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class ExitPolicy:
+    """Base class. ``threshold_range`` is ``None`` for policies that take no threshold."""
+
+    name = "base"
+    uses_patience = False
+
+    def __init__(self, num_classes: int, threshold: Optional[float] = None, patience: int = 1):
+        self.num_classes = num_classes
+        self.threshold = threshold
+        self.patience = patience
+
+    def threshold_range(self) -> Optional[Tuple[float, float]]:
+        return None
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return {}
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        """Return a bool mask of the rows of ``logits`` that exit here, and the updated state."""
+        raise NotImplementedError
+
+
+@register_policy("none")
+class NeverExit(ExitPolicy):
+    """Every sample runs to the last layer (the full-depth reference)."""
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        return logits.new_zeros(logits.size(0), dtype=torch.bool), state
+
+
+@register_policy("entropy")
+class EntropyExit(ExitPolicy):
+    """DeeBERT / SmartBERT: exit when H(p) < threshold (nats; at most ln C)."""
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, math.log(self.num_classes)
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        return entropy(logits) < self.threshold, state
+
+
+@register_policy("normalized_entropy")
+class NormalizedEntropyExit(ExitPolicy):
+    """FastBERT's "speed": exit when H(p) / ln C < threshold."""
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, 1.0
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        return entropy(logits) / math.log(self.num_classes) < self.threshold, state
+
+
+@register_policy("max_prob")
+class MaxProbExit(ExitPolicy):
+    """Shallow-Deep / RightTool: exit when max_c p_c >= threshold."""
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, 1.0
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        return torch.softmax(logits.float(), dim=-1).amax(-1) >= self.threshold, state
+
+
+@register_policy("patience")
+class PatienceExit(ExitPolicy):
+    """PABEE: exit once the argmax has stayed the same for ``patience`` consecutive exits."""
+
+    uses_patience = True
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return {
+            "count": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "prev": torch.full((batch_size,), -1, dtype=torch.long, device=device),
+        }
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        pred = logits.argmax(-1)
+        count = torch.where(pred == state["prev"], state["count"] + 1, torch.zeros_like(state["count"]))
+        return count >= self.patience, {"count": count, "prev": pred}
+
+
+@register_policy("pcee")
+class PatientConfidenceExit(ExitPolicy):
+    """PCEE-BERT: exit once ``patience`` consecutive exits each have H(p) / ln C < threshold."""
+
+    uses_patience = True
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, 1.0
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return {"count": torch.zeros(batch_size, dtype=torch.long, device=device)}
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        confident = entropy(logits) / math.log(self.num_classes) < self.threshold
+        count = torch.where(confident, state["count"] + 1, torch.zeros_like(state["count"]))
+        return count >= self.patience, {"count": count}
+
+
+def build_policy(
+    name: str, num_classes: int, threshold: Optional[float] = None, patience: int = 1
+) -> ExitPolicy:
+    """Check the settings and build the policy; a :class:`UsageError` names what is wrong."""
+    if name not in POLICY_REGISTRY:
+        raise UsageError(
+            f"unknown exit policy {name!r}",
+            f"use one of {', '.join(sorted(POLICY_REGISTRY))} (--exit-policy / task.exit_policy)",
+        )
+    if patience < 1:
+        raise UsageError(f"patience={patience} is below 1", "set --patience to 1 or more")
+    if name != "none" and num_classes < 2:
+        raise UsageError(
+            f"exit policy {name!r} needs a classification task, but num_classes={num_classes}",
+            "use --exit-policy none for regression targets",
+        )
+    policy = POLICY_REGISTRY[name](num_classes, threshold, patience)
+    low_high = policy.threshold_range()
+    if low_high is not None:
+        low, high = low_high
+        if threshold is None:
+            raise UsageError(
+                f"exit policy {name!r} needs a threshold",
+                f"pass --exit-threshold with a value in [{low:g}, {high:.4g}]",
+            )
+        if not (low <= threshold <= high):
+            raise UsageError(
+                f"exit threshold {threshold:g} is out of range for policy {name!r}",
+                f"use a value in [{low:g}, {high:.4g}]",
+            )
+    return policy

@@ -1,0 +1,162 @@
+"""``exit_roberta``: fairseq's RoBERTa with an exit classifier after every (or selected) layer."""
+import logging
+from typing import List, Optional
+
+import torch.nn as nn
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.roberta.model import (
+    RobertaModel,
+    base_architecture,
+    roberta_large_architecture,
+)
+from fairseq.utils import safe_getattr
+
+from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.policies import ExitPolicy
+from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
+from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
+from leebert_plugin.modules.exit_loop import run_exit_loop
+
+logger = logging.getLogger(__name__)
+
+
+def parse_exit_layers(spec: str, num_layers: int) -> List[int]:
+    """``"2,4,6"`` -> ``[2, 4, 6]``; empty means every layer. The last layer must carry an exit."""
+    if not str(spec).strip():
+        return list(range(1, num_layers + 1))
+    try:
+        layers = sorted({int(tok) for tok in str(spec).split(",") if tok.strip()})
+    except ValueError:
+        raise UsageError(f"exit_layers={spec!r} is not a comma-separated list of layer numbers",
+                         "write it like --exit-layers 2,4,6")
+    if not layers or layers[0] < 1 or layers[-1] > num_layers:
+        raise UsageError(f"exit_layers={spec!r} names layers outside 1..{num_layers}",
+                         f"use layer numbers from 1 to {num_layers}")
+    if layers[-1] != num_layers:
+        raise UsageError(f"exit_layers={spec!r} has no exit at the last layer ({num_layers})",
+                         f"add {num_layers} to --exit-layers")
+    return layers
+
+
+@register_model("exit_roberta")
+class ExitRobertaModel(RobertaModel):
+    """RoBERTa whose classification head is a set of exits (``exit_heads[name]``).
+
+    The exits live outside ``classification_heads`` because RoBERTa's checkpoint upgrade assumes
+    every head there has a single ``dense``/``out_proj`` pair.
+    """
+
+    # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
+    injected_modules = ("exit_heads",)
+
+    def __init__(self, args, encoder):
+        super().__init__(args, encoder)
+        if safe_getattr(args, "encoder_layerdrop", 0.0) > 0:
+            raise UsageError("encoder_layerdrop > 0 cannot be combined with exits",
+                             "set --encoder-layerdrop 0")
+        if args.exit_head not in EXIT_HEAD_REGISTRY:
+            raise UsageError(f"unknown exit head {args.exit_head!r}",
+                             f"use one of {', '.join(sorted(EXIT_HEAD_REGISTRY))} (--exit-head)")
+        self.exit_layers = parse_exit_layers(args.exit_layers, args.encoder_layers)
+        self.exit_heads = nn.ModuleDict()
+
+    @staticmethod
+    def add_args(parser):
+        RobertaModel.add_args(parser)
+        parser.add_argument("--exit-layers", type=str, metavar="L1,L2,...",
+                            help="1-based layers that carry an exit (empty: every layer); "
+                                 "the last layer always needs one")
+        parser.add_argument("--exit-head", type=str, metavar="TYPE",
+                            help="exit classifier: pabee (one shared pooler + a linear layer per "
+                                 "exit) or deebert (a pooler per exit)")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.sentence_encoder.layers)
+
+    def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
+        """Build the exits for head ``name`` (called by the sentence-prediction task)."""
+        if name in self.exit_heads and self.exit_heads[name].num_classes != num_classes:
+            logger.warning(f"re-registering exits {name!r} with {num_classes} classes")
+        self.exit_heads[name] = EXIT_HEAD_REGISTRY[self.args.exit_head](
+            num_exits=len(self.exit_layers),
+            input_dim=self.args.encoder_embed_dim,
+            inner_dim=inner_dim or self.args.encoder_embed_dim,
+            num_classes=num_classes,
+            activation_fn=self.args.pooler_activation_fn,
+            pooler_dropout=self.args.pooler_dropout,
+        )
+
+    def forward(
+        self,
+        src_tokens,
+        features_only: bool = False,
+        return_all_hiddens: bool = False,
+        classification_head_name: Optional[str] = None,
+        exit_policy: Optional[ExitPolicy] = None,
+        return_exit_states: bool = False,
+        **kwargs,
+    ):
+        """Without a head name: plain RoBERTa. With one: ``(logits, {"exits": ExitOutput})``.
+
+        ``logits`` are the last exit's at full depth, or each sample's exit under ``exit_policy``.
+        """
+        if classification_head_name is None:
+            return super().forward(src_tokens, features_only, return_all_hiddens, **kwargs)
+        out = run_exit_loop(
+            self.encoder.sentence_encoder,
+            self.exit_heads[classification_head_name],
+            self.exit_layers,
+            src_tokens,
+            policy=exit_policy,
+            return_states=return_exit_states,
+        )
+        return out.logits, {"exits": out}
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Inject fresh exits into a plain RoBERTa checkpoint, then check that the rest fits."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = name + "." if name else ""
+        for module_name in self.injected_modules:
+            module_prefix = f"{prefix}{module_name}."
+            if any(k.startswith(module_prefix) for k in state_dict):
+                continue
+            fresh = getattr(self, module_name).state_dict()
+            if fresh:
+                logger.info(f"checkpoint has no {module_name}: initialising them fresh")
+            for k, v in fresh.items():
+                state_dict[module_prefix + k] = v
+        check_state_dict_fits(
+            self, state_dict, prefix,
+            f"this {self.num_layers}-layer exit_roberta (dim {self.args.encoder_embed_dim}, "
+            f"exits at {self.exit_layers}, {self.args.exit_head} heads)",
+        )
+
+
+@register_model_architecture("exit_roberta", "exit_roberta")
+def exit_base_architecture(args):
+    args.exit_layers = safe_getattr(args, "exit_layers", "")
+    args.exit_head = safe_getattr(args, "exit_head", "pabee")
+    base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_roberta_base")
+def exit_roberta_base_architecture(args):
+    exit_base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_roberta_large")
+def exit_roberta_large_architecture(args):
+    args.exit_layers = safe_getattr(args, "exit_layers", "")
+    args.exit_head = safe_getattr(args, "exit_head", "pabee")
+    roberta_large_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_roberta_tiny")
+def exit_roberta_tiny_architecture(args):
+    """4 layers, 64 dims: for tests and the bundled demo, trains in seconds on a CPU."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 4)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 2)
+    exit_base_architecture(args)

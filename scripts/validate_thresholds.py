@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Validate a checkpoint under an exit policy at several thresholds and print one table.
+
+    python scripts/validate_thresholds.py CHECKPOINT DATA --policy normalized_entropy \
+        --thresholds 0.3 0.6 [--subset valid] [--batch-size 32] [--patience N]
+
+Each row is one real ``fairseq-validate`` run (batched early exit at the given batch size).
+Columns: the accuracy under the policy, the mean number of executed layers, the layer speed-up
+(L / mean layers), the share of samples leaving at each exit, and, last, the full-depth accuracy
+of every exit (the same for all rows: it does not depend on the policy).
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], subset: str,
+             batch_size: int, patience: int) -> Dict[str, str]:
+    exe = shutil.which("fairseq-validate") or str(Path(sys.executable).parent / "fairseq-validate")
+    cmd = [exe, str(data), "--path", str(ckpt), "--user-dir", str(ROOT / "user_dir"),
+           "--task", "early_exit_sentence_prediction", "--exit-policy", policy,
+           "--patience", str(patience), "--valid-subset", subset, "--batch-size", str(batch_size),
+           "--cpu", "--log-format", "json"]
+    if threshold is not None:
+        cmd += ["--exit-threshold", str(threshold)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
+        sys.exit(errors[-1] if errors else proc.stderr[-2000:])
+    for line in proc.stdout.splitlines():
+        if f"| {subset} |" in line and "{" in line:
+            return {k[len(subset) + 1:]: v for k, v in json.loads(line[line.index("{"):]).items()}
+    sys.exit(f"error: fairseq-validate printed no stats for subset {subset!r}")
+
+
+def table(rows: List[Dict[str, str]], thresholds: List[Optional[float]]) -> str:
+    exits = sorted((k for k in rows[0] if k.startswith("exit_L")), key=lambda k: int(k[6:]))
+    accs = sorted((k for k in rows[0] if k.startswith("acc_L")), key=lambda k: int(k[5:]))
+    head = ["threshold", "accuracy", "mean_layers", "speedup"] + [f"%{k[5:]}" for k in exits]
+    lines = [" | ".join(f"{h:>9}" for h in head)]
+    for t, r in zip(thresholds, rows):
+        cells = ["-" if t is None else f"{t:g}", r["accuracy"], r["mean_layers"], r["speedup"]]
+        cells += [r[k] for k in exits]
+        lines.append(" | ".join(f"{c:>9}" for c in cells))
+    lines.append("full-depth accuracy per exit: " + ", ".join(f"{k[4:]} {rows[0][k]}" for k in accs))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--policy", default="normalized_entropy")
+    p.add_argument("--thresholds", type=float, nargs="*", default=[])
+    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--subset", default="valid")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args()
+    thresholds = args.thresholds or [None]
+    rows = [validate(args.checkpoint, args.data, args.policy, t, args.subset, args.batch_size, args.patience)
+            for t in thresholds]
+    print(f"policy {args.policy} on '{args.subset}', batch size {args.batch_size}")
+    print(table(rows, thresholds))
+
+
+if __name__ == "__main__":
+    main()

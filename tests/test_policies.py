@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.policies import POLICY_REGISTRY, build_policy, entropy
+
+
+def confident(cls: int, num_classes: int = 2, margin: float = 6.0) -> torch.Tensor:
+    row = torch.zeros(num_classes)
+    row[cls] = margin
+    return row
+
+
+def test_entropy_matches_definition():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    h = entropy(logits)
+    assert h[0].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert h[1].item() < 1e-6
+
+
+def test_threshold_policies_exit_only_confident_rows():
+    logits = torch.stack([confident(0), torch.zeros(2), confident(1, margin=1.0)])
+    h = entropy(logits)
+    cases = {
+        "entropy": (0.3, h < 0.3),
+        "normalized_entropy": (0.3, h / math.log(2) < 0.3),
+        "max_prob": (0.9, torch.softmax(logits, -1).amax(-1) >= 0.9),
+    }
+    for name, (threshold, expected) in cases.items():
+        policy = build_policy(name, 2, threshold)
+        done, _ = policy.step(logits, policy.init_state(3, logits.device))
+        assert done.tolist() == expected.tolist(), name
+        assert done.tolist() == [True, False, False], name
+
+
+def test_patience_counts_agreeing_exits_per_sample():
+    policy = build_policy("patience", 2, patience=2)
+    state = policy.init_state(2, torch.device("cpu"))
+    # sample 0 predicts 0,0,0 -> exits at the third exit; sample 1 flips 0,1,1,1 -> exits at the fourth
+    sequence = [
+        torch.stack([confident(0), confident(0)]),
+        torch.stack([confident(0), confident(1)]),
+        torch.stack([confident(0), confident(1)]),
+        torch.stack([confident(0), confident(1)]),
+    ]
+    exits = []
+    for logits in sequence:
+        done, state = policy.step(logits, state)
+        exits.append(done.tolist())
+    assert exits == [[False, False], [False, False], [True, False], [True, True]]
+
+
+def test_pcee_needs_consecutive_confident_exits():
+    policy = build_policy("pcee", 2, threshold=0.5, patience=2)
+    state = policy.init_state(1, torch.device("cpu"))
+    unsure, sure = torch.zeros(1, 2), confident(1).unsqueeze(0)
+    decisions = []
+    for logits in (sure, unsure, sure, sure):
+        done, state = policy.step(logits, state)
+        decisions.append(bool(done))
+    assert decisions == [False, False, False, True]
+
+
+def test_none_never_exits():
+    policy = build_policy("none", 2)
+    done, _ = policy.step(torch.stack([confident(0, margin=50.0)] * 4), {})
+    assert not done.any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(name="entropi", num_classes=2, threshold=0.1), "unknown exit policy 'entropi'"),
+        (dict(name="entropy", num_classes=2, threshold=0.9), "out of range"),
+        (dict(name="normalized_entropy", num_classes=3, threshold=-0.1), "out of range"),
+        (dict(name="max_prob", num_classes=3, threshold=1.5), "out of range"),
+        (dict(name="entropy", num_classes=2, threshold=None), "needs a threshold"),
+        (dict(name="patience", num_classes=2, patience=0), "patience=0 is below 1"),
+        (dict(name="entropy", num_classes=1, threshold=0.1), "needs a classification task"),
+    ],
+)
+def test_bad_policy_settings_name_problem_and_fix(kwargs, words):
+    with pytest.raises(UsageError) as err:
+        build_policy(**kwargs)
+    assert words in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+def test_entropy_range_follows_number_of_classes():
+    build_policy("entropy", 3, threshold=1.05)  # ln 3 = 1.0986: allowed for 3 classes
+    with pytest.raises(UsageError):
+        build_policy("entropy", 2, threshold=1.05)  # ln 2 = 0.693
+
+
+def test_registry_lists_the_documented_policies():
+    assert {"none", "entropy", "normalized_entropy", "max_prob", "patience", "pcee"} <= set(POLICY_REGISTRY)
