@@ -64,7 +64,7 @@ def json_records(stdout: str, tag: str) -> List[Dict[str, str]]:
     """The JSON stat lines fairseq prints with --log-format json for one subset tag."""
     out = []
     for line in stdout.splitlines():
-        if f"| {tag} |" in line and "{" in line:
+        if (f"| {tag} |" in line or f"][{tag}][" in line) and "{" in line:
             out.append(json.loads(line[line.index("{"):]))
     return out
 

@@ -1,0 +1,41 @@
+"""Session fixtures: a small real data set preprocessed with fairseq, and one trained tiny model."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import BIN, ROOT, run  # noqa: E402
+
+from leebert_plugin.data import rotten_tomatoes as rt  # noqa: E402
+from leebert_plugin.data.sentencepiece_glue import preprocess, read_tsv  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mr_bin(tmp_path_factory) -> Path:
+    """400/80/80 bundled movie-review snippets, sentencepiece + fairseq-preprocess."""
+    tsv = tmp_path_factory.mktemp("mr-tsv")
+    sizes = {"train": 400, "dev": 80, "test": 80}
+    rt.write_sst2_layout(tsv, {name: read_tsv(ROOT / "data" / "mr" / f"{name}.tsv")[:n]
+                               for name, n in sizes.items()})
+    out = tmp_path_factory.mktemp("mr-bin")
+    preprocess(tsv, out, vocab_size=600, workers=1)
+    return out
+
+
+def hydra_train(config: str, *overrides: str):
+    return run([str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
+                *overrides])
+
+
+@pytest.fixture(scope="session")
+def trained(mr_bin, tmp_path_factory) -> Path:
+    """The tiny exit model after 5 epochs of the bundled demo config; returns its save dir."""
+    save = tmp_path_factory.mktemp("trained")
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                       "optimization.max_epoch=5", "optimization.max_update=125",
+                       "lr_scheduler.warmup_updates=10", "dataset.batch_size=16")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (save / "train.stdout").write_text(proc.stdout)
+    return save

@@ -1,0 +1,125 @@
+"""Restoring a plain RoBERTa checkpoint, and one clear error line for every bad input."""
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import hydra_train
+from helpers import BIN, error_lines, run
+
+TINY = ["--encoder-layers", "4", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
+        "--encoder-attention-heads", "2"]
+
+
+@pytest.fixture(scope="module")
+def plain_roberta(mr_bin, tmp_path_factory) -> Path:
+    """A plain fairseq `roberta` classifier, trained by fairseq-train itself (argparse checkpoint)."""
+    save = tmp_path_factory.mktemp("plain-roberta")
+    proc = run([str(BIN / "fairseq-train"), str(mr_bin), "--task", "sentence_prediction",
+                "--criterion", "sentence_prediction", "--arch", "roberta", *TINY,
+                "--max-positions", "256", "--shorten-method", "truncate", "--num-classes", "2",
+                "--init-token", "0", "--separator-token", "2", "--optimizer", "adam", "--lr", "1e-3",
+                "--batch-size", "16", "--max-update", "5", "--cpu", "--num-workers", "0",
+                "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save / "checkpoint_last.pt"
+
+
+def test_restoring_plain_roberta_loads_the_encoder_and_injects_fresh_exits(plain_roberta, mr_bin, tmp_path):
+    save = tmp_path / "exit"
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                       f"checkpoint.restore_file={plain_roberta}", "checkpoint.reset_optimizer=true",
+                       "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true",
+                       "checkpoint.reset_lr_scheduler=true", "optimization.lr=[0.0]",
+                       "optimization.max_update=1", "lr_scheduler.warmup_updates=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint has no exit_heads: initialising them fresh" in proc.stdout
+    plain = torch.load(plain_roberta, map_location="cpu")["model"]  # Namespace allow-listed by the plugin
+    restored = torch.load(save / "checkpoint_last.pt", map_location="cpu")["model"]
+    encoder_keys = [k for k in plain if k.startswith("encoder.")]
+    assert len(encoder_keys) > 20
+    for k in encoder_keys:  # lr 0: one update leaves the restored weights as they were
+        assert torch.equal(plain[k], restored[k]), k
+    assert any(k.startswith("exit_heads.") for k in restored)
+    assert not any(k.startswith("classification_heads.") for k in restored)
+
+
+def digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def guarded_save_dir(tmp_path) -> Path:
+    """A save dir that already holds a checkpoint: a failing run must leave it as it was."""
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "checkpoint_best.pt").write_bytes(b"earlier result")
+    (save / "notes.txt").write_text("keep me")
+    return save
+
+
+def assert_one_clear_error(proc, *words):
+    lines = error_lines(proc.stderr)
+    assert proc.returncode != 0
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert "Fix:" in lines[0]
+
+
+TRAIN_CASES = {
+    "missing data directory": (["task.data=/nonexistent/mr-bin"], ["'/nonexistent/mr-bin' does not exist"]),
+    "num_classes mismatch": (["task.num_classes=3"], ["num_classes=3", "lists 2 labels", "num_classes=2"]),
+    "unknown exit head": (["model.exit_head=highway"], ["unknown exit head 'highway'"]),
+    "exit layers without the last": (["+model.exit_layers='1,2'"], ["no exit at the last layer"]),
+    "unknown policy in the config": (["task.exit_policy=entropi"], ["unknown exit policy 'entropi'"]),
+    "unknown exit weighting": (["criterion.exit_weighting=descending"], ["unknown exit_weighting"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_bad_training_input(case, mr_bin, guarded_save_dir):
+    overrides, words = TRAIN_CASES[case]
+    before = digest(guarded_save_dir)
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
+                       *overrides)
+    assert_one_clear_error(proc, *words)
+    assert digest(guarded_save_dir) == before
+
+
+def test_restore_from_a_checkpoint_of_another_architecture(plain_roberta, mr_bin, guarded_save_dir):
+    before = digest(guarded_save_dir)
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
+                       f"checkpoint.restore_file={plain_roberta}", "+model.encoder_layers=2")
+    assert_one_clear_error(proc, "does not fit", "2-layer exit_roberta", "not in this model", "restore it into")
+    assert digest(guarded_save_dir) == before
+
+
+VALIDATE_CASES = {
+    "unknown policy": (["--exit-policy", "entropi", "--exit-threshold", "0.1"], ["unknown exit policy"]),
+    "threshold out of range": (["--exit-policy", "normalized_entropy", "--exit-threshold", "1.5"],
+                               ["1.5 is out of range", "[0, 1]"]),
+    "entropy above ln C": (["--exit-policy", "entropy", "--exit-threshold", "0.9"], ["out of range", "0.6931"]),
+    "patience below 1": (["--exit-policy", "patience", "--patience", "0"], ["patience=0 is below 1"]),
+    "threshold missing": (["--exit-policy", "max_prob"], ["needs a threshold"]),
+    "missing split": (["--valid-subset", "dev"], ["split 'dev' is missing", "valid"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATE_CASES))
+def test_bad_validation_input(case, trained, mr_bin):
+    flags, words = VALIDATE_CASES[case]
+    before = digest(trained)
+    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / "checkpoint_best.pt"),
+                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
+                "--batch-size", "16", "--cpu", *flags])
+    assert_one_clear_error(proc, *words)
+    assert digest(trained) == before
+
+
+def test_validation_of_a_missing_data_directory(trained):
+    proc = run([str(BIN / "fairseq-validate"), "/nonexistent/data", "--path", str(trained / "checkpoint_best.pt"),
+                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu"])
+    assert_one_clear_error(proc, "does not exist")
