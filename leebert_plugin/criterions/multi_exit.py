@@ -9,7 +9,7 @@ fixed here, learned by the model's ``loss_weights`` when it has them.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,16 @@ class MultiExitConfig(FairseqDataclass):
         metadata={"help": "fixed weights of the exits' losses: 'uniform' (1/n each) or "
                           "'ascending' (PABEE: the exit after layer i weighs i / sum of exit layers)"},
     )
+    learn_weights: bool = field(
+        default=False,
+        metadata={"help": "give every loss term a learned weight on the model (LeeBERT); the clo "
+                          "optimizer moves them, any other optimizer leaves them at their start"},
+    )
+    weight_parametrization: str = field(
+        default="group_softmax",
+        metadata={"help": "learned weights: group_softmax (uniform start, each group of terms "
+                          "sums to its scale) or global_softmax (one softmax over all terms)"},
+    )
 
 
 def exit_weights(layers: Sequence[int], mode: str) -> List[float]:
@@ -52,6 +62,7 @@ def exit_weights(layers: Sequence[int], mode: str) -> List[float]:
 @register_criterion("multi_exit", dataclass=MultiExitConfig)
 class MultiExitCriterion(FairseqCriterion):
     needs_exit_states = False  # subclasses set True to receive every exit's hidden states
+    outer_groups = ("ce", "mse")  # terms whose unweighted sum is the bi-level outer objective
 
     def __init__(self, cfg: MultiExitConfig, task):
         super().__init__(task)
@@ -61,10 +72,14 @@ class MultiExitCriterion(FairseqCriterion):
         exit_weights([1], cfg.exit_weighting)  # fail early on a typo
 
     # ---- the extension points -------------------------------------------------------------
-    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
-        """Names of the loss terms, in order; :meth:`loss_terms` must return exactly these."""
+    def exit_term_names(self, exit_layers: Sequence[int]) -> List[str]:
+        """``ce_L<i>`` (or ``mse_L<i>``): each exit's own loss."""
         kind = "mse" if self.regression_target else "ce"
         return [f"{kind}_L{layer}" for layer in exit_layers]
+
+    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
+        """Names of the loss terms, in order; :meth:`loss_terms` must return exactly these."""
+        return self.exit_term_names(exit_layers)
 
     def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor) -> Dict[str, Tensor]:
         """Each exit's summed CE (or MSE) over the batch."""
@@ -79,18 +94,33 @@ class MultiExitCriterion(FairseqCriterion):
                 terms[f"ce_L{layer}"] = F.nll_loss(lprobs, targets, reduction="sum")
         return terms
 
-    def term_weights(self, model, names: Sequence[str]) -> Dict[str, Tensor]:
-        """Learned weights if the model carries them, else the fixed exit weighting (1 elsewhere)."""
-        learned = getattr(model, "loss_weights", None)
-        if learned is not None:
-            return learned(names)
-        fixed = dict(zip(self.term_names(model.exit_layers),
+    def group_scales(self) -> Dict[str, float]:
+        """What each group of learned weights sums to (``ce`` terms: 1; others: 1 unless overridden)."""
+        return {}
+
+    def fixed_weights(self, model, names: Sequence[str]) -> Dict[str, float]:
+        """Weights without learning: the exit weighting for the exits' own terms, 1 elsewhere."""
+        fixed = dict(zip(self.exit_term_names(model.exit_layers),
                          exit_weights(model.exit_layers, self.cfg.exit_weighting)))
         return {name: fixed.get(name, 1.0) for name in names}
 
-    # ---- fairseq's criterion contract -----------------------------------------------------
-    def forward(self, model, sample, reduce=True):
-        """Return (loss, sample_size = number of sentences, logging_output)."""
+    def term_weights(self, model, names: Sequence[str]) -> Dict[str, Tensor]:
+        """The model's learned weights (as constants: only the clo optimizer moves them), else fixed."""
+        learned = getattr(model, "loss_weights", None)
+        if learned is not None:
+            return {name: w.detach() for name, w in learned(names).items()}
+        return self.fixed_weights(model, names)
+
+    def loss_weight_spec(self, model) -> Optional[Dict]:
+        """Arguments of the model's ``LossWeights`` when this criterion learns weights, else None."""
+        if not self.cfg.learn_weights:
+            return None
+        return {"names": self.term_names(model.exit_layers),
+                "parametrization": self.cfg.weight_parametrization,
+                "group_scales": self.group_scales()}
+
+    def compute_terms(self, model, sample):
+        """Run the model at full depth; return (terms, exits, targets)."""
         _, extra = model(
             **sample["net_input"],
             features_only=True,
@@ -106,7 +136,17 @@ class MultiExitCriterion(FairseqCriterion):
                 f"{type(self).__name__}.loss_terms returned {list(terms)[:4]}..., "
                 f"but term_names declares {expected[:4]}...: they must agree, in order"
             )
-        weights = self.term_weights(model, expected)
+        return terms, exits, targets
+
+    def outer_objective(self, terms: Dict[str, Tensor]) -> Tensor:
+        """Bi-level outer objective: the unweighted sum of the exits' own losses (methods.md §6.1)."""
+        return sum(v for name, v in terms.items() if name.split("_", 1)[0] in self.outer_groups)
+
+    # ---- fairseq's criterion contract -----------------------------------------------------
+    def forward(self, model, sample, reduce=True):
+        """Return (loss, sample_size = number of sentences, logging_output)."""
+        terms, exits, targets = self.compute_terms(model, sample)
+        weights = self.term_weights(model, list(terms))
         loss = sum(weights[name] * value for name, value in terms.items())
         sample_size = targets.numel()
         logging_output = {
@@ -117,6 +157,10 @@ class MultiExitCriterion(FairseqCriterion):
         }
         for name, value in terms.items():
             logging_output[f"term:{name}"] = value.data
+        if getattr(model, "loss_weights", None) is not None:
+            # weight x sentences, so that summing over workers and steps gives a weighted mean
+            for name, w in weights.items():
+                logging_output[f"weight:{name}"] = float(w) * sample_size
         if not self.regression_target:
             for layer, logits in zip(model.exit_layers, exits.exit_logits):
                 logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()
@@ -138,6 +182,8 @@ class MultiExitCriterion(FairseqCriterion):
         for key in keys:
             if key.startswith("term:"):
                 metrics.log_scalar(key[5:], total(key) / sample_size / math.log(2), sample_size, round=3)
+            elif key.startswith("weight:"):
+                metrics.log_scalar("w_" + key[7:], total(key) / sample_size, sample_size, round=4)
         if "ncorrect" in keys:
             metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / nsentences, nsentences, round=2)
         for key in keys:

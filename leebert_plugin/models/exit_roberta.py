@@ -16,6 +16,7 @@ from leebert_plugin.exits.policies import ExitPolicy
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import run_exit_loop
+from leebert_plugin.modules.loss_weights import LossWeights
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ExitRobertaModel(RobertaModel):
     """
 
     # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
-    injected_modules = ("exit_heads",)
+    injected_modules = ("exit_heads", "loss_weights")
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
@@ -59,6 +60,14 @@ class ExitRobertaModel(RobertaModel):
                              f"use one of {', '.join(sorted(EXIT_HEAD_REGISTRY))} (--exit-head)")
         self.exit_layers = parse_exit_layers(args.exit_layers, args.encoder_layers)
         self.exit_heads = nn.ModuleDict()
+        self.loss_weights: Optional[LossWeights] = None  # attached when a criterion learns weights
+
+    def attach_loss_weights(self, names, parametrization: str, group_scales) -> None:
+        """Give the model one learned weight per loss term (kept if it already has these terms)."""
+        if self.loss_weights is not None and self.loss_weights.names == list(names):
+            return
+        device = next(self.parameters()).device
+        self.loss_weights = LossWeights(names, parametrization, group_scales).to(device)
 
     @staticmethod
     def add_args(parser):
@@ -117,11 +126,15 @@ class ExitRobertaModel(RobertaModel):
         """Inject fresh exits into a plain RoBERTa checkpoint, then check that the rest fits."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
+        saved_weights = state_dict.get(f"{prefix}loss_weights._extra_state")
+        if saved_weights is not None and self.loss_weights is None:
+            self.loss_weights = LossWeights.from_extra_state(saved_weights)
         for module_name in self.injected_modules:
             module_prefix = f"{prefix}{module_name}."
-            if any(k.startswith(module_prefix) for k in state_dict):
+            module = getattr(self, module_name)
+            if module is None or any(k.startswith(module_prefix) for k in state_dict):
                 continue
-            fresh = getattr(self, module_name).state_dict()
+            fresh = module.state_dict()
             if fresh:
                 logger.info(f"checkpoint has no {module_name}: initialising them fresh")
             for k, v in fresh.items():

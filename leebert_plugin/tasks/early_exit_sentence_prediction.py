@@ -16,6 +16,7 @@ from fairseq.tasks.sentence_prediction import SentencePredictionConfig, Sentence
 from omegaconf import OmegaConf, open_dict
 
 from leebert_plugin.data import checks
+from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import build_policy
 
@@ -43,6 +44,11 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     patience: int = field(
         default=1, metadata={"help": "consecutive agreeing (patience) or confident (pcee) exits"}
     )
+    d2_ratio: float = field(
+        default=0.5,
+        metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
+                          "split that trains the loss weights; membership is a hash of id and seed"},
+    )
 
 
 def _persist_defaults(cfg) -> None:
@@ -67,10 +73,14 @@ def _persist_defaults(cfg) -> None:
 class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def __init__(self, cfg, data_dictionary, label_dictionary):
         super().__init__(cfg, data_dictionary, label_dictionary)
+        self._model = None
+        self._split_checked = False
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.patience)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        if not 0.0 < cfg.d2_ratio < 1.0:
+            raise UsageError(f"d2_ratio={cfg.d2_ratio} is outside (0, 1)", "set task.d2_ratio to e.g. 0.5")
         if cfg.num_classes is None or cfg.num_classes < 1:
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
@@ -84,8 +94,24 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         checks.check_split(self.cfg.data, split, self.cfg.regression_target)
         return super().load_dataset(split, combine=combine, **kwargs)
 
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self._model = model  # build_criterion attaches the criterion's learned loss weights to it
+        return model
+
     def build_criterion(self, cfg, from_checkpoint=False):
-        """Hand the head name and target type to the criterion; refuse contradicting values."""
+        """Hand the head name and target type to the criterion; refuse contradicting values.
+
+        A criterion that learns its term weights gets them on the model here: fairseq builds the
+        model, then the criterion, then (lazily) the optimizer, which so sees the weights.
+        """
+        criterion = self._build_criterion(cfg, from_checkpoint)
+        spec = getattr(criterion, "loss_weight_spec", lambda model: None)(self._model)
+        if spec is not None and self._model is not None:
+            self._model.attach_loss_weights(**spec)
+        return criterion
+
+    def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
             with open_dict(cfg):
                 for key in ("classification_head_name", "regression_target"):
@@ -97,6 +123,54 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                         )
                     cfg[key] = mine
         return super().build_criterion(cfg, from_checkpoint)
+
+    def _check_split(self) -> None:
+        """Both D1 and D2 must hold examples; checked once, on the first bi-level update."""
+        if self._split_checked:
+            return
+        split = next((name for name in self.datasets if name.startswith("train")), None)
+        if split is None:
+            return
+        n = len(self.datasets[split])
+        d2 = int(in_d2(torch.arange(n), self.cfg.seed, self.cfg.d2_ratio).sum())
+        if d2 == 0 or d2 == n:
+            empty = "D2" if d2 == 0 else "D1"
+            raise UsageError(
+                f"{empty} is empty: d2_ratio={self.cfg.d2_ratio} puts {d2} of the {n} training examples in D2",
+                "use more training data or a d2_ratio nearer 0.5",
+            )
+        logger.info(f"bi-level split: {n - d2} examples in D1, {d2} in D2 (d2_ratio={self.cfg.d2_ratio})")
+        self._split_checked = True
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """With the clo optimizer: split the batch into D1/D2, run the meta step when due, then
+        train the model (on both splits for clo, on D1 for darts). Otherwise the parent's step."""
+        clo = _find_clo(optimizer)
+        if clo is None:
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        clo.driven_by_task = True
+        self._check_split()
+        model.train()
+        model.set_num_updates(update_num)
+        d2 = in_d2(sample["id"], self.cfg.seed, self.cfg.d2_ratio)
+        b1, b2 = subset_sample(sample, ~d2), subset_sample(sample, d2)
+        stats = {}
+        if clo.meta_due(update_num) and not ignore_grad and b1 is not None and b2 is not None:
+            with torch.autograd.profiler.record_function("clo-meta-step"):
+                stats = clo.meta_step(model, criterion, b1, b2, seed=self.cfg.seed * 1_000_003 + update_num)
+        batch = sample if clo.trains_on_both_splits() else b1
+        if batch is None:  # a darts batch with no D1 example: a zero-loss step keeps workers in sync
+            batch, ignore_grad = sample, True
+        with torch.autograd.profiler.record_function("forward"):
+            loss, sample_size, logging_output = criterion(model, batch)
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        if stats:
+            logging_output["meta_steps"] = 1
+            logging_output["hypergrad_norm"] = stats["hypergrad_norm"]
+        return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
         """Full-depth pass (criterion: every exit's accuracy), then the policy's batched pass."""
@@ -128,6 +202,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
+        meta = sum(log.get("meta_steps", 0) for log in logging_outputs)
+        if meta:
+            norm = sum(log.get("hypergrad_norm", 0.0) for log in logging_outputs)
+            metrics.log_scalar("hypergrad_norm", norm / meta, meta, round=6)
         layers_run = sum(log.get("layers_run", 0) for log in logging_outputs)
         if not layers_run:
             return
@@ -140,3 +218,14 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         for key in keys:
             count = sum(log.get(key, 0) for log in logging_outputs)
             metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
+
+
+def _find_clo(optimizer):
+    """The CLOOptimizer inside fairseq's (possible) fp16 / AMP wrappers, or None."""
+    from leebert_plugin.optim.clo import CLOOptimizer
+
+    for attr in (None, "fp32_optimizer", "wrapped_optimizer"):
+        inner = optimizer if attr is None else getattr(optimizer, attr, None)
+        if isinstance(inner, CLOOptimizer):
+            return inner
+    return None

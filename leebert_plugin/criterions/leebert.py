@@ -1,0 +1,98 @@
+"""``leebert``: every exit learns from the others (Zhu, ACL 2021), with learned term weights.
+
+Terms: each exit's CE (``ce_L<m>``) and a distillation term for every ordered pair of exits
+(``kd_L<m><L<t>``: student m learns from teacher t). The distillation form is not public; we
+implement the reading of ``methods.md`` §6.4:
+
+    kd_L<m><L<t> = T^2 * KL( stopgrad(softmax(z_t / T)) || softmax(z_m / T) )      (summed over the batch)
+
+so each exit is trained only by its own student terms. Regression targets (STS-B) use
+``MSE(z_m, stopgrad(z_t))`` instead. ``distill=lae`` pairs every exit with every other one
+(M(M-1) terms), ``distill=lle`` only with later exits (M(M-1)/2).
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.criterions import register_criterion
+from torch import Tensor
+
+from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
+from leebert_plugin.errors import UsageError
+from leebert_plugin.modules.exit_loop import ExitOutput
+
+DISTILL_VARIANTS = ("lae", "lle")
+
+
+@dataclass
+class LeeBertConfig(MultiExitConfig):
+    distill: str = field(
+        default="lae",
+        metadata={"help": "who learns from whom: lae (every exit from every other exit) or "
+                          "lle (every exit from the later exits only)"},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "distillation temperature T (terms scaled by T^2)"})
+    kd_weight: float = field(
+        default=1.0, metadata={"help": "what the distillation weights sum to (the CE weights sum to 1)"}
+    )
+    learn_weights: bool = field(
+        default=True, metadata={"help": "learn the term weights (moved by the clo optimizer); "
+                                        "false: fixed weights equal to the learned ones' start"}
+    )
+    exit_weighting: str = field(
+        default="uniform", metadata={"help": "fixed weights of the CE terms: uniform or ascending"}
+    )
+
+
+def distill_pairs(exit_layers: Sequence[int], variant: str) -> List[Tuple[int, int]]:
+    """(student, teacher) layer pairs for LAE (all ordered pairs) or LLE (teacher deeper)."""
+    if variant not in DISTILL_VARIANTS:
+        raise UsageError(f"unknown distillation variant {variant!r}",
+                         f"set criterion.distill to one of {', '.join(DISTILL_VARIANTS)}")
+    return [(s, t) for s in exit_layers for t in exit_layers
+            if (s != t if variant == "lae" else t > s)]
+
+
+@register_criterion("leebert", dataclass=LeeBertConfig)
+class LeeBertCriterion(MultiExitCriterion):
+    def __init__(self, cfg: LeeBertConfig, task):
+        super().__init__(cfg, task)
+        distill_pairs([1, 2], cfg.distill)  # fail early on a typo
+        if cfg.temperature <= 0:
+            raise UsageError(f"temperature={cfg.temperature} must be positive", "set criterion.temperature > 0")
+        if cfg.kd_weight < 0:
+            raise UsageError(f"kd_weight={cfg.kd_weight} is negative", "set criterion.kd_weight >= 0")
+
+    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
+        return self.exit_term_names(exit_layers) + [
+            f"kd_L{s}<L{t}" for s, t in distill_pairs(exit_layers, self.cfg.distill)
+        ]
+
+    def group_scales(self) -> Dict[str, float]:
+        return {"kd": self.cfg.kd_weight}
+
+    def fixed_weights(self, model, names: Sequence[str]) -> Dict[str, float]:
+        weights = super().fixed_weights(model, names)
+        kd = [n for n in names if n.startswith("kd_")]
+        for n in kd:
+            weights[n] = self.cfg.kd_weight / len(kd)
+        return weights
+
+    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor) -> Dict[str, Tensor]:
+        terms = super().loss_terms(model, sample, exits, targets)
+        logits = dict(zip(model.exit_layers, exits.exit_logits))
+        pairs = distill_pairs(model.exit_layers, self.cfg.distill)
+        if self.regression_target:
+            for s, t in pairs:
+                terms[f"kd_L{s}<L{t}"] = F.mse_loss(
+                    logits[s].view(-1).float(), logits[t].view(-1).float().detach(), reduction="sum"
+                )
+            return terms
+        T = self.cfg.temperature
+        log_p = {layer: F.log_softmax(z.float() / T, dim=-1) for layer, z in logits.items()}
+        teacher = {layer: (lp.detach().exp(), lp.detach()) for layer, lp in log_p.items()}
+        for s, t in pairs:
+            p_t, log_p_t = teacher[t]
+            terms[f"kd_L{s}<L{t}"] = (T * T) * (p_t * (log_p_t - log_p[s])).sum()
+        return terms

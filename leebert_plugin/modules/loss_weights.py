@@ -1,0 +1,91 @@
+"""Learned loss-term weights (LeeBERT): one positive weight per named term, initially uniform.
+
+The weights are a parameter of the model, not of the criterion: fairseq restores criterion
+parameters strictly, and a plain RoBERTa checkpoint has none. The term names travel with the
+state dict (``_extra_state``), so a checkpoint rebuilds the module even where the criterion that
+declared the terms has not been built yet (``fairseq-validate`` loads the model first).
+
+Parametrisations (``methods.md`` §6.3; the paper's is not public):
+
+* ``group_softmax`` (default): terms are grouped by their prefix (``ce``, ``kd``, ...); within a
+  group, w = softmax(a) * scale_g, so a group's weights sum to its scale (1, or ``kd_weight`` for
+  distillation) and start equal. The CE-to-KD balance stays where the config puts it.
+* ``global_softmax``: one softmax over every term, times the number of groups; the balance
+  between groups is learned too.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from leebert_plugin.errors import UsageError
+
+PARAMETRIZATIONS = ("group_softmax", "global_softmax")
+PARAM_GROUP = "loss_weights"  # tag read by the clo optimizer to keep these out of the model's optimizer
+
+
+def term_group(name: str) -> str:
+    return name.split("_", 1)[0]
+
+
+class LossWeights(nn.Module):
+    def __init__(self, names: Sequence[str], parametrization: str = "group_softmax",
+                 group_scales: Optional[Dict[str, float]] = None):
+        super().__init__()
+        if parametrization not in PARAMETRIZATIONS:
+            raise UsageError(f"unknown weight parametrization {parametrization!r}",
+                             f"use one of {', '.join(PARAMETRIZATIONS)}")
+        self.names: List[str] = list(names)
+        self.parametrization = parametrization
+        self.group_scales = dict(group_scales or {})
+        self.logits = nn.Parameter(torch.zeros(len(self.names)))
+        self.logits.param_group = PARAM_GROUP
+        self._index()
+
+    def _index(self) -> None:
+        self.position = {n: i for i, n in enumerate(self.names)}
+        groups: Dict[str, List[int]] = {}
+        for i, n in enumerate(self.names):
+            groups.setdefault(term_group(n), []).append(i)
+        self.groups = groups
+
+    def weights(self) -> Tensor:
+        """All weights, in ``names`` order (differentiable in ``logits``)."""
+        if self.parametrization == "global_softmax":
+            return torch.softmax(self.logits, 0) * len(self.groups)
+        out = torch.empty_like(self.logits)
+        for group, idx in self.groups.items():
+            index = torch.tensor(idx, device=self.logits.device)
+            scale = self.group_scales.get(group, 1.0)
+            out = out.index_copy(0, index, torch.softmax(self.logits[index], 0) * scale)
+        return out
+
+    def forward(self, names: Sequence[str]) -> Dict[str, Tensor]:
+        w = self.weights()
+        missing = [n for n in names if n not in self.position]
+        if missing:
+            raise UsageError(
+                f"the model's learned loss weights have no term {missing[0]!r} (they were made for "
+                f"{self.names[0]}, ... {self.names[-1]})",
+                "train with the criterion settings the checkpoint was trained with",
+            )
+        return {n: w[self.position[n]] for n in names}
+
+    def get_extra_state(self):
+        return {"names": self.names, "parametrization": self.parametrization,
+                "group_scales": self.group_scales}
+
+    def set_extra_state(self, state) -> None:
+        if list(state["names"]) != self.names:
+            raise UsageError(
+                f"the checkpoint's learned loss weights are for {len(state['names'])} other terms "
+                f"({state['names'][:3]}...) than this criterion's {len(self.names)} ({self.names[:3]}...)",
+                "use the criterion settings (distillation variant, exits) the checkpoint was trained with",
+            )
+        self.parametrization = state["parametrization"]
+        self.group_scales = dict(state["group_scales"])
+
+    @classmethod
+    def from_extra_state(cls, state) -> "LossWeights":
+        return cls(state["names"], state["parametrization"], state["group_scales"])

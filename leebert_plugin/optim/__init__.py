@@ -1,0 +1,1 @@
+from leebert_plugin.optim import clo  # noqa: F401

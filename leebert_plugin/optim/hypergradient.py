@@ -1,0 +1,96 @@
+"""Hypergradients of the bi-level problem, by finite differences (DARTS, Liu et al. 2019, Eq. 7-8).
+
+    min_w  L_outer(theta*(w); D2)     s.t.  theta*(w) = argmin_theta  L_train(theta, w; D1)
+
+One unrolled step theta' = theta - xi * grad_theta L_train(theta, w; b1) gives
+
+    dL_outer(theta')/dw = -xi * grad^2_{w,theta} L_train(theta, w; b1) . v,   v = grad_theta' L_outer(theta'; b2)
+                        ~ -xi * [grad_w L_train(theta + r v) - grad_w L_train(theta - r v)] / (2 r),  r = eps / ||v||
+
+L_train is linear in the weights (sum_k w_k l_k), so grad_w L_train(theta +- r v) is just the vector of
+term values l(theta +- r v): two forward passes give the hypergradient of every weight at once
+(methods.md §2.5). Everything here is per sentence (sums divided by the number of sentences), as
+fairseq normalises the real update.
+"""
+import contextlib
+from typing import Dict, Iterator, List, Sequence
+
+import torch
+from torch import Tensor
+
+from leebert_plugin.modules.loss_weights import PARAM_GROUP
+
+
+def model_params(model: torch.nn.Module) -> List[Tensor]:
+    """theta: every trainable parameter except the loss weights."""
+    return [p for p in model.parameters() if p.requires_grad and getattr(p, "param_group", None) != PARAM_GROUP]
+
+
+@contextlib.contextmanager
+def fixed_rng(seed: int, params: Sequence[Tensor]) -> Iterator[None]:
+    """Same dropout masks for every pass of one hypergradient, without touching the main RNG stream."""
+    devices = sorted({p.device.index for p in params if p.is_cuda})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def term_vector(model, criterion, sample, names: Sequence[str]) -> Tensor:
+    """The loss terms on ``sample``, per sentence, in ``names`` order."""
+    terms, _, targets = criterion.compute_terms(model, sample)
+    return torch.stack([terms[n].float() for n in names]) / targets.numel()
+
+
+def weighted_loss(model, criterion, sample, weights: Dict[str, Tensor]) -> Tensor:
+    terms, _, targets = criterion.compute_terms(model, sample)
+    return sum(weights[n] * v for n, v in terms.items()) / targets.numel()
+
+
+def outer_loss(model, criterion, sample) -> Tensor:
+    terms, _, targets = criterion.compute_terms(model, sample)
+    return criterion.outer_objective(terms) / targets.numel()
+
+
+def _grads(loss: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def hypergradient(
+    model, criterion, b_inner, b_outer, xi: float, eps: float = 0.01,
+    virtual_step: bool = True, seed: int = 0,
+) -> Tensor:
+    """dL_outer(b_outer) / dw_k for every term weight w_k, by central finite differences on b_inner.
+
+    ``virtual_step=False`` is the first-order variant (darts1): v is the outer gradient at theta itself.
+    theta is restored bit for bit afterwards.
+    """
+    params = model_params(model)
+    names = criterion.term_names(model.exit_layers)
+    backup = [p.detach().clone() for p in params]
+    try:
+        with fixed_rng(seed, params):
+            if virtual_step:
+                weights = criterion.term_weights(model, names)
+                grads = _grads(weighted_loss(model, criterion, b_inner, weights), params)
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.sub_(xi * g)
+        with fixed_rng(seed + 1, params):
+            v = _grads(outer_loss(model, criterion, b_outer), params)
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in v))
+        if not torch.isfinite(norm) or float(norm) == 0.0:
+            return torch.zeros(len(names), device=backup[0].device)
+        r = eps / norm
+        values = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, b, g in zip(params, backup, v):
+                    p.copy_(b + sign * r * g)
+                with fixed_rng(seed + 2, params):
+                    values.append(term_vector(model, criterion, b_inner, names))
+        return -xi * (values[0] - values[1]) / (2 * r)
+    finally:
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
