@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from torch import Tensor
 
-from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
+from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion, at_least_fp32
 from leebert_plugin.errors import UsageError
 from leebert_plugin.modules.exit_loop import ExitOutput
 
@@ -79,20 +79,20 @@ class LeeBertCriterion(MultiExitCriterion):
             weights[n] = self.cfg.kd_weight / len(kd)
         return weights
 
-    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor) -> Dict[str, Tensor]:
-        terms = super().loss_terms(model, sample, exits, targets)
-        logits = dict(zip(model.exit_layers, exits.exit_logits))
+    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput):
+        terms = super().loss_terms(model, sample, exits, targets, teacher)
+        student = dict(zip(model.exit_layers, exits.exit_logits))
+        taught = {layer: z.detach() for layer, z in zip(model.exit_layers, teacher.exit_logits)}
         pairs = distill_pairs(model.exit_layers, self.cfg.distill)
         if self.regression_target:
             for s, t in pairs:
                 terms[f"kd_L{s}<L{t}"] = F.mse_loss(
-                    logits[s].view(-1).float(), logits[t].view(-1).float().detach(), reduction="sum"
+                    at_least_fp32(student[s].view(-1)), at_least_fp32(taught[t].view(-1)), reduction="sum"
                 )
             return terms
         T = self.cfg.temperature
-        log_p = {layer: F.log_softmax(z.float() / T, dim=-1) for layer, z in logits.items()}
-        teacher = {layer: (lp.detach().exp(), lp.detach()) for layer, lp in log_p.items()}
+        log_p = {layer: F.log_softmax(at_least_fp32(z) / T, dim=-1) for layer, z in student.items()}
+        log_q = {layer: F.log_softmax(at_least_fp32(z) / T, dim=-1) for layer, z in taught.items()}
         for s, t in pairs:
-            p_t, log_p_t = teacher[t]
-            terms[f"kd_L{s}<L{t}"] = (T * T) * (p_t * (log_p_t - log_p[s])).sum()
+            terms[f"kd_L{s}<L{t}"] = (T * T) * (log_q[t].exp() * (log_q[t] - log_p[s])).sum()
         return terms

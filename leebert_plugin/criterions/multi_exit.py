@@ -81,16 +81,24 @@ class MultiExitCriterion(FairseqCriterion):
         """Names of the loss terms, in order; :meth:`loss_terms` must return exactly these."""
         return self.exit_term_names(exit_layers)
 
-    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor) -> Dict[str, Tensor]:
-        """Each exit's summed CE (or MSE) over the batch."""
+    def loss_terms(
+        self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput
+    ) -> Dict[str, Tensor]:
+        """Each exit's summed CE (or MSE) over the batch.
+
+        A term that treats something as a constant (a stop-gradient target, e.g. a teacher's
+        prediction) must read it from ``teacher``, detached: in training ``teacher`` is ``exits``
+        itself; the hypergradient passes the unperturbed pass there, so that its finite
+        differences see the stop-gradient (methods.md §2.5).
+        """
         terms = {}
         for layer, logits in zip(model.exit_layers, exits.exit_logits):
             if self.regression_target:
                 terms[f"mse_L{layer}"] = F.mse_loss(
-                    logits.view(-1).float(), targets.float(), reduction="sum"
+                    at_least_fp32(logits.view(-1)), at_least_fp32(targets), reduction="sum"
                 )
             else:
-                lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+                lprobs = F.log_softmax(at_least_fp32(logits), dim=-1)
                 terms[f"ce_L{layer}"] = F.nll_loss(lprobs, targets, reduction="sum")
         return terms
 
@@ -119,8 +127,8 @@ class MultiExitCriterion(FairseqCriterion):
                 "parametrization": self.cfg.weight_parametrization,
                 "group_scales": self.group_scales()}
 
-    def compute_terms(self, model, sample):
-        """Run the model at full depth; return (terms, exits, targets)."""
+    def compute_terms(self, model, sample, teacher: Optional[ExitOutput] = None):
+        """Run the model at full depth; return (terms, exits, targets). See :meth:`loss_terms`."""
         _, extra = model(
             **sample["net_input"],
             features_only=True,
@@ -129,7 +137,7 @@ class MultiExitCriterion(FairseqCriterion):
         )
         exits: ExitOutput = extra["exits"]
         targets = model.get_targets(sample, [exits.logits]).view(-1)
-        terms = self.loss_terms(model, sample, exits, targets)
+        terms = self.loss_terms(model, sample, exits, targets, exits if teacher is None else teacher)
         expected = self.term_names(model.exit_layers)
         if list(terms) != expected:
             raise RuntimeError(
@@ -193,6 +201,11 @@ class MultiExitCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 for numerically safe losses; fp32 and fp64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _layer_order(key: str):

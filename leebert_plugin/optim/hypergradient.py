@@ -35,10 +35,10 @@ def fixed_rng(seed: int, params: Sequence[Tensor]) -> Iterator[None]:
         yield
 
 
-def term_vector(model, criterion, sample, names: Sequence[str]) -> Tensor:
+def term_vector(model, criterion, sample, names: Sequence[str], teacher=None) -> Tensor:
     """The loss terms on ``sample``, per sentence, in ``names`` order."""
-    terms, _, targets = criterion.compute_terms(model, sample)
-    return torch.stack([terms[n].float() for n in names]) / targets.numel()
+    terms, _, targets = criterion.compute_terms(model, sample, teacher)
+    return torch.stack([terms[n] for n in names]) / targets.numel()
 
 
 def weighted_loss(model, criterion, sample, weights: Dict[str, Tensor]) -> Tensor:
@@ -78,17 +78,24 @@ def hypergradient(
                         p.sub_(xi * g)
         with fixed_rng(seed + 1, params):
             v = _grads(outer_loss(model, criterion, b_outer), params)
-        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in v))
+        norm = torch.sqrt(sum((g ** 2).sum() for g in v))
         if not torch.isfinite(norm) or float(norm) == 0.0:
             return torch.zeros(len(names), device=backup[0].device)
         r = eps / norm
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+        with torch.no_grad(), fixed_rng(seed + 2, params):
+            # stop-gradient targets (teachers) stay at theta: the derivative we need is the
+            # training gradient's, which does not flow through them
+            teacher = criterion.compute_terms(model, b_inner)[1]
         values = []
         for sign in (1.0, -1.0):
             with torch.no_grad():
                 for p, b, g in zip(params, backup, v):
                     p.copy_(b + sign * r * g)
                 with fixed_rng(seed + 2, params):
-                    values.append(term_vector(model, criterion, b_inner, names))
+                    values.append(term_vector(model, criterion, b_inner, names, teacher))
         return -xi * (values[0] - values[1]) / (2 * r)
     finally:
         with torch.no_grad():

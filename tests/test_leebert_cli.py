@@ -1,0 +1,74 @@
+"""LeeBERT through fairseq-hydra-train: the three meta modes, exact resume, bad input."""
+import pytest
+import torch
+
+from conftest import hydra_train
+from helpers import json_records
+from test_restore_and_bad_input import assert_one_clear_error, digest
+
+SHORT = ["optimization.max_epoch=1", "optimization.max_update=6", "lr_scheduler.warmup_updates=2",
+         "dataset.batch_size=16", "optimizer.w_update_interval=1", "optimizer.w_lr=0.05",
+         "common.log_interval=1"]
+
+
+@pytest.mark.parametrize("mode", ["clo", "darts2", "darts1"])
+def test_each_meta_mode_trains_end_to_end(mode, mr_bin, tmp_path):
+    proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}",
+                       f"optimizer.mode={mode}", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json_records(proc.stdout, "train_inner")
+    assert len(records) == 6 and all("hypergrad_norm" in r for r in records)
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
+    logits = state["model"]["loss_weights.logits"]
+    assert logits.numel() == 4 + 12 and float(logits.abs().max()) > 0  # the weights moved
+    assert set(state["last_optimizer_state"]) == {"inner", "weights"}
+
+
+def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):
+    common = [f"task.data={mr_bin}", "optimization.max_epoch=1", "optimization.max_update=8",
+              "lr_scheduler.warmup_updates=2", "dataset.batch_size=16", "optimizer.w_update_interval=2",
+              "optimizer.w_lr=0.05", "common.log_interval=1", "checkpoint.save_interval_updates=4"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = hydra_train("mr_leebert", f"checkpoint.save_dir={straight}", *common)
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = hydra_train("mr_leebert", f"checkpoint.save_dir={resumed}", *common,
+                    f"checkpoint.restore_file={straight / 'checkpoint_1_4.pt'}")
+    assert b.returncode == 0, b.stderr[-3000:]
+    logged_a = {r["num_updates"]: r for r in json_records(a.stdout, "train_inner")}
+    logged_b = {r["num_updates"]: r for r in json_records(b.stdout, "train_inner")}
+    assert sorted(logged_b) == ["5", "6", "7", "8"]
+    for update in ("5", "6", "7", "8"):
+        for key, value in logged_b[update].items():
+            if key.startswith(("loss", "ce_", "kd_", "w_", "hypergrad")):
+                assert logged_a[update][key] == value, (update, key)
+    sa = torch.load(straight / "checkpoint_last.pt", map_location="cpu")
+    sb = torch.load(resumed / "checkpoint_last.pt", map_location="cpu")
+    for key, value in sa["model"].items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(sb["model"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    wa, wb = sa["last_optimizer_state"]["weights"]["state"], sb["last_optimizer_state"]["weights"]["state"]
+    torch.testing.assert_close(wb[0]["exp_avg"], wa[0]["exp_avg"])
+
+
+BAD = {
+    "unknown clo mode": (["optimizer.mode=darts3"], ["unknown clo mode 'darts3'"]),
+    "split ratio outside (0, 1)": (["task.d2_ratio=1.5"], ["d2_ratio=1.5 is outside (0, 1)"]),
+    "empty D2": (["task.d2_ratio=0.0001"], ["D2 is empty", "more training data"]),
+    "distillation variant typo": (["criterion.distill=lea"], ["unknown distillation variant 'lea'"]),
+    "clo without the early-exit task": (
+        ["task._name=sentence_prediction", "+criterion.classification_head_name=sentence_classification_head",
+         "+criterion.regression_target=false", "~task.exit_policy", "~task.d2_ratio"],
+        ["needs the early_exit_sentence_prediction task"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_leebert_input(case, mr_bin, tmp_path):
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "checkpoint_best.pt").write_bytes(b"earlier result")
+    before = digest(save)
+    overrides, words = BAD[case]
+    proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *SHORT, *overrides)
+    assert_one_clear_error(proc, *words)
+    assert digest(save) == before
