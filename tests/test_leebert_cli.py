@@ -1,9 +1,10 @@
 """LeeBERT through fairseq-hydra-train: the three meta modes, exact resume, bad input."""
 import pytest
 import torch
+import yaml
 
 from conftest import hydra_train
-from helpers import json_records
+from helpers import BIN, ROOT, json_records, run
 from test_restore_and_bad_input import assert_one_clear_error, digest
 
 SHORT = ["optimization.max_epoch=1", "optimization.max_update=6", "lr_scheduler.warmup_updates=2",
@@ -55,10 +56,6 @@ BAD = {
     "split ratio outside (0, 1)": (["task.d2_ratio=1.5"], ["d2_ratio=1.5 is outside (0, 1)"]),
     "empty D2": (["task.d2_ratio=0.0001"], ["D2 is empty", "more training data"]),
     "distillation variant typo": (["criterion.distill=lea"], ["unknown distillation variant 'lea'"]),
-    "clo without the early-exit task": (
-        ["task._name=sentence_prediction", "+criterion.classification_head_name=sentence_classification_head",
-         "+criterion.regression_target=false", "~task.exit_policy", "~task.d2_ratio"],
-        ["needs the early_exit_sentence_prediction task"]),
 }
 
 
@@ -72,3 +69,32 @@ def test_bad_leebert_input(case, mr_bin, tmp_path):
     proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *SHORT, *overrides)
     assert_one_clear_error(proc, *words)
     assert digest(save) == before
+
+
+def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
+    """fairseq's own sentence_prediction task never runs the meta step: refuse to train."""
+    cfg = yaml.safe_load((ROOT / "configs" / "mr_leebert.yaml").read_text())
+    cfg["task"] = {k: v for k, v in cfg["task"].items()
+                   if k not in ("exit_policy", "exit_threshold", "patience", "d2_ratio")}
+    cfg["task"]["_name"] = "sentence_prediction"
+    cfg["criterion"].update(classification_head_name="sentence_classification_head", regression_target=False)
+    (tmp_path / "plain_task_leebert.yaml").write_text("# @package _group_\n" + yaml.safe_dump(cfg))
+    save = tmp_path / "save"
+    proc = run([str(BIN / "fairseq-hydra-train"), "--config-dir", str(tmp_path), "--config-name",
+                "plain_task_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *SHORT])
+    assert_one_clear_error(proc, "needs the early_exit_sentence_prediction task")
+    assert not list(save.glob("*.pt"))
+
+
+def test_a_user_criterion_gets_logging_policies_and_learned_weights(mr_bin, tmp_path):
+    """examples/hidden_mse adds one term; under clo its weight moves, with no other code."""
+    proc = hydra_train("mr_hidden_mse", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *SHORT,
+                       "task.exit_policy=patience", "task.patience=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = json_records(proc.stdout, "train_inner")
+    first, last = float(train[0]["w_hid_mse"]), float(train[-1]["w_hid_mse"])
+    assert first == pytest.approx(0.4, abs=0.01)  # global softmax over 5 terms, times 2 groups
+    assert abs(last - first) > 1e-3
+    assert "hid_mse" in train[-1]
+    (valid,) = json_records(proc.stdout, "valid")
+    assert "valid_speedup" in valid and float(valid["valid_exit_L1"]) == 0.0  # patience policy ran

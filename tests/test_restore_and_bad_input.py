@@ -73,7 +73,7 @@ TRAIN_CASES = {
     "missing data directory": (["task.data=/nonexistent/mr-bin"], ["'/nonexistent/mr-bin' does not exist"]),
     "num_classes mismatch": (["task.num_classes=3"], ["num_classes=3", "lists 2 labels", "num_classes=2"]),
     "unknown exit head": (["model.exit_head=highway"], ["unknown exit head 'highway'"]),
-    "exit layers without the last": (["+model.exit_layers='1,2'"], ["no exit at the last layer"]),
+    "exit layers without the last": (["model.exit_layers='1,2'"], ["no exit at the last layer"]),
     "unknown policy in the config": (["task.exit_policy=entropi"], ["unknown exit policy 'entropi'"]),
     "unknown exit weighting": (["criterion.exit_weighting=descending"], ["unknown exit_weighting"]),
 }
