@@ -51,24 +51,6 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     )
 
 
-def _persist_defaults(cfg) -> None:
-    """Write the merged task config back into the run's root config.
-
-    fairseq-hydra-train merges registry defaults before it imports the user dir, so a yaml that
-    omits a plugin field leaves it out of the saved checkpoint config; fairseq-validate's
-    overrides only replace keys that exist there, and would then be ignored without a word.
-    """
-    if not OmegaConf.is_config(cfg):
-        return
-    root = cfg._get_parent()
-    if root is None or "task" not in root or root.task is cfg:
-        return
-    with open_dict(root):
-        for key in cfg:
-            if key not in root.task:
-                root.task[key] = cfg[key]
-
-
 @register_task("early_exit_sentence_prediction", dataclass=EarlyExitSentencePredictionConfig)
 class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def __init__(self, cfg, data_dictionary, label_dictionary):
@@ -87,7 +69,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         task = super().setup_task(cfg, **kwargs)
         if not cfg.regression_target:
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
-        _persist_defaults(cfg)
         return task
 
     def load_dataset(self, split, combine=False, **kwargs):
@@ -113,10 +94,12 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
+            defaults = {"classification_head_name": "sentence_classification_head", "regression_target": False}
             with open_dict(cfg):
-                for key in ("classification_head_name", "regression_target"):
+                for key, default in defaults.items():
                     mine = getattr(self.cfg, key)
-                    if key in cfg and cfg[key] is not None and cfg[key] != mine:
+                    # a criterion value other than its default was set on purpose: it must agree
+                    if key in cfg and cfg[key] not in (None, default, mine):
                         raise UsageError(
                             f"criterion.{key}={cfg[key]!r} contradicts task.{key}={mine!r}",
                             f"set it on the task only (task.{key})",

@@ -1,0 +1,32 @@
+"""The generated GLUE configs: in sync with their generator, and usable as they are."""
+import shutil
+
+import pytest
+
+from conftest import hydra_train
+from helpers import BIN, ROOT, json_records, run
+
+
+def test_committed_configs_match_the_generator():
+    proc = run([str(BIN / "python"), "scripts/make_glue_configs.py", "--check"])
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["rte_leebert", "sts_b_multi_exit"])
+def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, tmp_path):
+    """The user's own command, shrunk to the tiny model and a few updates on the bundled data."""
+    regression = name.startswith("sts_b")
+    data = tmp_path / "data"
+    shutil.copytree(mr_bin, data)
+    overrides = [f"task.data={data}", f"checkpoint.save_dir={tmp_path}",
+                 f"checkpoint.restore_file={tmp_path / 'none.pt'}", "common.cpu=true",
+                 "model._name=exit_roberta_tiny", "task.max_positions=256", "optimization.max_update=3",
+                 "lr_scheduler.warmup_updates=1", "common.log_interval=1", "dataset.num_workers=0"]
+    if regression:  # the bundled labels are 0/1 numbers: a fine regression target
+        for split in ("train", "valid"):
+            shutil.copy(data / "raw" / f"{split}.label", data / "label" / f"{split}.label")
+    proc = hydra_train(name, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json_records(proc.stdout, "train_inner")
+    assert len(records) == 3
+    assert ("mse_L4" if regression else "kd_L1<L4") in records[-1]
