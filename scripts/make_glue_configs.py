@@ -23,7 +23,7 @@ TASKS = {"cola": "cola", "sst_2": "sst_2", "mrpc": "mrpc", "sts_b": "sts_b", "qq
          "mnli": "mnli", "qnli": "qnli", "rte": "rte", "wnli": "rte"}
 
 HYDRA = {"run": {"dir": "${checkpoint.save_dir}/hydra/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False}}
-TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "patience": 1, "d2_ratio": 0.5,
+TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_patience": 1, "d2_ratio": 0.5,
                "shorten_method": "truncate"}
 MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee"}
 METHODS = {

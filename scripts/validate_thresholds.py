@@ -2,7 +2,7 @@
 """Validate a checkpoint under an exit policy at several thresholds and print one table.
 
     python scripts/validate_thresholds.py CHECKPOINT DATA --policy normalized_entropy \
-        --thresholds 0.3 0.6 [--subset valid] [--batch-size 32] [--patience N]
+        --thresholds 0.3 0.6 [--subset valid] [--batch-size 32] [--exit-patience N]
 
 Each row is one real ``fairseq-validate`` run (batched early exit at the given batch size).
 Columns: the accuracy under the policy, the mean number of executed layers, the layer speed-up
@@ -25,7 +25,7 @@ def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], su
     exe = shutil.which("fairseq-validate") or str(Path(sys.executable).parent / "fairseq-validate")
     cmd = [exe, str(data), "--path", str(ckpt), "--user-dir", str(ROOT / "user_dir"),
            "--task", "early_exit_sentence_prediction", "--exit-policy", policy,
-           "--patience", str(patience), "--valid-subset", subset, "--batch-size", str(batch_size),
+           "--exit-patience", str(patience), "--valid-subset", subset, "--batch-size", str(batch_size),
            "--cpu", "--log-format", "json"]
     if threshold is not None:
         cmd += ["--exit-threshold", str(threshold)]
@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--policy", default="normalized_entropy")
     p.add_argument("--thresholds", type=float, nargs="*", default=[])
-    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--exit-patience", dest="patience", type=int, default=1)
     p.add_argument("--subset", default="valid")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()

@@ -75,7 +75,7 @@ def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
     """fairseq's own sentence_prediction task never runs the meta step: refuse to train."""
     cfg = yaml.safe_load((ROOT / "configs" / "mr_leebert.yaml").read_text())
     cfg["task"] = {k: v for k, v in cfg["task"].items()
-                   if k not in ("exit_policy", "exit_threshold", "patience", "d2_ratio")}
+                   if k not in ("exit_policy", "exit_threshold", "exit_patience", "d2_ratio")}
     cfg["task"]["_name"] = "sentence_prediction"
     cfg["criterion"].update(classification_head_name="sentence_classification_head", regression_target=False)
     (tmp_path / "plain_task_leebert.yaml").write_text("# @package _group_\n" + yaml.safe_dump(cfg))
@@ -89,7 +89,7 @@ def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
 def test_a_user_criterion_gets_logging_policies_and_learned_weights(mr_bin, tmp_path):
     """examples/hidden_mse adds one term; under clo its weight moves, with no other code."""
     proc = hydra_train("mr_hidden_mse", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *SHORT,
-                       "task.exit_policy=patience", "task.patience=1")
+                       "task.exit_policy=patience", "task.exit_patience=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = json_records(proc.stdout, "train_inner")
     first, last = float(train[0]["w_hid_mse"]), float(train[-1]["w_hid_mse"])

@@ -102,7 +102,7 @@ VALIDATE_CASES = {
     "threshold out of range": (["--exit-policy", "normalized_entropy", "--exit-threshold", "1.5"],
                                ["1.5 is out of range", "[0, 1]"]),
     "entropy above ln C": (["--exit-policy", "entropy", "--exit-threshold", "0.9"], ["out of range", "0.6931"]),
-    "patience below 1": (["--exit-policy", "patience", "--patience", "0"], ["patience=0 is below 1"]),
+    "patience below 1": (["--exit-policy", "patience", "--exit-patience", "0"], ["patience=0 is below 1"]),
     "threshold missing": (["--exit-policy", "max_prob"], ["needs a threshold"]),
     "missing split": (["--valid-subset", "dev"], ["split 'dev' is missing", "valid"]),
 }

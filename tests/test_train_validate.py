@@ -7,8 +7,8 @@ from helpers import BIN, json_records, run
 LAYERS = 4
 
 
-def validate(trained, mr_bin, *flags, subset="valid"):
-    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / "checkpoint_best.pt"),
+def validate(trained, mr_bin, *flags, subset="valid", ckpt="checkpoint_best.pt"):
+    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / ckpt),
                 "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
                 "--valid-subset", subset, "--batch-size", "16", "--cpu", "--log-format", "json", *flags])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_training_logs_every_exit(trained):
 def test_saved_checkpoint_keeps_the_exit_settings(trained):
     state = torch.load(trained / "checkpoint_best.pt", map_location="cpu")  # weights-only default
     task = state["cfg"]["task"]
-    assert task["exit_policy"] == "none" and task["patience"] == 1 and "exit_threshold" in task
+    assert task["exit_policy"] == "none" and task["exit_patience"] == 1 and "exit_threshold" in task
     assert any(k.startswith("exit_heads.") for k in state["model"])
 
 
@@ -62,6 +62,27 @@ def test_a_policy_that_exits_everyone_first_scores_like_the_first_exit(trained, 
 
 
 def test_patience_policy_through_the_cli(trained, mr_bin):
-    out = validate(trained, mr_bin, "--exit-policy", "patience", "--patience", "1")
+    out = validate(trained, mr_bin, "--exit-policy", "patience", "--exit-patience", "1")
     assert out["exit_L1"] == 0.0  # patience 1 needs two agreeing exits: nobody leaves at the first
     assert 1.0 <= out["speedup"] <= 2.0
+
+
+def test_argparse_cli_with_user_dir_and_a_namespace_checkpoint(mr_bin, tmp_path):
+    """fairseq-train --user-dir (argparse) writes a Namespace checkpoint; fairseq-validate reads it."""
+    proc = run([str(BIN / "fairseq-train"), str(mr_bin), "--user-dir", "user_dir",
+                "--task", "early_exit_sentence_prediction", "--criterion", "multi_exit",
+                "--arch", "exit_roberta_tiny", "--exit-layers", "2,4", "--exit-head", "deebert",
+                "--num-classes", "2", "--init-token", "0", "--separator-token", "2", "--max-positions", "256",
+                "--shorten-method", "truncate", "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "16",
+                "--max-update", "3", "--cpu", "--num-workers", "0", "--save-dir", str(tmp_path),
+                "--no-epoch-checkpoints", "--seed", "1", "--log-format", "json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # without the plugin's allow-list, torch's weights-only loader would refuse this checkpoint
+    probe = run([str(BIN / "python"), "-c", "import sys, torch; "
+                 "print(torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1]))",
+                 str(tmp_path / "checkpoint_last.pt")])
+    assert "argparse.Namespace" in probe.stdout
+    out = validate(tmp_path.parent / tmp_path.name, mr_bin, "--exit-policy", "max_prob", "--exit-threshold", "0",
+                   ckpt="checkpoint_last.pt")
+    assert out["exit_L2"] == 100.0 and out["speedup"] == 2.0  # exits at layers 2 and 4 only
+    assert "acc_L1" not in out and "acc_L2" in out

@@ -145,7 +145,7 @@ def build_policy(
             f"use one of {', '.join(sorted(POLICY_REGISTRY))} (--exit-policy / task.exit_policy)",
         )
     if patience < 1:
-        raise UsageError(f"patience={patience} is below 1", "set --patience to 1 or more")
+        raise UsageError(f"patience={patience} is below 1", "set --exit-patience (task.exit_patience) to 1 or more")
     if name != "none" and num_classes < 2:
         raise UsageError(
             f"exit policy {name!r} needs a classification task, but num_classes={num_classes}",

@@ -41,8 +41,9 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
         metadata={"help": "threshold of the policy: entropy in nats [0, ln C]; normalized_entropy "
                           "and pcee in [0, 1]; max_prob in [0, 1]; unused by patience"},
     )
-    patience: int = field(
-        default=1, metadata={"help": "consecutive agreeing (patience) or confident (pcee) exits"}
+    exit_patience: int = field(
+        default=1, metadata={"help": "consecutive agreeing (patience) or confident (pcee) exits; "
+                                     "not --patience, which is fairseq's early stopping"}
     )
     d2_ratio: float = field(
         default=0.5,
@@ -57,7 +58,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         super().__init__(cfg, data_dictionary, label_dictionary)
         self._model = None
         self._split_checked = False
-        self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.patience)
+        self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
