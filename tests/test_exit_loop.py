@@ -26,11 +26,9 @@ def spread_model(**overrides):
                 proj.weight.normal_(0, 10 / 8)
             for proj in (layer.self_attn.v_proj, layer.self_attn.out_proj):
                 proj.weight.normal_(0, 1 / 8)
-        heads = model.exit_heads[HEAD]
-        for proj in heads.dense:
-            proj.weight.mul_(5.0)
-        for proj in heads.out_proj:
-            proj.weight.mul_(25.0)
+        for name, module in model.exit_heads[HEAD].named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(25.0 if name.endswith("out_proj") else 5.0)
     return model
 
 
@@ -56,7 +54,7 @@ def policy_for(name, patience, model, tokens):
     return build_policy(name, 3, threshold, patience or 1)
 
 
-@pytest.mark.parametrize("head", ["pabee", "deebert"])
+@pytest.mark.parametrize("head", ["pabee", "deebert", "smartbert"])
 @pytest.mark.parametrize("name, patience", POLICIES)
 def test_batch_of_32_decides_like_batch_of_1(name, patience, head):
     model = spread_model(exit_head=head)

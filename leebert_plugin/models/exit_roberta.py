@@ -17,6 +17,7 @@ from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import run_exit_loop
 from leebert_plugin.modules.loss_weights import LossWeights
+from leebert_plugin.modules.skip_gate import SkipGates
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ExitRobertaModel(RobertaModel):
     """
 
     # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
-    injected_modules = ("exit_heads", "loss_weights")
+    injected_modules = ("exit_heads", "loss_weights", "skip_gates")
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
@@ -61,6 +62,13 @@ class ExitRobertaModel(RobertaModel):
         self.exit_layers = parse_exit_layers(args.exit_layers, args.encoder_layers)
         self.exit_heads = nn.ModuleDict()
         self.loss_weights: Optional[LossWeights] = None  # attached when a criterion learns weights
+        if not 0.0 < args.skip_threshold < 1.0:
+            raise UsageError(f"skip_threshold={args.skip_threshold} is outside (0, 1)",
+                             "set model.skip_threshold (tau_s) to e.g. 0.5")
+        self.skip_gates = (SkipGates(args.encoder_layers, args.encoder_embed_dim, dropout=args.attention_dropout)
+                           if args.skip_gates else None)
+        # soft or hard (straight-through) gate weights in training; the task sets it per epoch
+        self.gate_mode = "hard"
 
     def attach_loss_weights(self, names, parametrization: str, group_scales) -> None:
         """Give the model one learned weight per loss term (kept if it already has these terms)."""
@@ -77,7 +85,11 @@ class ExitRobertaModel(RobertaModel):
                                  "the last layer always needs one")
         parser.add_argument("--exit-head", type=str, metavar="TYPE",
                             help="exit classifier: pabee (one shared pooler + a linear layer per "
-                                 "exit) or deebert (a pooler per exit)")
+                                 "exit), deebert (a pooler per exit) or smartbert (small attention head)")
+        parser.add_argument("--skip-gates", action="store_true",
+                            help="a SmartBERT skip gate before every layer")
+        parser.add_argument("--skip-threshold", type=float, metavar="TAU",
+                            help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1)")
 
     @property
     def num_layers(self) -> int:
@@ -119,6 +131,9 @@ class ExitRobertaModel(RobertaModel):
             src_tokens,
             policy=exit_policy,
             return_states=return_exit_states,
+            gates=self.skip_gates,
+            gate_mode=self.gate_mode,
+            skip_threshold=self.args.skip_threshold,
         )
         return out.logits, {"exits": out}
 
@@ -150,6 +165,8 @@ class ExitRobertaModel(RobertaModel):
 def exit_base_architecture(args):
     args.exit_layers = safe_getattr(args, "exit_layers", "")
     args.exit_head = safe_getattr(args, "exit_head", "pabee")
+    args.skip_gates = safe_getattr(args, "skip_gates", False)
+    args.skip_threshold = safe_getattr(args, "skip_threshold", 0.5)
     base_architecture(args)
 
 
@@ -160,9 +177,8 @@ def exit_roberta_base_architecture(args):
 
 @register_model_architecture("exit_roberta", "exit_roberta_large")
 def exit_roberta_large_architecture(args):
-    args.exit_layers = safe_getattr(args, "exit_layers", "")
-    args.exit_head = safe_getattr(args, "exit_head", "pabee")
     roberta_large_architecture(args)
+    exit_base_architecture(args)
 
 
 @register_model_architecture("exit_roberta", "exit_roberta_tiny")

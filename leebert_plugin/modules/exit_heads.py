@@ -3,14 +3,20 @@
 * ``pabee``: one pooler (dense + tanh on the first token) shared by all exits, then dropout and a
   linear layer per exit (PABEE's code; the reading ``methods.md`` §2.3 recommends for LeeBERT).
 * ``deebert``: every exit has its own pooler, then its own linear layer (DeeBERT's highways).
+* ``smartbert``: SmartBERT's (and FastBERT's) small head: tanh into 128 dims, 4-head attention
+  queried by [CLS], tanh, linear (methods.md §3.2); each exit also owns the projector its
+  stage-2 contrastive loss uses.
 
 Every head maps the hidden states ``T x B x C`` of one exit layer to logits ``B x num_classes``.
 """
 from typing import Callable, Dict, Optional
 
+import torch
 import torch.nn as nn
 from fairseq import utils
 from torch import Tensor
+
+from leebert_plugin.modules.cls_attention import ClsAttention
 
 EXIT_HEAD_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -66,3 +72,40 @@ class PabeeExits(PoolerExits):
 class DeebertExits(PoolerExits):
     def __init__(self, **kwargs):
         super().__init__(shared_pooler=False, **kwargs)
+
+
+class SmartBertExit(nn.Module):
+    def __init__(self, input_dim: int, num_classes: int, dim: int = 128, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.attention = ClsAttention(input_dim, dim, heads, dropout)
+        self.hidden = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, num_classes)
+        # token-wise projector of the narrowed states, for stage 2's contrastive loss
+        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.Tanh(), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        cls, _ = self.attention(x, padding_mask)
+        return self.out_proj(torch.tanh(self.hidden(cls)))
+
+
+@register_exit_head("smartbert")
+class SmartBertExits(nn.Module):
+    def __init__(self, num_exits: int, input_dim: int, inner_dim: int, num_classes: int,
+                 activation_fn: str = "tanh", pooler_dropout: float = 0.0, dim: int = 128, heads: int = 4,
+                 attention_dropout: float = 0.1):
+        super().__init__()
+        self.exits = nn.ModuleList(
+            SmartBertExit(input_dim, num_classes, dim, heads, attention_dropout) for _ in range(num_exits)
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.exits[0].out_proj.out_features
+
+    def forward(self, k: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        return self.exits[k](x, padding_mask)
+
+    def projections(self, k: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Exit k's contrastive projection of every token, ``T x B x dim``."""
+        _, z = self.exits[k].attention(x, padding_mask)
+        return self.exits[k].projector(z)

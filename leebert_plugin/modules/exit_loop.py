@@ -5,6 +5,11 @@ is what the criteria train on. With a policy, the loop asks it after each exit w
 done; their logits are written to their slots in the output, and the remaining layers run on the
 other samples only: the batch shrinks, and so does the padded length when the longest sentences
 have left. Decisions are tensor operations on the batch, so they do not depend on batch size.
+
+With SmartBERT's skip gates, each layer first asks its gate. In training the layer output is
+mixed with its input, h' = (1 - g) layer(h) + g h, g soft or hard (straight-through). At inference
+a sample whose gate says skip (g >= skip_threshold) keeps its state and gets no exit check at that
+layer; the layer runs on the other samples only.
 """
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -14,6 +19,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from leebert_plugin.exits.policies import ExitPolicy
+from leebert_plugin.modules.skip_gate import straight_through
+
+GATE_MODES = ("soft", "hard")
 
 
 @dataclass
@@ -22,19 +30,32 @@ class ExitOutput:
 
     ``logits``: ``B x C``, the prediction each sample leaves with. ``exit_layer``: ``B``, the
     1-based layer whose exit produced it. ``layers_run``: ``B``, transformer layers computed for
-    the sample. ``exit_logits`` / ``exit_states``: per exit, full batch; filled only without a policy.
+    the sample; ``layers_skipped`` and ``gates_run`` count its skipped layers and evaluated gates.
+    Without a policy (training, full depth) also, per exit: ``exit_logits`` and, if asked,
+    ``exit_states`` (``T x B x C``, the exit's input); per layer with gates: ``gate_probs`` (soft,
+    ``B``) and, if asked, ``layer_inputs``.
     """
 
     logits: Tensor
     exit_layer: Tensor
     layers_run: Tensor
+    layers_skipped: Tensor
+    gates_run: Tensor
     exit_logits: List[Tensor] = field(default_factory=list)
     exit_states: List[Tensor] = field(default_factory=list)
+    gate_probs: List[Tensor] = field(default_factory=list)
+    layer_inputs: List[Tensor] = field(default_factory=list)
     padding_mask: Optional[Tensor] = None
 
 
 def _mask_or_none(padding_mask: Tensor) -> Optional[Tensor]:
     return padding_mask if bool(padding_mask.any()) else None
+
+
+def _mix(layer_out: Tensor, layer_in: Tensor, weight: Tensor) -> Tensor:
+    """(1 - w) layer(h) + w h, with the per-sample weight broadcast over ``T x B x C``."""
+    w = weight.view(1, -1, 1).to(layer_out.dtype)
+    return (1 - w) * layer_out + w * layer_in
 
 
 def run_exit_loop(
@@ -44,56 +65,95 @@ def run_exit_loop(
     src_tokens: Tensor,
     policy: Optional[ExitPolicy] = None,
     return_states: bool = False,
+    gates: Optional[nn.Module] = None,
+    gate_mode: str = "hard",
+    skip_threshold: float = 0.5,
 ) -> ExitOutput:
-    """Run ``encoder`` (a fairseq ``TransformerEncoder``) layer by layer with exits.
+    """Run ``encoder`` (a fairseq ``TransformerEncoder``) layer by layer with exits (and gates).
 
     ``exit_layers`` are 1-based and must end with the last layer; ``heads(k, x, pad)`` gives the
-    logits of the k-th exit. ``return_states`` keeps each exit's ``T x B x C`` input (for losses
-    on hidden states); it needs ``policy=None``.
+    logits of the k-th exit; ``gates(i, x, pad)`` the skip probability before layer i (0-based).
     """
     num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
     padding_mask = src_tokens.eq(encoder.padding_idx)
     x, _ = encoder.forward_embedding(src_tokens)
     x = (x * (1 - padding_mask.unsqueeze(-1).type_as(x))).transpose(0, 1)
-    bsz = src_tokens.size(0)
-    device = src_tokens.device
+    bsz, device = src_tokens.size(0), src_tokens.device
 
-    out = ExitOutput(
-        logits=x.new_zeros(0),
-        exit_layer=torch.full((bsz,), num_layers, dtype=torch.long, device=device),
-        layers_run=torch.full((bsz,), num_layers, dtype=torch.long, device=device),
-        padding_mask=padding_mask,
-    )
+    def counter(value: int) -> Tensor:
+        return torch.full((bsz,), value, dtype=torch.long, device=device)
+
+    out = ExitOutput(logits=x.new_zeros(0), exit_layer=counter(num_layers), layers_run=counter(num_layers),
+                     layers_skipped=counter(0), gates_run=counter(0), padding_mask=padding_mask)
+
+    def normed(h: Tensor) -> Tensor:
+        return encoder.layer_norm(h) if encoder.layer_norm is not None else h
+
+    if policy is None:  # training / full depth: every sample, every layer, every exit
+        pad_arg = _mask_or_none(padding_mask)
+        for i in range(num_layers):  # index, not iterate: a LayerDropModuleList would drop layers
+            u = encoder.layers[i](x, encoder_padding_mask=pad_arg)
+            if gates is not None:
+                g = gates(i, x, pad_arg)
+                out.gate_probs.append(g)
+                if return_states:
+                    out.layer_inputs.append(x)
+                x = _mix(u, x, straight_through(g, skip_threshold) if gate_mode == "hard" else g)
+            else:
+                x = u
+            k = exit_index.get(i + 1)
+            if k is None:
+                continue
+            h = normed(u if i + 1 < num_layers else x)  # exits read the layer's own output; the last, the final state
+            out.exit_logits.append(heads(k, h, pad_arg))
+            if return_states:
+                out.exit_states.append(h)
+        if gates is not None:
+            out.gates_run.fill_(num_layers)
+        out.logits = out.exit_logits[-1]
+        return out
+
     active = torch.arange(bsz, device=device)  # original slot of every sample still running
-    state = policy.init_state(bsz, device) if policy is not None else {}
+    state = policy.init_state(bsz, device)
     pad = padding_mask
     pad_arg = _mask_or_none(pad)
-
-    for layer_no in range(1, num_layers + 1):
-        # index, not iterate: a LayerDropModuleList would silently drop layers when iterated
-        x = encoder.layers[layer_no - 1](x, encoder_padding_mask=pad_arg)
+    out.layers_run.zero_()
+    for i in range(num_layers):
+        layer_no = i + 1
+        if gates is not None:
+            run = gates(i, x, pad_arg) < skip_threshold
+            out.gates_run[active] += 1
+            out.layers_skipped[active[~run]] += 1
+        else:
+            run = torch.ones_like(active, dtype=torch.bool)
+        ran = run.nonzero().squeeze(1)
+        if ran.numel() == active.numel():
+            x = encoder.layers[i](x, encoder_padding_mask=pad_arg)
+        elif ran.numel():
+            x = x.index_copy(1, ran, encoder.layers[i](x[:, ran], encoder_padding_mask=_mask_or_none(pad[ran])))
+        out.layers_run[active[ran]] += 1
         k = exit_index.get(layer_no)
         if k is None:
             continue
-        h = encoder.layer_norm(x) if encoder.layer_norm is not None else x
-        logits = heads(k, h, pad_arg)
-        if policy is None:
-            out.exit_logits.append(logits)
-            if return_states:
-                out.exit_states.append(h)
-            continue
-        if layer_no == num_layers:
+        if layer_no == num_layers:  # everyone left leaves here, skipped or not
+            logits = heads(k, normed(x), pad_arg)
             done = torch.ones_like(active, dtype=torch.bool)
+        elif ran.numel():
+            sub_pad = pad_arg if ran.numel() == active.numel() else _mask_or_none(pad[ran])
+            sub_logits = heads(k, normed(x[:, ran]), sub_pad)
+            sub_done, sub_state = policy.step(sub_logits, {n: v[ran] for n, v in state.items()})
+            state = {n: v.index_copy(0, ran, sub_state[n]) for n, v in state.items()}
+            logits = sub_logits.new_zeros(active.numel(), sub_logits.size(-1)).index_copy(0, ran, sub_logits)
+            done = torch.zeros_like(active, dtype=torch.bool).index_copy(0, ran, sub_done)
         else:
-            done, state = policy.step(logits, state)
+            continue
         if not out.logits.numel():
             out.logits = logits.new_zeros(bsz, logits.size(-1))
         if bool(done.any()):
             slots = active[done]
             out.logits[slots] = logits[done]
             out.exit_layer[slots] = layer_no
-            out.layers_run[slots] = layer_no
             keep = ~done
             if not bool(keep.any()):
                 break
@@ -103,7 +163,4 @@ def run_exit_loop(
             length = int((~pad).any(0).nonzero()[-1]) + 1
             x, pad = x[:length], pad[:, :length]
             pad_arg = _mask_or_none(pad)
-
-    if policy is None:
-        out.logits = out.exit_logits[-1]
     return out
