@@ -115,7 +115,7 @@ class MultiExitCriterion(FairseqCriterion):
     def term_weights(self, model, names: Sequence[str]) -> Dict[str, Tensor]:
         """The model's learned weights (as constants: only the clo optimizer moves them), else fixed."""
         learned = getattr(model, "loss_weights", None)
-        if learned is not None:
+        if self.cfg.learn_weights and learned is not None:
             return {name: w.detach() for name, w in learned(names).items()}
         return self.fixed_weights(model, names)
 
@@ -165,10 +165,11 @@ class MultiExitCriterion(FairseqCriterion):
         }
         for name, value in terms.items():
             logging_output[f"term:{name}"] = value.data
-        if getattr(model, "loss_weights", None) is not None:
+        if self.cfg.learn_weights and getattr(model, "loss_weights", None) is not None:
             # weight x sentences, so that summing over workers and steps gives a weighted mean
-            for name, w in weights.items():
-                logging_output[f"weight:{name}"] = float(w) * sample_size
+            values = torch.stack([torch.as_tensor(w) for w in weights.values()]).tolist()  # one sync
+            for name, w in zip(weights, values):
+                logging_output[f"weight:{name}"] = w * sample_size
         if not self.regression_target:
             for layer, logits in zip(model.exit_layers, exits.exit_logits):
                 logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()

@@ -2,6 +2,7 @@
 import logging
 from typing import List, Optional
 
+import torch
 import torch.nn as nn
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import (
@@ -17,7 +18,7 @@ from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import run_exit_loop
 from leebert_plugin.modules.loss_weights import LossWeights
-from leebert_plugin.modules.skip_gate import SkipGates
+from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ExitRobertaModel(RobertaModel):
     """
 
     # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
-    injected_modules = ("exit_heads", "loss_weights", "skip_gates")
+    injected_modules = ("exit_heads", "loss_weights", "skip_gates", "layer_projectors")
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
@@ -67,8 +68,28 @@ class ExitRobertaModel(RobertaModel):
                              "set model.skip_threshold (tau_s) to e.g. 0.5")
         self.skip_gates = (SkipGates(args.encoder_layers, args.encoder_embed_dim, dropout=args.attention_dropout)
                            if args.skip_gates else None)
+        self.layer_projectors = (LayerProjectors(args.encoder_layers, args.encoder_embed_dim)
+                                 if args.layer_projectors else None)
         # soft or hard (straight-through) gate weights in training; the task sets it per epoch
         self.gate_mode = "hard"
+        # two-stage training (SmartBERT, DeeBERT): saved with the weights, so it survives a resume
+        self.register_buffer("training_stage", torch.ones((), dtype=torch.long))
+
+    @property
+    def stage(self) -> int:
+        return int(self.training_stage)
+
+    def stage2_parameters(self, head_name: str) -> List[nn.Parameter]:
+        """What stage 2 trains: the parameters owned by exits 1..M-1 alone."""
+        heads = self.exit_heads[head_name]
+        return [p for k in range(len(self.exit_layers) - 1) for p in heads.exit_parameters(k)]
+
+    def enter_stage2(self, head_name: str) -> None:
+        """Freeze everything but the intermediate exits (backbone, gates, last exit, projectors)."""
+        self.training_stage.fill_(2)
+        keep = {id(p) for p in self.stage2_parameters(head_name)}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in keep)
 
     def attach_loss_weights(self, names, parametrization: str, group_scales) -> None:
         """Give the model one learned weight per loss term (kept if it already has these terms)."""
@@ -90,6 +111,8 @@ class ExitRobertaModel(RobertaModel):
                             help="a SmartBERT skip gate before every layer")
         parser.add_argument("--skip-threshold", type=float, metavar="TAU",
                             help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1)")
+        parser.add_argument("--layer-projectors", action="store_true",
+                            help="SmartBERT's stage-1 contrastive projectors of every layer input")
 
     @property
     def num_layers(self) -> int:
@@ -132,7 +155,7 @@ class ExitRobertaModel(RobertaModel):
             policy=exit_policy,
             return_states=return_exit_states,
             gates=self.skip_gates,
-            gate_mode=self.gate_mode,
+            gate_mode=self.gate_mode if self.training else "hard",
             skip_threshold=self.args.skip_threshold,
         )
         return out.logits, {"exits": out}
@@ -143,7 +166,7 @@ class ExitRobertaModel(RobertaModel):
         prefix = name + "." if name else ""
         saved_weights = state_dict.get(f"{prefix}loss_weights._extra_state")
         if saved_weights is not None and self.loss_weights is None:
-            self.loss_weights = LossWeights.from_extra_state(saved_weights)
+            self.loss_weights = LossWeights.from_extra_state(saved_weights).to(self.training_stage.device)
         for module_name in self.injected_modules:
             module_prefix = f"{prefix}{module_name}."
             module = getattr(self, module_name)
@@ -154,11 +177,20 @@ class ExitRobertaModel(RobertaModel):
                 logger.info(f"checkpoint has no {module_name}: initialising them fresh")
             for k, v in fresh.items():
                 state_dict[module_prefix + k] = v
-        check_state_dict_fits(
-            self, state_dict, prefix,
-            f"this {self.num_layers}-layer exit_roberta (dim {self.args.encoder_embed_dim}, "
-            f"exits at {self.exit_layers}, {self.args.exit_head} heads)",
-        )
+        state_dict.setdefault(f"{prefix}training_stage", self.training_stage.clone())  # plain RoBERTa: stage 1
+        if int(state_dict[f"{prefix}training_stage"]) == 2 and self.exit_heads:
+            self.enter_stage2(next(iter(self.exit_heads)))  # a resumed stage 2 rebuilds its optimizer without the frozen part
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Upgrade (inject fresh modules), then, for a strict load, say in one line what does not fit."""
+        if strict:
+            self.upgrade_state_dict(state_dict)  # idempotent: fairseq's load upgrades again
+            check_state_dict_fits(
+                self, state_dict, "",
+                f"this {self.num_layers}-layer exit_roberta (dim {self.args.encoder_embed_dim}, "
+                f"exits at {self.exit_layers}, {self.args.exit_head} heads)",
+            )
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
 
 @register_model_architecture("exit_roberta", "exit_roberta")
@@ -167,6 +199,7 @@ def exit_base_architecture(args):
     args.exit_head = safe_getattr(args, "exit_head", "pabee")
     args.skip_gates = safe_getattr(args, "skip_gates", False)
     args.skip_threshold = safe_getattr(args, "skip_threshold", 0.5)
+    args.layer_projectors = safe_getattr(args, "layer_projectors", False)
     base_architecture(args)
 
 

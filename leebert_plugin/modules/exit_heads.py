@@ -55,6 +55,12 @@ class PoolerExits(nn.Module):
     def num_classes(self) -> int:
         return self.out_proj[0].out_features
 
+    def exit_parameters(self, k: int):
+        """Parameters that belong to exit k alone (a shared pooler belongs to none)."""
+        yield from self.out_proj[k].parameters()
+        if not self.shared_pooler:
+            yield from self.dense[k].parameters()
+
     def forward(self, k: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits of exit ``k`` (0-based among the exits) from hidden states ``T x B x C``."""
         h = self.dropout(x[0])
@@ -101,6 +107,9 @@ class SmartBertExits(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.exits[0].out_proj.out_features
+
+    def exit_parameters(self, k: int):
+        yield from self.exits[k].parameters()
 
     def forward(self, k: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         return self.exits[k](x, padding_mask)

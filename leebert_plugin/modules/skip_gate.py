@@ -39,3 +39,18 @@ class SkipGates(nn.Module):
 
     def forward(self, layer_index: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         return self.gates[layer_index](x, padding_mask)
+
+
+class LayerProjectors(nn.Module):
+    """SmartBERT's stage-1 contrastive projectors, one per layer input h_0..h_{L-1}:
+    Linear(C, 128) -> LayerNorm -> tanh -> Linear(128, 128), token-wise."""
+
+    def __init__(self, num_layers: int, input_dim: int, dim: int = 128):
+        super().__init__()
+        self.projectors = nn.ModuleList(
+            nn.Sequential(nn.Linear(input_dim, dim), nn.LayerNorm(dim), nn.Tanh(), nn.Linear(dim, dim))
+            for _ in range(num_layers)
+        )
+
+    def forward(self, layer_index: int, x: Tensor) -> Tensor:
+        return self.projectors[layer_index](x)

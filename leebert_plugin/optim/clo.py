@@ -1,7 +1,7 @@
 """``clo``: the cross-level optimisation of LeeBERT's learned loss weights, as a fairseq optimizer.
 
 It wraps fairseq's ``adam`` for the model parameters (the lr scheduler, gradient clipping and
-checkpointing see only that one) and keeps its own Adam for the loss weights, which it updates in
+checkpointing see only that one) and keeps its own AdamW for the loss weights, which it updates in
 :meth:`meta_step`, driven by the ``early_exit_sentence_prediction`` task every
 ``w_update_interval`` updates. Modes (``methods.md`` §2.5 and §6.2; the paper's exact rule is not
 public):
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 import torch
-import torch.distributed as dist
+from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
@@ -36,7 +36,7 @@ class CLOConfig(FairseqAdamConfig):
     mode: str = field(default="clo", metadata={"help": "clo (cross-level, both directions), darts2 "
                                                        "(second order) or darts1 (first order)"})
     w_lr: float = field(default=3e-3, metadata={"help": "learning rate of the loss weights' Adam"})
-    w_weight_decay: float = field(default=1e-3, metadata={"help": "weight decay of the loss weights' Adam"})
+    w_weight_decay: float = field(default=1e-3, metadata={"help": "decoupled weight decay of the loss weights' AdamW"})
     w_betas: str = field(default="(0.5, 0.999)", metadata={"help": "betas of the loss weights' Adam (DARTS')"})
     w_update_interval: int = field(default=10, metadata={"help": "run the meta step every k updates"})
     xi: float = field(default=-1.0, metadata={"help": "virtual step size; <= 0: the model's current lr"})
@@ -54,7 +54,9 @@ class CLOOptimizer(FairseqOptimizer):
         params = list(params)
         self.weight_params = [p for p in params if getattr(p, "param_group", None) == PARAM_GROUP]
         self.inner = FairseqAdam(cfg, [p for p in params if getattr(p, "param_group", None) != PARAM_GROUP])
-        self.w_optimizer = torch.optim.Adam(
+        # decoupled weight decay: with xi at the model's (small) lr, L2 folded into the gradient
+        # would dominate the hypergradient and pin the weights at their start
+        self.w_optimizer = torch.optim.AdamW(
             self.weight_params or [torch.nn.Parameter(torch.zeros(1))],
             lr=cfg.w_lr, betas=ast.literal_eval(cfg.w_betas), weight_decay=cfg.w_weight_decay,
         )
@@ -79,23 +81,35 @@ class CLOOptimizer(FairseqOptimizer):
         return self.cfg.mode == "clo"
 
     def meta_step(self, model, criterion, b1, b2, seed: int) -> Dict[str, float]:
-        """Update the loss weights from the hypergradient(s); theta is left as it was."""
+        """Update the loss weights from the hypergradient(s); theta is left as it was.
+
+        Every data-parallel worker calls this on the same updates: one whose batch lacks D1 or
+        D2 examples (or is a dummy batch, b1 = b2 = None) contributes nothing, and the weights
+        move by the mean over the workers that had both, identically everywhere.
+        """
         weights = getattr(model, "loss_weights", None)
         if weights is None or not self.weight_params:
             raise UsageError("the clo optimizer found no learned loss weights on the model",
                              "use a criterion with learn_weights=true (leebert has it by default)")
-        xi = self.cfg.xi if self.cfg.xi > 0 else self.inner.get_lr()
-        first_order = self.cfg.mode == "darts1"
-        g = hypergradient(model, criterion, b1, b2, xi, self.cfg.fd_eps, not first_order, seed)
-        if self.cfg.mode == "clo":
-            g = 0.5 * (g + hypergradient(model, criterion, b2, b1, xi, self.cfg.fd_eps, True, seed + 7))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(g)
-            g /= dist.get_world_size()
+        g = torch.zeros_like(weights.logits)
+        count = torch.zeros((), device=g.device)
+        if b1 is not None and b2 is not None:
+            xi = self.cfg.xi if self.cfg.xi > 0 else self.inner.get_lr()
+            first_order = self.cfg.mode == "darts1"
+            g = hypergradient(model, criterion, b1, b2, xi, self.cfg.fd_eps, not first_order, seed)
+            if self.cfg.mode == "clo":
+                g = 0.5 * (g + hypergradient(model, criterion, b2, b1, xi, self.cfg.fd_eps, True, seed + 7))
+            count += 1
+        if distributed_utils.get_data_parallel_world_size() > 1:
+            group = distributed_utils.get_data_parallel_group()
+            g, count = distributed_utils.all_reduce(g, group), distributed_utils.all_reduce(count, group)
+        if float(count) == 0:
+            return {"meta_steps": 1, "hypergrad_norm": 0.0}
+        g = g / count
         self.w_optimizer.zero_grad()
         torch.autograd.backward(weights.weights(), g.to(weights.logits.dtype))
         self.w_optimizer.step()
-        return {"hypergrad_norm": float(g.norm())}
+        return {"meta_steps": 1, "hypergrad_norm": float(g.norm())}
 
     def step(self, closure=None, scale=1.0, groups=None):
         if not self.driven_by_task:

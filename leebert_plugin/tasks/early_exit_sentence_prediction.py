@@ -58,6 +58,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         super().__init__(cfg, data_dictionary, label_dictionary)
         self._model = None
         self._split_checked = False
+        self._last_meta_update = -1
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
 
     @classmethod
@@ -138,22 +139,26 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         model.set_num_updates(update_num)
         d2 = in_d2(sample["id"], self.cfg.seed, self.cfg.d2_ratio)
         b1, b2 = subset_sample(sample, ~d2), subset_sample(sample, d2)
-        stats = {}
-        if clo.meta_due(update_num) and not ignore_grad and b1 is not None and b2 is not None:
+        stats = {"meta_steps": 0, "hypergrad_norm": 0.0}  # the same keys on every worker
+        # decided by the update number alone, so every worker joins the meta step's all-reduce;
+        # once per update, however many micro-batches (update_freq) it has
+        if clo.meta_due(update_num) and update_num != self._last_meta_update:
+            self._last_meta_update = update_num
             with torch.autograd.profiler.record_function("clo-meta-step"):
-                stats = clo.meta_step(model, criterion, b1, b2, seed=self.cfg.seed * 1_000_003 + update_num)
+                meta_batches = (None, None) if ignore_grad else (b1, b2)
+                stats = clo.meta_step(model, criterion, *meta_batches, seed=self.cfg.seed * 1_000_003 + update_num)
         batch = sample if clo.trains_on_both_splits() else b1
-        if batch is None:  # a darts batch with no D1 example: a zero-loss step keeps workers in sync
-            batch, ignore_grad = sample, True
+        nothing_to_train = batch is None  # a darts batch without D1 examples
         with torch.autograd.profiler.record_function("forward"):
-            loss, sample_size, logging_output = criterion(model, batch)
-        if ignore_grad:
+            loss, sample_size, logging_output = criterion(model, sample if nothing_to_train else batch)
+        if ignore_grad or nothing_to_train:
             loss *= 0
         with torch.autograd.profiler.record_function("backward"):
             optimizer.backward(loss)
-        if stats:
-            logging_output["meta_steps"] = 1
-            logging_output["hypergrad_norm"] = stats["hypergrad_norm"]
+        if nothing_to_train:  # keep the keys (workers sum them), count nothing
+            sample_size = 0
+            logging_output = {k: v * 0 if torch.is_tensor(v) else 0 for k, v in logging_output.items()}
+        logging_output.update(stats)
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
@@ -205,11 +210,16 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
 
 def _find_clo(optimizer):
-    """The CLOOptimizer inside fairseq's (possible) fp16 / AMP wrappers, or None."""
+    """The CLOOptimizer, or None; refused under fp16/bf16/AMP wrappers."""
     from leebert_plugin.optim.clo import CLOOptimizer
 
-    for attr in (None, "fp32_optimizer", "wrapped_optimizer"):
-        inner = optimizer if attr is None else getattr(optimizer, attr, None)
-        if isinstance(inner, CLOOptimizer):
-            return inner
+    if isinstance(optimizer, CLOOptimizer):
+        return optimizer
+    for attr in ("fp32_optimizer", "wrapped_optimizer", "optimizer"):
+        if isinstance(getattr(optimizer, attr, None), CLOOptimizer):
+            raise UsageError(
+                "the clo optimizer runs in fp32 only: its finite differences and its separate "
+                "loss-weight optimizer do not survive fairseq's fp16/bf16/AMP wrappers",
+                "set common.fp16=false common.bf16=false common.amp=false",
+            )
     return None
