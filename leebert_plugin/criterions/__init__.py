@@ -1,1 +1,1 @@
-from leebert_plugin.criterions import leebert, multi_exit  # noqa: F401
+from leebert_plugin.criterions import leebert, multi_exit, smartbert  # noqa: F401

@@ -41,6 +41,7 @@ class ExitOutput:
     layers_run: Tensor
     layers_skipped: Tensor
     gates_run: Tensor
+    skipped_per_layer: Optional[Tensor] = None  # ``L``: how many samples skipped each layer
     exit_logits: List[Tensor] = field(default_factory=list)
     exit_states: List[Tensor] = field(default_factory=list)
     gate_probs: List[Tensor] = field(default_factory=list)
@@ -85,7 +86,8 @@ def run_exit_loop(
         return torch.full((bsz,), value, dtype=torch.long, device=device)
 
     out = ExitOutput(logits=x.new_zeros(0), exit_layer=counter(num_layers), layers_run=counter(num_layers),
-                     layers_skipped=counter(0), gates_run=counter(0), padding_mask=padding_mask)
+                     layers_skipped=counter(0), gates_run=counter(0), padding_mask=padding_mask,
+                     skipped_per_layer=torch.zeros(num_layers, dtype=torch.long, device=device))
 
     def normed(h: Tensor) -> Tensor:
         return encoder.layer_norm(h) if encoder.layer_norm is not None else h
@@ -99,7 +101,9 @@ def run_exit_loop(
                 out.gate_probs.append(g)
                 if return_states:
                     out.layer_inputs.append(x)
-                x = _mix(u, x, straight_through(g, skip_threshold) if gate_mode == "hard" else g)
+                hard = straight_through(g, skip_threshold)
+                out.skipped_per_layer[i] = int((hard.detach() > 0.5).sum())
+                x = _mix(u, x, hard if gate_mode == "hard" else g)
             else:
                 x = u
             k = exit_index.get(i + 1)
@@ -111,6 +115,8 @@ def run_exit_loop(
                 out.exit_states.append(h)
         if gates is not None:
             out.gates_run.fill_(num_layers)
+            out.layers_skipped = torch.stack([p >= skip_threshold for p in out.gate_probs]).sum(0)
+            out.layers_run = num_layers - out.layers_skipped
         out.logits = out.exit_logits[-1]
         return out
 
@@ -125,6 +131,7 @@ def run_exit_loop(
             run = gates(i, x, pad_arg) < skip_threshold
             out.gates_run[active] += 1
             out.layers_skipped[active[~run]] += 1
+            out.skipped_per_layer[i] = int((~run).sum())
         else:
             run = torch.ones_like(active, dtype=torch.bool)
         ran = run.nonzero().squeeze(1)

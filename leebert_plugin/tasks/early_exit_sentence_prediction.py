@@ -6,14 +6,17 @@ histogram. The exit settings are task fields, so ``fairseq-validate --exit-thres
 the value saved in the checkpoint.
 """
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq import checkpoint_utils
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
-from omegaconf import OmegaConf, open_dict
+from omegaconf import II, OmegaConf, open_dict
 
 from leebert_plugin.data import checks
 from leebert_plugin.data.bilevel_split import in_d2, subset_sample
@@ -45,6 +48,20 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
         default=1, metadata={"help": "consecutive agreeing (patience) or confident (pcee) exits; "
                                      "not --patience, which is fairseq's early stopping"}
     )
+    stage1_epochs: int = field(
+        default=0,
+        metadata={"help": "two-stage training (SmartBERT, DeeBERT): epochs of stage 1; after them the task "
+                          "reloads the best stage-1 checkpoint, freezes all but the intermediate exits and "
+                          "trains those (stage 2) until optimization.max_epoch; 0: one stage"},
+    )
+    soft_gate_epochs: int = field(
+        default=0, metadata={"help": "first epochs of stage 1 with soft gate weights; hard (straight-through) after"}
+    )
+    stage1_checkpoint: str = field(
+        default="", metadata={"help": "checkpoint stage 2 starts from (default: SAVE_DIR/checkpoint_best.pt, "
+                                      "kept as checkpoint_stage1_best.pt)"}
+    )
+    save_dir: str = II("checkpoint.save_dir")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -60,6 +77,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         self._split_checked = False
         self._last_meta_update = -1
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
+        self.never_exit = build_policy("none", cfg.num_classes)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -127,7 +145,52 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         logger.info(f"bi-level split: {n - d2} examples in D1, {d2} in D2 (d2_ratio={self.cfg.d2_ratio})")
         self._split_checked = True
 
+    def begin_epoch(self, epoch, model):
+        """Two-stage training: set the gate mode, and switch to stage 2 after ``stage1_epochs``."""
+        super().begin_epoch(epoch, model)
+        if self.cfg.stage1_epochs <= 0:
+            return
+        in_stage1 = epoch <= self.cfg.stage1_epochs
+        model.gate_mode = "soft" if in_stage1 and epoch <= self.cfg.soft_gate_epochs else "hard"
+        if not in_stage1 and model.stage == 1:
+            self._enter_stage2(model)
+
+    def _enter_stage2(self, model) -> None:
+        default = os.path.join(self.cfg.save_dir, "checkpoint_best.pt")
+        path = self.cfg.stage1_checkpoint or default
+        if not os.path.isfile(path):
+            raise UsageError(f"stage 2 needs a stage-1 checkpoint, and {path} does not exist",
+                             "let stage 1 validate and save (task.stage1_epochs > 0, checkpoint.no_save=false) "
+                             "or point task.stage1_checkpoint at one")
+        kept = os.path.join(self.cfg.save_dir, "checkpoint_stage1_best.pt")
+        if path == default and not os.path.exists(kept):
+            shutil.copyfile(path, kept)
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        model.load_state_dict(state["model"], strict=True)
+        model.enter_stage2(self.cfg.classification_head_name)
+        # stage 2's best checkpoint is chosen among stage-2 epochs only
+        if hasattr(checkpoint_utils.save_checkpoint, "best"):
+            del checkpoint_utils.save_checkpoint.best
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"stage 2: restored {path}; training the intermediate exits only ({trainable} parameters)")
+
+    @staticmethod
+    def _drop_frozen(optimizer) -> None:
+        """Stage 2 leaves the frozen parameters out of the optimizer (and their state with them)."""
+        inner = getattr(optimizer, "optimizer", None)
+        for group in getattr(inner, "param_groups", []):
+            frozen = [p for p in group["params"] if not p.requires_grad]
+            if frozen:
+                for p in frozen:
+                    inner.state.pop(p, None)
+                group["params"] = [p for p in group["params"] if p.requires_grad]
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if getattr(model, "stage", 1) == 2:
+            self._drop_frozen(optimizer)
+        return self._train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """With the clo optimizer: split the batch into D1/D2, run the meta step when due, then
         train the model (on both splits for clo, on D1 for darts). Otherwise the parent's step."""
         clo = _find_clo(optimizer)
@@ -168,7 +231,9 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             return loss, sample_size, logging_output
         nsentences = sample["target"].numel()
         num_layers = model.num_layers
-        if self.cfg.exit_policy == "none":
+        # before stage 2 has trained the intermediate exits, a policy would only measure noise
+        policy = self.policy if (self.cfg.stage1_epochs <= 0 or model.stage == 2) else self.never_exit
+        if policy.name == "none" and model.skip_gates is None:
             exit_layer = torch.full((nsentences,), num_layers, dtype=torch.long)
             layers_run = exit_layer
         else:
@@ -177,12 +242,16 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                     **sample["net_input"],
                     features_only=True,
                     classification_head_name=self.cfg.classification_head_name,
-                    exit_policy=self.policy,
+                    exit_policy=policy,
                 )
             exits = extra["exits"]
             exit_layer, layers_run = exits.exit_layer, exits.layers_run
             targets = model.get_targets(sample, [logits]).view(-1)
             logging_output["ncorrect"] = (logits.argmax(-1) == targets).sum()
+            if model.skip_gates is not None:
+                logging_output["layers_skipped"] = exits.layers_skipped.sum()
+                for i, count in enumerate(exits.skipped_per_layer.tolist(), start=1):
+                    logging_output[f"skip_L{i}"] = count
         logging_output["layers_run"] = layers_run.sum()
         logging_output["layers_full"] = num_layers * nsentences
         for layer in model.exit_layers:
@@ -195,18 +264,23 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if meta:
             norm = sum(log.get("hypergrad_norm", 0.0) for log in logging_outputs)
             metrics.log_scalar("hypergrad_norm", norm / meta, meta, round=6)
-        layers_run = sum(log.get("layers_run", 0) for log in logging_outputs)
-        if not layers_run:
-            return
+        if not any("layers_full" in log for log in logging_outputs):
+            return  # training steps carry no exit statistics
+        layers_run = float(sum(log.get("layers_run", 0) for log in logging_outputs))
         nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
-        layers_full = sum(log.get("layers_full", 0) for log in logging_outputs)
-        metrics.log_scalar("mean_layers", float(layers_run) / nsentences, nsentences, round=3)
-        metrics.log_scalar("speedup", float(layers_full) / float(layers_run), nsentences, round=3)
-        keys = sorted({k for log in logging_outputs for k in log if k.startswith("exit_L")},
-                      key=lambda k: int(k[6:]))
-        for key in keys:
-            count = sum(log.get(key, 0) for log in logging_outputs)
-            metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
+        layers_full = float(sum(log.get("layers_full", 0) for log in logging_outputs))
+        metrics.log_scalar("mean_layers", layers_run / nsentences, nsentences, round=3)
+        # every layer skipped by every sample (gates) is an unbounded layer speed-up
+        metrics.log_scalar("speedup", layers_full / layers_run if layers_run else float("inf"), nsentences, round=3)
+        skipped = sum(log.get("layers_skipped", 0) for log in logging_outputs)
+        if any("layers_skipped" in log for log in logging_outputs):
+            metrics.log_scalar("mean_skipped", float(skipped) / nsentences, nsentences, round=3)
+        for prefix in ("exit_L", "skip_L"):
+            keys = sorted({k for log in logging_outputs for k in log if k.startswith(prefix)},
+                          key=lambda k: int(k[len(prefix):]))
+            for key in keys:
+                count = sum(log.get(key, 0) for log in logging_outputs)
+                metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
 
 
 def _find_clo(optimizer):

@@ -1,0 +1,108 @@
+"""SmartBERT: contrastive loss, the two stages in one command, frozen stage 2, resume, bad input."""
+import math
+
+import pytest
+import torch
+
+from conftest import hydra_train
+from helpers import json_records
+from leebert_plugin.criterions.contrastive import token_info_nce
+from test_restore_and_bad_input import assert_one_clear_error, digest
+
+SHORT = ["dataset.batch_size=32", "lr_scheduler.warmup_updates=2", "optimization.max_update=1000",
+         "common.log_interval=5", "task.stage1_epochs=1", "task.soft_gate_epochs=1"]
+
+
+def test_token_info_nce_by_hand():
+    a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # T=2, B=1, D=2
+    b = a.clone()
+    t = 0.5
+    # token 0: positive sim 1/t, negative 0 -> -log(e^2 / (e^2 + e^0))
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert float(token_info_nce(a, b, None, t, include_positive=True)) == pytest.approx(expected, rel=1e-6)
+    # without the positive in the denominator: -log(e^2 / e^0) = -2
+    assert float(token_info_nce(a, b, None, t, include_positive=False)) == pytest.approx(-2.0, rel=1e-6)
+    # a padded second token: only token 0 counts, and token 1 is no negative for it
+    pad = torch.tensor([[False, True]])
+    assert float(token_info_nce(a, b, pad, t, include_positive=True)) == pytest.approx(0.0, abs=1e-6)
+
+
+def frozen_part(state):
+    """Everything stage 2 must not touch: all but the intermediate exits (smartbert heads 0..M-2)."""
+    return {k: v for k, v in state.items()
+            if torch.is_tensor(v) and not any(k.startswith(f"exit_heads.sentence_classification_head.exits.{i}.")
+                                              for i in range(3))}
+
+
+@pytest.fixture(scope="module")
+def two_stage(mr_bin, tmp_path_factory):
+    save = tmp_path_factory.mktemp("smartbert")
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                       "optimization.max_epoch=2", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save, proc
+
+
+def test_the_two_stages_run_in_one_command(two_stage):
+    save, proc = two_stage
+    assert "stage 2: restored" in proc.stdout
+    records = json_records(proc.stdout, "valid")
+    assert "contrast_layers" in " ".join(records[0]) and "valid_gate_reg" in records[0]
+    assert "valid_contrast_exits" in records[1] and "valid_ce_L1" in records[1]
+    assert "valid_skip_L1" in records[1] and "valid_mean_skipped" in records[1]
+    assert (save / "checkpoint_stage1_best.pt").exists()
+    last = torch.load(save / "checkpoint_last.pt", map_location="cpu")
+    assert int(last["model"]["training_stage"]) == 2
+
+
+def test_stage_2_leaves_backbone_gates_and_last_exit_bit_identical(two_stage):
+    save, _ = two_stage
+    stage1 = torch.load(save / "checkpoint_stage1_best.pt", map_location="cpu")["model"]
+    stage2 = torch.load(save / "checkpoint_last.pt", map_location="cpu")["model"]
+    frozen = frozen_part(stage1)
+    assert any(k.startswith("skip_gates.") for k in frozen) and any(k.startswith("encoder.") for k in frozen)
+    for k, v in frozen.items():
+        if k != "training_stage":
+            assert torch.equal(stage2[k], v), k
+    trained = [k for k in stage1 if k not in frozen and torch.is_tensor(stage1[k])]
+    assert trained and any(not torch.equal(stage1[k], stage2[k]) for k in trained)
+
+
+def test_resuming_in_stage_2_stays_in_stage_2(two_stage, mr_bin, tmp_path):
+    save, _ = two_stage
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("checkpoint_last.pt", "checkpoint_stage1_best.pt"):
+        (resumed / name).write_bytes((save / name).read_bytes())
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={resumed}",
+                       "optimization.max_epoch=3", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 2: restored" not in proc.stdout  # the stage came back with the checkpoint
+    stage1 = frozen_part(torch.load(save / "checkpoint_stage1_best.pt", map_location="cpu")["model"])
+    after = torch.load(resumed / "checkpoint_last.pt", map_location="cpu")["model"]
+    for k, v in stage1.items():
+        if k != "training_stage":
+            assert torch.equal(after[k], v), k
+
+
+BAD = {
+    "stage 2 without a stage-1 checkpoint": (["checkpoint.no_save=true", "optimization.max_epoch=2"],
+                                             ["stage 2 needs a stage-1 checkpoint"]),
+    "skip threshold outside (0, 1)": (["model.skip_threshold=1.5"], ["skip_threshold=1.5 is outside (0, 1)"]),
+    "negative lambda": (["criterion.gate_lambda=-0.1"], ["gate_lambda=-0.1 is negative"]),
+    "negative eta": (["criterion.eta2=-1"], ["eta2=-1.0 is negative"]),
+    "non-positive temperature": (["criterion.t1=0"], ["t1=0.0 must be positive"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_smartbert_input(case, mr_bin, tmp_path):
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "notes.txt").write_text("keep me")
+    before = digest(save)
+    overrides, words = BAD[case]
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *SHORT,
+                       "optimization.max_epoch=1", *overrides)
+    assert_one_clear_error(proc, *words)
+    assert digest(save) == before
