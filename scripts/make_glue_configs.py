@@ -24,13 +24,36 @@ TASKS = {"cola": "cola", "sst_2": "sst_2", "mrpc": "mrpc", "sts_b": "sts_b", "qq
 
 HYDRA = {"run": {"dir": "${checkpoint.save_dir}/hydra/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False}}
 TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_patience": 1, "d2_ratio": 0.5,
-               "shorten_method": "truncate"}
-MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee"}
+               "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "shorten_method": "truncate"}
+MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee", "skip_gates": False,
+         "skip_threshold": 0.5, "layer_projectors": False}
+TWO_STAGE = {"exit_policy": "entropy", "exit_threshold": 0.3, "stage1_epochs": 5}
 METHODS = {
     "multi_exit": {
         "criterion": {"_name": "multi_exit", "exit_weighting": "ascending", "learn_weights": False,
                       "weight_parametrization": "group_softmax"},
         "optimizer": {"_name": "adam"},
+    },
+    # SmartBERT: the authors' RTE recipe (run.sh): lambda .04, eta1 .01, eta2 .05, t1 .5, t2 .55,
+    # lr 2e-5, batch 16, 5 + 4 epochs, AdamW wd .01 eps 1e-8, clip 1.0, warmup 10, 3 soft-gate epochs
+    "smartbert": {
+        "criterion": {"_name": "smartbert", "gate_lambda": 0.04, "eta1": 0.01, "eta2": 0.05, "t1": 0.5,
+                      "t2": 0.55, "mask_padding": True, "mix_with_eta": False, "stage2_pairs": "all"},
+        "optimizer": {"_name": "adam"},
+        "adam": {"weight_decay": 0.01, "adam_betas": "(0.9,0.999)", "adam_eps": 1e-08},
+        "task": {**TWO_STAGE, "soft_gate_epochs": 3},
+        "model": {"exit_head": "smartbert", "skip_gates": True, "layer_projectors": True},
+        "recipe": {"lr": 2e-05, "batch_size": 16, "epochs": 9, "clip_norm": 1.0, "warmup_updates": 10},
+        "classification_only": True,
+    },
+    # DeeBERT: the same two stages without gates or contrastive terms, a pooler per exit
+    "deebert": {
+        "criterion": {"_name": "smartbert", "gate_lambda": 0.0, "eta1": 0.0, "eta2": 0.0, "t1": 0.5,
+                      "t2": 0.55, "mask_padding": True, "mix_with_eta": False, "stage2_pairs": "all"},
+        "optimizer": {"_name": "adam"},
+        "task": dict(TWO_STAGE),
+        "model": {"exit_head": "deebert"},
+        "classification_only": True,
     },
     "leebert": {
         "criterion": {"_name": "leebert", "distill": "lae", "temperature": 1.0, "kd_weight": 1.0,
@@ -51,17 +74,27 @@ def build(task: str, method: str) -> dict:
     common["user_dir"] = "${oc.env:PWD}/user_dir"
     cfg["common"] = common
     regression = base["task"].get("num_classes") == 1
+    spec = METHODS[method]
     cfg["task"] = {**base["task"], "_name": "early_exit_sentence_prediction",
-                   "regression_target": regression, **TASK_FIELDS}
+                   "regression_target": regression, **TASK_FIELDS, **spec.get("task", {})}
     cfg["checkpoint"] = {**base["checkpoint"], "save_dir": "???"}
     cfg["distributed_training"] = base["distributed_training"]
     cfg["criterion"] = copy.deepcopy(METHODS[method]["criterion"])
-    cfg["dataset"] = base["dataset"]
+    cfg["dataset"] = dict(base["dataset"])
     adam = {k: v for k, v in base["optimizer"].items() if k != "_name"}
-    cfg["optimizer"] = {**METHODS[method]["optimizer"], **adam}
-    cfg["lr_scheduler"] = base["lr_scheduler"]
-    cfg["optimization"] = base["optimization"]
-    cfg["model"] = {**MODEL, **{k: v for k, v in base["model"].items() if k != "_name"}}
+    cfg["optimizer"] = {**spec["optimizer"], **adam, **spec.get("adam", {})}
+    cfg["lr_scheduler"] = dict(base["lr_scheduler"])
+    cfg["optimization"] = dict(base["optimization"])
+    recipe = spec.get("recipe")
+    if recipe:  # fairseq's max_update covers its max_epoch (10): scale it to the recipe's epochs
+        opt = cfg["optimization"]
+        opt["max_update"] = round(opt["max_update"] * recipe["epochs"] / opt["max_epoch"])
+        opt["max_epoch"], opt["lr"], opt["clip_norm"] = recipe["epochs"], [recipe["lr"]], recipe["clip_norm"]
+        cfg["lr_scheduler"]["warmup_updates"] = recipe["warmup_updates"]
+        cfg["dataset"] = {**cfg["dataset"], "batch_size": recipe["batch_size"]}
+    elif "stage1_epochs" in spec.get("task", {}):
+        cfg["optimization"]["max_epoch"] = max(cfg["optimization"]["max_epoch"], 2 * spec["task"]["stage1_epochs"])
+    cfg["model"] = {**MODEL, **{k: v for k, v in base["model"].items() if k != "_name"}, **spec.get("model", {})}
     return cfg
 
 
@@ -80,6 +113,8 @@ def main() -> None:
     stale = []
     for task in TASKS:
         for method in METHODS:
+            if METHODS[method].get("classification_only") and task == "sts_b":
+                continue
             path = ROOT / "configs" / f"{task}_{method}.yaml"
             text = render(task, method)
             if args.check:

@@ -12,7 +12,7 @@ def test_committed_configs_match_the_generator():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("name", ["rte_leebert", "sts_b_multi_exit"])
+@pytest.mark.parametrize("name", ["rte_leebert", "sts_b_multi_exit", "mrpc_smartbert"])
 def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, tmp_path):
     """The user's own command, shrunk to the tiny model and a few updates on the bundled data."""
     regression = name.startswith("sts_b")
@@ -29,4 +29,5 @@ def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json_records(proc.stdout, "train_inner")
     assert len(records) == 3
-    assert ("mse_L4" if regression else "kd_L1<L4") in records[-1]
+    expected = {"rte_leebert": "kd_L1<L4", "sts_b_multi_exit": "mse_L4", "mrpc_smartbert": "gate_reg"}[name]
+    assert expected in records[-1]
