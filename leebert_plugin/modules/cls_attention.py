@@ -25,6 +25,11 @@ class ClsAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
+    def macs(self, length: Tensor) -> Tensor:
+        """Multiply-adds for sequences of ``length`` tokens: narrowing, Q of [CLS], K and V, scores, mix."""
+        d, n = self.q.in_features, self.narrow.in_features
+        return length * n * d + d * d + 2 * length * d * d + 2 * length * d
+
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """x: ``T x B x C``; returns (the [CLS] output ``B x dim``, the narrowed tokens ``T x B x dim``)."""
         z = torch.tanh(self.narrow(x))

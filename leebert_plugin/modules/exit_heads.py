@@ -55,6 +55,11 @@ class PoolerExits(nn.Module):
     def num_classes(self) -> int:
         return self.out_proj[0].out_features
 
+    def macs(self, length: Tensor) -> Tensor:
+        """Multiply-adds of one exit evaluation (pooler on [CLS], then the linear layer)."""
+        dense, out = self.dense[0], self.out_proj[0]
+        return torch.zeros_like(length) + dense.in_features * dense.out_features + out.in_features * out.out_features
+
     def exit_parameters(self, k: int):
         """Parameters that belong to exit k alone (a shared pooler belongs to none)."""
         yield from self.out_proj[k].parameters()
@@ -107,6 +112,12 @@ class SmartBertExits(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.exits[0].out_proj.out_features
+
+    def macs(self, length: Tensor) -> Tensor:
+        """Multiply-adds of one exit evaluation (the projector is for training only)."""
+        e = self.exits[0]
+        return e.attention.macs(length) + e.hidden.in_features * e.hidden.out_features + \
+            e.out_proj.in_features * e.out_proj.out_features
 
     def exit_parameters(self, k: int):
         yield from self.exits[k].parameters()

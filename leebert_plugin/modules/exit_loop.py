@@ -41,6 +41,7 @@ class ExitOutput:
     layers_run: Tensor
     layers_skipped: Tensor
     gates_run: Tensor
+    exits_run: Tensor
     skipped_per_layer: Optional[Tensor] = None  # ``L``: how many samples skipped each layer
     exit_logits: List[Tensor] = field(default_factory=list)
     exit_states: List[Tensor] = field(default_factory=list)
@@ -86,7 +87,7 @@ def run_exit_loop(
         return torch.full((bsz,), value, dtype=torch.long, device=device)
 
     out = ExitOutput(logits=x.new_zeros(0), exit_layer=counter(num_layers), layers_run=counter(num_layers),
-                     layers_skipped=counter(0), gates_run=counter(0), padding_mask=padding_mask,
+                     layers_skipped=counter(0), gates_run=counter(0), exits_run=counter(0), padding_mask=padding_mask,
                      skipped_per_layer=torch.zeros(num_layers, dtype=torch.long, device=device))
 
     def normed(h: Tensor) -> Tensor:
@@ -113,6 +114,7 @@ def run_exit_loop(
             out.exit_logits.append(heads(k, h, pad_arg))
             if return_states:
                 out.exit_states.append(h)
+        out.exits_run.fill_(len(exit_layers))
         if gates is not None:
             out.gates_run.fill_(num_layers)
             out.layers_skipped = torch.stack([p >= skip_threshold for p in out.gate_probs]).sum(0)
@@ -146,9 +148,11 @@ def run_exit_loop(
         if layer_no == num_layers:  # everyone left leaves here, skipped or not
             logits = heads(k, normed(x), pad_arg)
             done = torch.ones_like(active, dtype=torch.bool)
+            out.exits_run[active] += 1
         elif ran.numel():
             sub_pad = pad_arg if ran.numel() == active.numel() else _mask_or_none(pad[ran])
             sub_logits = heads(k, normed(x[:, ran]), sub_pad)
+            out.exits_run[active[ran]] += 1
             sub_done, sub_state = policy.step(sub_logits, {n: v[ran] for n, v in state.items()})
             state = {n: v.index_copy(0, ran, sub_state[n]) for n, v in state.items()}
             logits = sub_logits.new_zeros(active.numel(), sub_logits.size(-1)).index_copy(0, ran, sub_logits)

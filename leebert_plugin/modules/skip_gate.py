@@ -24,6 +24,9 @@ class SkipGate(nn.Module):
         self.attention = ClsAttention(input_dim, dim, heads, dropout)
         self.out = nn.Linear(dim, 1)
 
+    def macs(self, length: Tensor) -> Tensor:
+        return self.attention.macs(length) + self.out.in_features
+
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: the layer's input ``T x B x C``; returns the skip probability per sample, ``B``."""
         cls, _ = self.attention(x, padding_mask)
@@ -36,6 +39,10 @@ class SkipGates(nn.Module):
     def __init__(self, num_layers: int, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1):
         super().__init__()
         self.gates = nn.ModuleList(SkipGate(input_dim, dim, heads, dropout) for _ in range(num_layers))
+
+    def macs(self, length: Tensor) -> Tensor:
+        """Multiply-adds of one gate evaluation (all gates are alike)."""
+        return self.gates[0].macs(length)
 
     def forward(self, layer_index: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         return self.gates[layer_index](x, padding_mask)

@@ -21,6 +21,7 @@ from omegaconf import II, OmegaConf, open_dict
 from leebert_plugin.data import checks
 from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
 
 logger = logging.getLogger(__name__)
@@ -233,9 +234,12 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         num_layers = model.num_layers
         # before stage 2 has trained the intermediate exits, a policy would only measure noise
         policy = self.policy if (self.cfg.stage1_epochs <= 0 or model.stage == 2) else self.never_exit
+        lengths = sample["net_input"]["src_tokens"].ne(self.source_dictionary.pad()).sum(-1)
         if policy.name == "none" and model.skip_gates is None:
             exit_layer = torch.full((nsentences,), num_layers, dtype=torch.long)
             layers_run = exit_layer
+            exits_run = torch.full_like(exit_layer, len(model.exit_layers))
+            gates_run = torch.zeros_like(exit_layer)
         else:
             with torch.no_grad():
                 logits, extra = model(
@@ -246,6 +250,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                 )
             exits = extra["exits"]
             exit_layer, layers_run = exits.exit_layer, exits.layers_run
+            exits_run, gates_run = exits.exits_run, exits.gates_run
             targets = model.get_targets(sample, [logits]).view(-1)
             logging_output["ncorrect"] = (logits.argmax(-1) == targets).sum()
             if model.skip_gates is not None:
@@ -254,6 +259,9 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                     logging_output[f"skip_L{i}"] = count
         logging_output["layers_run"] = layers_run.sum()
         logging_output["layers_full"] = num_layers * nsentences
+        head = self.cfg.classification_head_name
+        logging_output["flops"] = float(sample_flops(model, head, lengths, layers_run, exits_run, gates_run).sum())
+        logging_output["flops_full"] = float(full_model_flops(model, head, lengths).sum())
         for layer in model.exit_layers:
             logging_output[f"exit_L{layer}"] = (exit_layer == layer).sum()
         return loss, sample_size, logging_output
@@ -272,6 +280,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         metrics.log_scalar("mean_layers", layers_run / nsentences, nsentences, round=3)
         # every layer skipped by every sample (gates) is an unbounded layer speed-up
         metrics.log_scalar("speedup", layers_full / layers_run if layers_run else float("inf"), nsentences, round=3)
+        flops = float(sum(log.get("flops", 0) for log in logging_outputs))
+        flops_full = float(sum(log.get("flops_full", 0) for log in logging_outputs))
+        metrics.log_scalar("gflops", flops / nsentences / 1e9, nsentences, round=4)
+        metrics.log_scalar("flops_speedup", flops_full / flops if flops else float("inf"), nsentences, round=3)
         skipped = sum(log.get("layers_skipped", 0) for log in logging_outputs)
         if any("layers_skipped" in log for log in logging_outputs):
             metrics.log_scalar("mean_skipped", float(skipped) / nsentences, nsentences, round=3)

@@ -1,0 +1,36 @@
+"""Per-sample FLOPs of an exit pass, from a formula over sequence length (issue 4/7's accounting).
+
+FLOPs = 2 x multiply-adds of the matrix products (what ``torch.utils.flop_counter`` counts; a
+test checks the formula against it). Element-wise work (softmax, LayerNorm, GELU, residuals) and
+embedding lookups are not counted. Each sample is charged at its own length: what it costs run
+alone; padding in a batch is extra work this number leaves out.
+
+  transformer layer:  4 T d^2 (Q, K, V, output) + 2 T^2 d (scores, mixing) + 2 T d f (FFN)
+  exit head, gate:    their ``macs(T)``, once per evaluation
+"""
+from torch import Tensor
+
+
+def layer_macs(length: Tensor, dim: int, ffn_dim: int) -> Tensor:
+    return 4 * length * dim * dim + 2 * length * length * dim + 2 * length * dim * ffn_dim
+
+
+def sample_flops(model, head_name: str, lengths: Tensor, layers_run: Tensor, exits_run: Tensor,
+                 gates_run: Tensor) -> Tensor:
+    """FLOPs per sample of what actually ran: executed layers, evaluated exits and gates."""
+    args = model.args
+    lengths = lengths.to(layers_run.device).long()
+    flops = layers_run * layer_macs(lengths, args.encoder_embed_dim, args.encoder_ffn_embed_dim)
+    flops = flops + exits_run * model.exit_heads[head_name].macs(lengths)
+    if model.skip_gates is not None:
+        flops = flops + gates_run * model.skip_gates.macs(lengths)
+    return 2 * flops
+
+
+def full_model_flops(model, head_name: str, lengths: Tensor) -> Tensor:
+    """The plain model's FLOPs per sample: every layer and the final classifier, no gates."""
+    lengths = lengths.long()
+    ones = lengths.new_ones(lengths.shape)
+    args = model.args
+    return 2 * (model.num_layers * ones * layer_macs(lengths, args.encoder_embed_dim, args.encoder_ffn_embed_dim)
+                + model.exit_heads[head_name].macs(lengths))
