@@ -2,6 +2,9 @@
 import pytest
 import torch
 import yaml
+from fairseq.tasks.sentence_prediction import SentencePredictionConfig
+
+from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionConfig
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, json_records, run
@@ -74,8 +77,8 @@ def test_bad_leebert_input(case, mr_bin, tmp_path):
 def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
     """fairseq's own sentence_prediction task never runs the meta step: refuse to train."""
     cfg = yaml.safe_load((ROOT / "configs" / "mr_leebert.yaml").read_text())
-    cfg["task"] = {k: v for k, v in cfg["task"].items()
-                   if k not in ("exit_policy", "exit_threshold", "exit_patience", "d2_ratio")}
+    ours = set(EarlyExitSentencePredictionConfig.__dataclass_fields__) - set(SentencePredictionConfig.__dataclass_fields__)
+    cfg["task"] = {k: v for k, v in cfg["task"].items() if k not in ours}
     cfg["task"]["_name"] = "sentence_prediction"
     cfg["criterion"].update(classification_head_name="sentence_classification_head", regression_target=False)
     (tmp_path / "plain_task_leebert.yaml").write_text("# @package _group_\n" + yaml.safe_dump(cfg))
