@@ -22,6 +22,8 @@ FAIRSEQ_CONFIGS = Path(fairseq.__file__).parent / "examples" / "roberta" / "conf
 TASKS = {"cola": "cola", "sst_2": "sst_2", "mrpc": "mrpc", "sts_b": "sts_b", "qqp": "qqp",
          "mnli": "mnli", "qnli": "qnli", "rte": "rte", "wnli": "rte"}
 
+# GLUE's own metric per task (fairseq's configs select on accuracy for all, STS-B on loss)
+BEST_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "sts_b": "pearson"}
 HYDRA = {"run": {"dir": "${checkpoint.save_dir}/hydra/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False}}
 TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_patience": 1, "d2_ratio": 0.5,
                "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "shorten_method": "truncate"}
@@ -77,7 +79,9 @@ def build(task: str, method: str) -> dict:
     spec = METHODS[method]
     cfg["task"] = {**base["task"], "_name": "early_exit_sentence_prediction",
                    "regression_target": regression, **TASK_FIELDS, **spec.get("task", {})}
-    cfg["checkpoint"] = {**base["checkpoint"], "save_dir": "???"}
+    cfg["checkpoint"] = {**base["checkpoint"], "save_dir": "???",
+                         "best_checkpoint_metric": BEST_METRIC.get(task, "accuracy"),
+                         "maximize_best_checkpoint_metric": True}
     cfg["distributed_training"] = base["distributed_training"]
     cfg["criterion"] = copy.deepcopy(METHODS[method]["criterion"])
     cfg["dataset"] = dict(base["dataset"])

@@ -19,6 +19,7 @@ from fairseq.logging import metrics
 from torch import Tensor
 
 from leebert_plugin.errors import UsageError
+from leebert_plugin.exits import glue_metrics
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 EXIT_WEIGHTINGS = ("uniform", "ascending")
@@ -69,6 +70,7 @@ class MultiExitCriterion(FairseqCriterion):
         self.cfg = cfg
         self.classification_head_name = cfg.classification_head_name
         self.regression_target = cfg.regression_target
+        self.positive = glue_metrics.positive_class(getattr(task, "label_dictionary", None))
         exit_weights([1], cfg.exit_weighting)  # fail early on a typo
 
     # ---- the extension points -------------------------------------------------------------
@@ -174,6 +176,12 @@ class MultiExitCriterion(FairseqCriterion):
             for layer, logits in zip(model.exit_layers, exits.exit_logits):
                 logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()
             logging_output["ncorrect"] = logging_output[f"ncorrect_L{model.exit_layers[-1]}"]
+        if not model.training:  # GLUE's F1 / MCC / Pearson, per exit and for the final prediction
+            for layer, logits in zip(model.exit_layers, exits.exit_logits):
+                glue_metrics.log_statistics(logging_output, f"_L{layer}", logits, targets,
+                                            self.regression_target, self.positive)
+            glue_metrics.log_statistics(logging_output, "", exits.exit_logits[-1], targets,
+                                        self.regression_target, self.positive)
         return loss, sample_size, logging_output
 
     @classmethod
@@ -198,6 +206,10 @@ class MultiExitCriterion(FairseqCriterion):
         for key in keys:
             if key.startswith("ncorrect_L"):
                 metrics.log_scalar(f"acc_{key[9:]}", 100.0 * total(key) / nsentences, nsentences, round=2)
+        totals = {k: total(k) for k in keys if k.split("_L")[0] in glue_metrics.CONFUSION + glue_metrics.MOMENTS}
+        for suffix in [""] + sorted({k[k.index("_L"):] for k in totals if "_L" in k}, key=_layer_order):
+            for name, value in glue_metrics.derive(totals, suffix).items():
+                metrics.log_scalar(f"{name}{suffix}", value, nsentences, round=2)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

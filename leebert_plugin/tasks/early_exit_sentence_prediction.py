@@ -21,6 +21,7 @@ from omegaconf import II, OmegaConf, open_dict
 from leebert_plugin.data import checks
 from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
+from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
 
@@ -253,6 +254,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             exits_run, gates_run = exits.exits_run, exits.gates_run
             targets = model.get_targets(sample, [logits]).view(-1)
             logging_output["ncorrect"] = (logits.argmax(-1) == targets).sum()
+            glue_metrics.log_statistics(logging_output, "", logits, targets, False, criterion.positive
+                                        if hasattr(criterion, "positive") else 1)
             if model.skip_gates is not None:
                 logging_output["layers_skipped"] = exits.layers_skipped.sum()
                 for i, count in enumerate(exits.skipped_per_layer.tolist(), start=1):
