@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Sweep an exit policy's threshold on dev, pick one there, report it on test; draw the Pareto plot.
+
+    python scripts/sweep_thresholds.py CHECKPOINT DATA --policy entropy --thresholds 0.1 0.2 0.3 0.4 0.5 \
+        [--dev valid --test test] [--target-speedup 2.0 | --max-drop 1.0] [--batch-size 32] [--out DIR]
+
+Every point is a real batched early-exit pass of the plugin (the same code as fairseq-validate).
+Per threshold and split: the metric (accuracy; F1 and MCC too for binary tasks), the layer
+speed-up (L / mean executed layers), the FLOPs speed-up (plain model / what ran, per sample) and
+the wall-clock speed-up (the plain full-depth forward of the same model over the same batches,
+timed in the same run). The oracle that leaves at the earliest correct exit (the first exit when none is correct) gives
+the ceiling.
+
+Selection uses dev only: ``--target-speedup S`` takes the most accurate threshold whose dev layer
+speed-up is at least S; ``--max-drop D`` the fastest whose dev accuracy is within D points of
+full depth. The chosen threshold is then reported on test. Writes ``sweep.tsv`` and ``pareto.png``.
+"""
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from fairseq import checkpoint_utils
+
+import leebert_plugin  # noqa: F401
+from leebert_plugin.exits import glue_metrics
+from leebert_plugin.exits.flops import full_model_flops, sample_flops
+from leebert_plugin.exits.policies import build_policy
+
+
+def batches(task, subset: str, batch_size: int):
+    task.load_dataset(subset)
+    itr = task.get_batch_iterator(dataset=task.dataset(subset), max_sentences=batch_size,
+                                  max_positions=task.max_positions(), seed=1).next_epoch_itr(shuffle=False)
+    return list(itr)
+
+
+def run(model, task, data, policy) -> Dict[str, float]:
+    """One pass over ``data`` under ``policy``: metrics, speed-ups, wall-clock."""
+    head = task.cfg.classification_head_name
+    pad = task.source_dictionary.pad()
+    preds, targets, layers, flops, full_flops, exit_hits = [], [], [], [], [], []
+    elapsed = 0.0
+    with torch.no_grad():
+        for sample in data:
+            tokens = sample["net_input"]["src_tokens"]
+            t0 = time.perf_counter()
+            logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
+            elapsed += time.perf_counter() - t0
+            out = extra["exits"]
+            lengths = tokens.ne(pad).sum(-1)
+            preds.append(logits.argmax(-1))
+            targets.append(sample["target"].view(-1))
+            layers.append(out.layers_run)
+            flops.append(sample_flops(model, head, lengths, out.layers_run, out.exits_run, out.gates_run))
+            full_flops.append(full_model_flops(model, head, lengths))
+    pred, target = torch.cat(preds), torch.cat(targets)
+    row = {"accuracy": 100.0 * float((pred == target).float().mean()),
+           "layer_speedup": model.num_layers / max(float(torch.cat(layers).float().mean()), 1e-9),
+           "flops_speedup": float(torch.cat(full_flops).sum()) / max(float(torch.cat(flops).sum()), 1e-9),
+           "seconds": elapsed}
+    if model.exit_heads[head].num_classes == 2:
+        positive = glue_metrics.positive_class(task.label_dictionary)
+        counts = {k: float(v) for k, v in glue_metrics.confusion(pred, target, positive).items()}
+        row.update(f1=glue_metrics.f1(counts), mcc=glue_metrics.mcc(counts))
+    return row
+
+
+def plain_seconds(model, task, data) -> float:
+    """The plain model: fairseq's encoder at full depth, then the final classifier on [CLS]."""
+    heads = model.exit_heads[task.cfg.classification_head_name]
+    last = len(model.exit_layers) - 1
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for sample in data:
+            features, _ = model.encoder.extract_features(sample["net_input"]["src_tokens"])
+            heads(last, features.transpose(0, 1), None)
+    return time.perf_counter() - t0
+
+
+def oracle_speedup(model, task, data) -> float:
+    """Leave at the earliest exit whose prediction is right; a sample no exit gets right leaves at
+    the first (it is lost anyway). No policy over these exits is faster at this accuracy."""
+    exit_at = []
+    with torch.no_grad():
+        for sample in data:
+            _, extra = model(sample["net_input"]["src_tokens"], classification_head_name=task.cfg.classification_head_name)
+            right = torch.stack([z.argmax(-1) == sample["target"].view(-1) for z in extra["exits"].exit_logits], 1)
+            first = right.float().argmax(1)  # the first True, or 0 when there is none
+            exit_at.append(torch.tensor(model.exit_layers)[first])
+    return model.num_layers / float(torch.cat(exit_at).float().mean())
+
+
+def choose(rows: List[Dict], full: Dict, target_speedup, max_drop):
+    if target_speedup is not None:
+        ok = [r for r in rows if r["layer_speedup"] >= target_speedup]
+        return max(ok, key=lambda r: (r["accuracy"], r["layer_speedup"])) if ok else None
+    ok = [r for r in rows if r["accuracy"] >= full["accuracy"] - max_drop]
+    return max(ok, key=lambda r: (r["layer_speedup"], r["accuracy"])) if ok else None
+
+
+def plot(rows, full, test_row, oracle, path: Path, policy: str) -> None:
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = [r["layer_speedup"] for r in rows], [r["accuracy"] for r in rows]
+    ax.plot(xs, ys, "o-", label=f"dev, {policy} thresholds")
+    for r in rows:
+        ax.annotate(f"{r['threshold']:g}", (r["layer_speedup"], r["accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.axhline(full["accuracy"], color="grey", ls=":", label="dev, full depth")
+    ax.axvline(oracle, color="red", ls="--", label=f"oracle ceiling ({oracle:.2f}x)")
+    if test_row is not None:
+        ax.plot([test_row["layer_speedup"]], [test_row["accuracy"]], "s", color="black", label="test, chosen on dev")
+    ax.set_xlabel("layer speed-up (L / mean executed layers)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("data")
+    p.add_argument("--policy", default="entropy")
+    p.add_argument("--thresholds", type=float, nargs="+", required=True)
+    p.add_argument("--exit-patience", type=int, default=1)
+    p.add_argument("--dev", default="valid")
+    p.add_argument("--test", default="test")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--target-speedup", type=float)
+    group.add_argument("--max-drop", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", type=Path, default=Path("."))
+    args = p.parse_args()
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides={"data": args.data})
+    model = models[0].eval()
+    C = model.exit_heads[task.cfg.classification_head_name].num_classes
+    dev, test = batches(task, args.dev, args.batch_size), batches(task, args.test, args.batch_size)
+    never = build_policy("none", C)
+    full = run(model, task, dev, never)
+    dev_plain = plain_seconds(model, task, dev)
+    rows = []
+    for t in args.thresholds:
+        row = run(model, task, dev, build_policy(args.policy, C, t, args.exit_patience))
+        row.update(threshold=t, split=args.dev, wall_speedup=dev_plain / row["seconds"])
+        rows.append(row)
+    oracle = oracle_speedup(model, task, dev)
+    chosen = choose(rows, full, args.target_speedup, None if args.target_speedup else args.max_drop)
+    test_row = None
+    if chosen is not None:
+        test_plain = plain_seconds(model, task, test)
+        test_row = run(model, task, test, build_policy(args.policy, C, chosen["threshold"], args.exit_patience))
+        test_row.update(threshold=chosen["threshold"], split=args.test, wall_speedup=test_plain / test_row["seconds"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = ["split", "threshold", "accuracy", "f1", "mcc", "layer_speedup", "flops_speedup", "wall_speedup"]
+    with open(args.out / "sweep.tsv", "w", newline="") as f:
+        w = csv.DictWriter(f, columns, delimiter="\t", extrasaction="ignore")
+        w.writeheader()
+        for r in rows + ([test_row] if test_row else []):
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    plot(rows, full, test_row, oracle, args.out / "pareto.png", args.policy)
+    print(f"dev full depth: accuracy {full['accuracy']:.2f}; oracle layer speed-up {oracle:.2f}x; policy {args.policy}")
+    print("\t".join(columns))
+    for r in rows + ([test_row] if test_row else []):
+        print("\t".join(f"{r.get(c, ''):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
+    if chosen is None:
+        sys.exit("no threshold on dev meets the target: widen --thresholds or relax the target")
+    print(f"chosen on {args.dev}: threshold {chosen['threshold']:g}; on {args.test}: accuracy "
+          f"{test_row['accuracy']:.2f} at {test_row['layer_speedup']:.2f}x layers, {test_row['flops_speedup']:.2f}x "
+          f"FLOPs, {test_row['wall_speedup']:.2f}x wall-clock (batch {args.batch_size})")
+    print(f"wrote {args.out / 'sweep.tsv'} and {args.out / 'pareto.png'}")
+
+
+if __name__ == "__main__":
+    main()
