@@ -1,0 +1,84 @@
+"""Python API in the style of fairseq's hub interface: load a checkpoint, classify sentences.
+
+    from leebert_plugin.hub import EarlyExitClassifier
+    clf = EarlyExitClassifier.from_pretrained("runs/mr/checkpoints/checkpoint_best.pt", data="runs/mr/data-bin",
+                                              bpe="sentencepiece", sentencepiece_model="runs/mr/data-bin/raw/spm.model")
+    clf.predict(["A gem of a film.", "Dull and overlong."], exit_policy="entropy", threshold=0.3)
+
+Sentences are encoded as fairseq-preprocess and the task encoded the training data (bpe pieces,
+dictionary ids, ``</s>``, the task's init token; a pair joins with its separator token), batched,
+and run through the same batched early-exit loop as validation.
+"""
+from argparse import Namespace
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import data_utils, encoders
+
+from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.policies import build_policy
+
+Sentence = Union[str, Tuple[str, str]]
+
+
+@dataclass
+class Prediction:
+    label: str  # the label as written in the data (not fairseq's class index)
+    probs: List[float]  # per class, in ``EarlyExitClassifier.labels`` order
+    exit_layer: int  # 1-based layer whose exit gave the prediction
+    layers_run: int  # transformer layers computed for this sentence
+
+
+class EarlyExitClassifier:
+    def __init__(self, model, task, bpe=None):
+        self.model = model.eval()
+        self.task = task
+        self.bpe = bpe
+        d = task.label_dictionary
+        self.labels = [d[i + d.nspecial] for i in range(self.model.exit_heads[self.head].num_classes)]
+
+    @property
+    def head(self) -> str:
+        return self.task.cfg.classification_head_name
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str, data: Optional[str] = None, bpe: Optional[str] = None,
+                        **bpe_args) -> "EarlyExitClassifier":
+        """``data``: the preprocessed data folder (for its dictionaries); ``bpe``: fairseq's bpe name
+        (``sentencepiece``, ``gpt2``, ...) with its options, or None if sentences come pre-encoded."""
+        overrides = {"data": data} if data else None
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+        coder = encoders.build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
+        return cls(models[0], task, coder)
+
+    def encode(self, sentence: Sentence) -> torch.Tensor:
+        parts = (sentence,) if isinstance(sentence, str) else tuple(sentence)
+        d, cfg = self.task.source_dictionary, self.task.cfg
+        tokens = [] if cfg.init_token is None else [torch.tensor([cfg.init_token])]
+        for i, part in enumerate(parts):
+            text = self.bpe.encode(part) if self.bpe is not None else part
+            if i and cfg.separator_token is not None:
+                tokens.append(torch.tensor([cfg.separator_token]))
+            tokens.append(d.encode_line(text, append_eos=True, add_if_not_exist=False).long())
+        return torch.cat(tokens)[: self.task.max_positions()]
+
+    @torch.no_grad()
+    def predict(self, sentences: Sequence[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
+                patience: int = 1, batch_size: int = 32) -> List[Prediction]:
+        """Classify ``sentences`` in batches, each sentence leaving at the exit the policy picks."""
+        if batch_size < 1:
+            raise UsageError(f"batch_size={batch_size}", "use a batch size of 1 or more")
+        policy = build_policy(exit_policy, len(self.labels), threshold, patience)
+        device = next(self.model.parameters()).device
+        pad = self.task.source_dictionary.pad()
+        out: List[Prediction] = []
+        for start in range(0, len(sentences), batch_size):
+            tokens = data_utils.collate_tokens([self.encode(s) for s in sentences[start:start + batch_size]], pad)
+            logits, extra = self.model(tokens.to(device), classification_head_name=self.head, exit_policy=policy)
+            probs = torch.softmax(logits.float(), -1).cpu()
+            exits = extra["exits"]
+            for p, layer, run in zip(probs, exits.exit_layer.tolist(), exits.layers_run.tolist()):
+                out.append(Prediction(self.labels[int(p.argmax())], p.tolist(), layer, run))
+        return out

@@ -1,0 +1,43 @@
+"""The Python API: batched predictions that agree with fairseq-validate and with batch size 1."""
+import pytest
+
+from helpers import ROOT
+from leebert_plugin.data.sentencepiece_glue import read_tsv
+from leebert_plugin.errors import UsageError
+from leebert_plugin.hub import EarlyExitClassifier
+from test_train_validate import validate
+
+
+@pytest.fixture(scope="module")
+def classifier(trained, mr_bin):
+    return EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin),
+                                               bpe="sentencepiece", sentencepiece_model=str(mr_bin / "raw" / "spm.model"))
+
+
+def dev_rows():
+    return read_tsv(ROOT / "data" / "mr" / "dev.tsv")[:80]  # the fixture's dev split
+
+
+def test_predictions_match_fairseq_validate(classifier, trained, mr_bin):
+    rows = dev_rows()
+    flags = ("--exit-policy", "normalized_entropy", "--exit-threshold", "0.98")
+    preds = classifier.predict([s for s, _ in rows], exit_policy="normalized_entropy", threshold=0.98, batch_size=16)
+    accuracy = 100.0 * sum(p.label == y for p, (_, y) in zip(preds, rows)) / len(rows)
+    cli = validate(trained, mr_bin, *flags)
+    assert accuracy == pytest.approx(cli["accuracy"], abs=0.01)
+    mean_layers = sum(p.layers_run for p in preds) / len(preds)
+    assert mean_layers == pytest.approx(cli["mean_layers"], abs=1e-3)
+    assert all(abs(sum(p.probs) - 1) < 1e-5 and p.label in classifier.labels for p in preds)
+
+
+def test_batched_predictions_equal_one_at_a_time(classifier):
+    sentences = [s for s, _ in dev_rows()[:24]]
+    batched = classifier.predict(sentences, exit_policy="patience", patience=1, batch_size=24)
+    single = [classifier.predict([s], exit_policy="patience", patience=1)[0] for s in sentences]
+    assert [p.exit_layer for p in batched] == [p.exit_layer for p in single]
+    assert [p.label for p in batched] == [p.label for p in single]
+
+
+def test_bad_policy_in_the_api(classifier):
+    with pytest.raises(UsageError, match="unknown exit policy"):
+        classifier.predict(["fine"], exit_policy="fastest")
