@@ -123,3 +123,36 @@ def test_validation_of_a_missing_data_directory(trained):
     proc = run([str(BIN / "fairseq-validate"), "/nonexistent/data", "--path", str(trained / "checkpoint_best.pt"),
                 "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu"])
     assert_one_clear_error(proc, "does not exist")
+
+
+class Untrusted:
+    """Any class outside torch's allow-list: a pickle of it could run arbitrary code on load."""
+
+
+def write_restore_file(kind: str, tmp_path: Path, plain_roberta: Path) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    if kind == "corrupted":
+        path.write_bytes(b"\x00not a checkpoint" * 100)
+    elif kind == "truncated":
+        path.write_bytes(plain_roberta.read_bytes()[:50_000])
+    elif kind == "untrusted":
+        torch.save({"model": {}, "payload": Untrusted()}, path)
+    return path
+
+
+RESTORE_CASES = {
+    "missing": ["does not exist", "train from scratch"],
+    "corrupted": ["is not a readable checkpoint"],
+    "truncated": ["is not a readable checkpoint"],
+    "untrusted": ["weights-only loader refuses", "Untrusted", "trust"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RESTORE_CASES))
+def test_bad_restore_file(kind, plain_roberta, mr_bin, tmp_path, guarded_save_dir):
+    path = write_restore_file(kind, tmp_path, plain_roberta)
+    before = digest(guarded_save_dir)
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
+                       f"checkpoint.restore_file={path}")
+    assert_one_clear_error(proc, *RESTORE_CASES[kind])
+    assert digest(guarded_save_dir) == before

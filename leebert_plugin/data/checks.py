@@ -47,3 +47,31 @@ def check_num_classes(num_classes: int, label_dict: Dictionary, data: str) -> No
             f"{len(labels)} labels ({', '.join(labels[:10])})",
             f"set task.num_classes={len(labels)} (--num-classes {len(labels)})",
         )
+
+
+def check_restore_file(restore_file: str, save_dir: str) -> None:
+    """The checkpoint training will start from: present if named, readable, and safe to load.
+
+    fairseq silently trains from scratch when ``checkpoint.restore_file`` names a missing file, and
+    shows a long traceback for a corrupted one or one torch's weights-only loader refuses.
+    """
+    default = restore_file == "checkpoint_last.pt"
+    path = os.path.join(save_dir, restore_file) if default else restore_file
+    if not os.path.exists(path):
+        if default:
+            return  # a first launch: nothing to resume
+        raise UsageError(f"checkpoint.restore_file={restore_file} does not exist",
+                         "fix the path, or drop checkpoint.restore_file to train from scratch")
+    import torch
+
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # any failure to parse the archive is a damaged file
+        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:80]})",
+                         "restore from an intact checkpoint (a copy, or an earlier checkpoint_*.pt)")
+    if unsafe:
+        raise UsageError(
+            f"{path} holds pickled objects that torch's weights-only loader refuses ({', '.join(unsafe[:3])})",
+            "load only checkpoints you trust; if you trust this one, allow-list those classes with "
+            "torch.serialization.add_safe_globals in your user dir",
+        )

@@ -64,6 +64,7 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
                                       "kept as checkpoint_stage1_best.pt)"}
     )
     save_dir: str = II("checkpoint.save_dir")
+    restore_file: str = II("checkpoint.restore_file")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -88,6 +89,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if cfg.num_classes is None or cfg.num_classes < 1:
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
+        if not kwargs.get("from_checkpoint", False):  # training, not evaluation of a saved model
+            checks.check_restore_file(cfg.restore_file, cfg.save_dir)
         task = super().setup_task(cfg, **kwargs)
         if not cfg.regression_target:
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
