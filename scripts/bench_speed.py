@@ -24,6 +24,7 @@ import torch
 from fairseq.data import Dictionary
 
 import leebert_plugin  # noqa: F401
+from leebert_plugin.data.synthetic import random_token_batch
 from leebert_plugin.exits.policies import ExitPolicy, build_policy
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
 
@@ -67,16 +68,6 @@ def build_model(args):
     return model.eval(), d
 
 
-def batch(d, bsz, min_len, max_len, seed):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_len, max_len + 1, (bsz,), generator=g)
-    tokens = torch.full((bsz, int(lengths.max())), d.pad(), dtype=torch.long)
-    for i, n in enumerate(lengths.tolist()):
-        tokens[i, :n] = torch.randint(d.nspecial, len(d), (n,), generator=g)
-        tokens[i, 0] = d.bos()
-    return tokens
-
-
 def timed(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -114,7 +105,7 @@ def main():
           f"{'wall/layer':>10} {'heads %':>8}")
     with torch.no_grad():
         for bsz in args.batch_sizes:
-            batches = [batch(d, bsz, args.min_len, args.max_len, seed) for seed in range(args.samples // bsz)]
+            batches = [random_token_batch(d, bsz, args.min_len, args.max_len, seed) for seed in range(args.samples // bsz)]
             assigned = [torch.multinomial(probs, b.size(0), replacement=True, generator=g) for b in batches]
             policies = [AssignedExit(a) for a in assigned]
             never = build_policy("none", 2)

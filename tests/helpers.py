@@ -11,6 +11,7 @@ import torch
 from fairseq.data import Dictionary
 
 import leebert_plugin  # noqa: F401  (registers everything)
+from leebert_plugin.data.synthetic import random_token_batch
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,14 +46,7 @@ def tiny_model(num_classes: int = 3, seed: int = 0, **overrides) -> ExitRobertaM
 
 def random_batch(model: ExitRobertaModel, bsz: int, seed: int = 1, min_len: int = 3, max_len: int = 20):
     """Right-padded token batch with varied lengths, first token <s>."""
-    g = torch.Generator().manual_seed(seed)
-    d = model.encoder.dictionary
-    lengths = torch.randint(min_len, max_len + 1, (bsz,), generator=g)
-    tokens = torch.full((bsz, int(lengths.max())), d.pad(), dtype=torch.long)
-    for i, n in enumerate(lengths.tolist()):
-        tokens[i, :n] = torch.randint(d.nspecial, len(d), (n,), generator=g)
-        tokens[i, 0] = d.bos()
-    return tokens
+    return random_token_batch(model.encoder.dictionary, bsz, min_len, max_len, seed)
 
 
 def run(cmd: List[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
