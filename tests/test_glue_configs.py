@@ -19,7 +19,7 @@ def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, 
     data = tmp_path / "data"
     shutil.copytree(mr_bin, data)
     overrides = [f"task.data={data}", f"checkpoint.save_dir={tmp_path}",
-                 f"checkpoint.restore_file={tmp_path / 'none.pt'}", "common.cpu=true",
+                 "checkpoint.restore_file=checkpoint_last.pt", "common.cpu=true",
                  "model._name=exit_roberta_tiny", "task.max_positions=256", "optimization.max_update=3",
                  "lr_scheduler.warmup_updates=1", "common.log_interval=1", "dataset.num_workers=0"]
     if regression:  # the bundled labels are 0/1 numbers: a fine regression target
