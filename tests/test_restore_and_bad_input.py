@@ -1,5 +1,6 @@
 """Restoring a plain RoBERTa checkpoint, and one clear error line for every bad input."""
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,17 @@ def test_bad_restore_file(kind, plain_roberta, mr_bin, tmp_path, guarded_save_di
                        f"checkpoint.restore_file={path}")
     assert_one_clear_error(proc, *RESTORE_CASES[kind])
     assert digest(guarded_save_dir) == before
+
+
+def test_an_empty_validation_split(trained, mr_bin, tmp_path):
+    from fairseq.data import indexed_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(mr_bin, data)
+    for key in ("input0", "label"):  # an empty split, as fairseq-preprocess writes for an empty file
+        builder = indexed_dataset.make_builder(str(data / key / "empty.bin"), impl="mmap", vocab_size=10_000)
+        builder.finalize(str(data / key / "empty.idx"))
+    proc = run([str(BIN / "fairseq-validate"), str(data), "--path", str(trained / "checkpoint_best.pt"),
+                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16",
+                "--cpu", "--valid-subset", "empty"])
+    assert_one_clear_error(proc, "split 'empty'", "holds no sentences")

@@ -29,6 +29,9 @@ def check_split(data: str, split: str, regression: bool) -> None:
             f"preprocess that split (fairseq-preprocess --{'valid' if split.startswith('valid') else split}pref ...) "
             f"or name an existing one (--valid-subset / dataset.valid_subset)",
         )
+    if os.path.getsize(prefix + ".bin") == 0:  # every sentence has at least its </s>
+        raise UsageError(f"split {split!r} of {data!r} holds no sentences",
+                         "preprocess a non-empty file for it, or name another split")
 
 
 def real_labels(label_dict: Dictionary) -> List[str]:
