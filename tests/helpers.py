@@ -1,11 +1,12 @@
 """Shared builders for the tests: a tiny exit model in-process, and CLI runners."""
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from fairseq.data import Dictionary
@@ -61,6 +62,37 @@ def json_records(stdout: str, tag: str) -> List[Dict[str, str]]:
         if (f"| {tag} |" in line or f"][{tag}][" in line) and "{" in line:
             out.append(json.loads(line[line.index("{"):]))
     return out
+
+
+def digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def guarded_dir(tmp_path: Path, with_checkpoint: bool = True) -> Path:
+    """A save dir that already holds files (a checkpoint too, by default) a failing run must not touch."""
+    save = tmp_path / "save"
+    save.mkdir()
+    if with_checkpoint:
+        (save / "checkpoint_best.pt").write_bytes(b"earlier result")
+    (save / "notes.txt").write_text("keep me")
+    return save
+
+
+def assert_one_clear_error(proc, *words):
+    lines = error_lines(proc.stderr)
+    assert proc.returncode != 0
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert "Fix:" in lines[0]
+
+
+def assert_refused(save: Path, command: Callable[[], subprocess.CompletedProcess], *words) -> None:
+    """``command`` ends in one clear error line and leaves ``save`` exactly as it was."""
+    before = digest(save)
+    assert_one_clear_error(command(), *words)
+    assert digest(save) == before
 
 
 def error_lines(stderr: str) -> List[str]:

@@ -8,7 +8,7 @@ from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentenc
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, json_records, run
-from test_restore_and_bad_input import assert_one_clear_error, digest
+from helpers import assert_one_clear_error, assert_refused, guarded_dir
 
 SHORT = ["optimization.max_epoch=1", "optimization.max_update=6", "lr_scheduler.warmup_updates=2",
          "dataset.batch_size=16", "optimizer.w_update_interval=1", "optimizer.w_lr=0.05",
@@ -64,14 +64,10 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_leebert_input(case, mr_bin, tmp_path):
-    save = tmp_path / "save"
-    save.mkdir()
-    (save / "checkpoint_best.pt").write_bytes(b"earlier result")
-    before = digest(save)
+    save = guarded_dir(tmp_path)
     overrides, words = BAD[case]
-    proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *SHORT, *overrides)
-    assert_one_clear_error(proc, *words)
-    assert digest(save) == before
+    assert_refused(save, lambda: hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                                             *SHORT, *overrides), *words)
 
 
 def test_clo_without_the_early_exit_task(mr_bin, tmp_path):

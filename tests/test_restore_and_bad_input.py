@@ -1,5 +1,4 @@
 """Restoring a plain RoBERTa checkpoint, and one clear error line for every bad input."""
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from conftest import hydra_train
-from helpers import BIN, error_lines, run
+from helpers import BIN, assert_one_clear_error, assert_refused, guarded_dir, run
 
 TINY = ["--encoder-layers", "4", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
         "--encoder-attention-heads", "2"]
@@ -46,28 +45,9 @@ def test_restoring_plain_roberta_loads_the_encoder_and_injects_fresh_exits(plain
     assert not any(k.startswith("classification_heads.") for k in restored)
 
 
-def digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
 @pytest.fixture
 def guarded_save_dir(tmp_path) -> Path:
-    """A save dir that already holds a checkpoint: a failing run must leave it as it was."""
-    save = tmp_path / "save"
-    save.mkdir()
-    (save / "checkpoint_best.pt").write_bytes(b"earlier result")
-    (save / "notes.txt").write_text("keep me")
-    return save
-
-
-def assert_one_clear_error(proc, *words):
-    lines = error_lines(proc.stderr)
-    assert proc.returncode != 0
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    for w in words:
-        assert w in lines[0], lines[0]
-    assert "Fix:" in lines[0]
+    return guarded_dir(tmp_path)
 
 
 TRAIN_CASES = {
@@ -83,19 +63,16 @@ TRAIN_CASES = {
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
 def test_bad_training_input(case, mr_bin, guarded_save_dir):
     overrides, words = TRAIN_CASES[case]
-    before = digest(guarded_save_dir)
-    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
-                       *overrides)
-    assert_one_clear_error(proc, *words)
-    assert digest(guarded_save_dir) == before
+    save = guarded_save_dir
+    assert_refused(save, lambda: hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                                             *overrides), *words)
 
 
 def test_restore_from_a_checkpoint_of_another_architecture(plain_roberta, mr_bin, guarded_save_dir):
-    before = digest(guarded_save_dir)
-    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
-                       f"checkpoint.restore_file={plain_roberta}", "+model.encoder_layers=2")
-    assert_one_clear_error(proc, "does not fit", "2-layer exit_roberta", "not in this model", "restore it into")
-    assert digest(guarded_save_dir) == before
+    save = guarded_save_dir
+    assert_refused(save, lambda: hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                                             f"checkpoint.restore_file={plain_roberta}", "+model.encoder_layers=2"),
+                   "does not fit", "2-layer exit_roberta", "not in this model", "restore it into")
 
 
 VALIDATE_CASES = {
@@ -112,12 +89,10 @@ VALIDATE_CASES = {
 @pytest.mark.parametrize("case", sorted(VALIDATE_CASES))
 def test_bad_validation_input(case, trained, mr_bin):
     flags, words = VALIDATE_CASES[case]
-    before = digest(trained)
-    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / "checkpoint_best.pt"),
-                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
-                "--batch-size", "16", "--cpu", *flags])
-    assert_one_clear_error(proc, *words)
-    assert digest(trained) == before
+    command = [str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / "checkpoint_best.pt"),
+               "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu",
+               *flags]
+    assert_refused(trained, lambda: run(command), *words)
 
 
 def test_validation_of_a_missing_data_directory(trained):
@@ -152,11 +127,9 @@ RESTORE_CASES = {
 @pytest.mark.parametrize("kind", sorted(RESTORE_CASES))
 def test_bad_restore_file(kind, plain_roberta, mr_bin, tmp_path, guarded_save_dir):
     path = write_restore_file(kind, tmp_path, plain_roberta)
-    before = digest(guarded_save_dir)
-    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={guarded_save_dir}",
-                       f"checkpoint.restore_file={path}")
-    assert_one_clear_error(proc, *RESTORE_CASES[kind])
-    assert digest(guarded_save_dir) == before
+    save = guarded_save_dir
+    assert_refused(save, lambda: hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={save}",
+                                             f"checkpoint.restore_file={path}"), *RESTORE_CASES[kind])
 
 
 def test_an_empty_validation_split(trained, mr_bin, tmp_path):

@@ -102,9 +102,7 @@ def run_exit_loop(
                 out.gate_probs.append(g)
                 if return_states:
                     out.layer_inputs.append(x)
-                hard = straight_through(g, skip_threshold)
-                out.skipped_per_layer[i] = int((hard.detach() > 0.5).sum())
-                x = _mix(u, x, hard if gate_mode == "hard" else g)
+                x = _mix(u, x, straight_through(g, skip_threshold) if gate_mode == "hard" else g)
             else:
                 x = u
             k = exit_index.get(i + 1)
@@ -117,7 +115,8 @@ def run_exit_loop(
         out.exits_run.fill_(len(exit_layers))
         if gates is not None:
             out.gates_run.fill_(num_layers)
-            out.layers_skipped = torch.stack([p >= skip_threshold for p in out.gate_probs]).sum(0)
+            skipped = torch.stack([p.detach() >= skip_threshold for p in out.gate_probs])  # L x B
+            out.layers_skipped, out.skipped_per_layer = skipped.sum(0), skipped.sum(1)
             out.layers_run = num_layers - out.layers_skipped
         out.logits = out.exit_logits[-1]
         return out
@@ -129,19 +128,20 @@ def run_exit_loop(
     out.layers_run.zero_()
     for i in range(num_layers):
         layer_no = i + 1
+        ran = None  # indices of the active samples that run this layer; None: all of them
         if gates is not None:
             run = gates(i, x, pad_arg) < skip_threshold
             out.gates_run[active] += 1
             out.layers_skipped[active[~run]] += 1
-            out.skipped_per_layer[i] = int((~run).sum())
-        else:
-            run = torch.ones_like(active, dtype=torch.bool)
-        ran = run.nonzero().squeeze(1)
-        if ran.numel() == active.numel():
+            out.skipped_per_layer[i] = (~run).sum()
+            if not bool(run.all()):
+                ran = run.nonzero().squeeze(1)
+        if ran is None:
             x = encoder.layers[i](x, encoder_padding_mask=pad_arg)
+            out.layers_run[active] += 1
         elif ran.numel():
             x = x.index_copy(1, ran, encoder.layers[i](x[:, ran], encoder_padding_mask=_mask_or_none(pad[ran])))
-        out.layers_run[active[ran]] += 1
+            out.layers_run[active[ran]] += 1
         k = exit_index.get(layer_no)
         if k is None:
             continue
@@ -149,9 +149,12 @@ def run_exit_loop(
             logits = heads(k, normed(x), pad_arg)
             done = torch.ones_like(active, dtype=torch.bool)
             out.exits_run[active] += 1
-        elif ran.numel():
-            sub_pad = pad_arg if ran.numel() == active.numel() else _mask_or_none(pad[ran])
-            sub_logits = heads(k, normed(x[:, ran]), sub_pad)
+        elif ran is None:
+            logits = heads(k, normed(x), pad_arg)
+            out.exits_run[active] += 1
+            done, state = policy.step(logits, state)
+        elif ran.numel():  # only the samples that ran this layer get an exit check
+            sub_logits = heads(k, normed(x[:, ran]), _mask_or_none(pad[ran]))
             out.exits_run[active[ran]] += 1
             sub_done, sub_state = policy.step(sub_logits, {n: v[ran] for n, v in state.items()})
             state = {n: v.index_copy(0, ran, sub_state[n]) for n, v in state.items()}
