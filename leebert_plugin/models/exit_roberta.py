@@ -15,6 +15,7 @@ from fairseq.utils import safe_getattr
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import ExitPolicy
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
+from leebert_plugin.modules.bert_embeddings import PositionsAndSegments, set_layer_norm_eps
 from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import run_exit_loop
 from leebert_plugin.modules.loss_weights import LossWeights
@@ -54,6 +55,11 @@ class ExitRobertaModel(RobertaModel):
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
+        if safe_getattr(args, "type_vocab_size", 0) > 0:  # BERT: segment embeddings next to the positions
+            sentence_encoder = encoder.sentence_encoder
+            sentence_encoder.embed_positions = PositionsAndSegments(
+                sentence_encoder.embed_positions, args.type_vocab_size, args.encoder_embed_dim, encoder.dictionary.eos())
+        set_layer_norm_eps(encoder, safe_getattr(args, "layer_norm_eps", 1e-5))
         if safe_getattr(args, "encoder_layerdrop", 0.0) > 0:
             raise UsageError("encoder_layerdrop > 0 cannot be combined with exits",
                              "set --encoder-layerdrop 0")
@@ -113,6 +119,11 @@ class ExitRobertaModel(RobertaModel):
                             help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1)")
         parser.add_argument("--layer-projectors", action="store_true",
                             help="SmartBERT's stage-1 contrastive projectors of every layer input")
+        parser.add_argument("--type-vocab-size", type=int, metavar="N",
+                            help="segment (token-type) embeddings, BERT's: 2; RoBERTa has none (0). "
+                                 "Segment ids come from the tokens: 1 after the first </s>")
+        parser.add_argument("--layer-norm-eps", type=float, metavar="EPS",
+                            help="epsilon of every LayerNorm (fairseq/RoBERTa 1e-5, BERT 1e-12)")
 
     @property
     def num_layers(self) -> int:
@@ -193,6 +204,14 @@ class ExitRobertaModel(RobertaModel):
         return super().load_state_dict(state_dict, strict, model_cfg, args)
 
 
+def _default_shape(args, layers: int, dim: int, ffn: int, heads: int) -> None:
+    """Encoder size defaults of an arch (each still overridable)."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", layers)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", dim)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", ffn)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", heads)
+
+
 @register_model_architecture("exit_roberta", "exit_roberta")
 def exit_base_architecture(args):
     args.exit_layers = safe_getattr(args, "exit_layers", "")
@@ -200,6 +219,8 @@ def exit_base_architecture(args):
     args.skip_gates = safe_getattr(args, "skip_gates", False)
     args.skip_threshold = safe_getattr(args, "skip_threshold", 0.5)
     args.layer_projectors = safe_getattr(args, "layer_projectors", False)
+    args.type_vocab_size = safe_getattr(args, "type_vocab_size", 0)
+    args.layer_norm_eps = safe_getattr(args, "layer_norm_eps", 1e-5)
     base_architecture(args)
 
 
@@ -217,8 +238,34 @@ def exit_roberta_large_architecture(args):
 @register_model_architecture("exit_roberta", "exit_roberta_tiny")
 def exit_roberta_tiny_architecture(args):
     """4 layers, 64 dims: for tests and the bundled demo, trains in seconds on a CPU."""
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 4)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 64)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 128)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 2)
+    _default_shape(args, layers=4, dim=64, ffn=128, heads=2)
     exit_base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_bert_base")
+def exit_bert_base_architecture(args):
+    """bert-base (12 x 768): segment embeddings, LayerNorm eps 1e-12, 512 positions; import with
+    scripts/convert_hf_bert.py."""
+    args.type_vocab_size = safe_getattr(args, "type_vocab_size", 2)
+    args.layer_norm_eps = safe_getattr(args, "layer_norm_eps", 1e-12)
+    exit_base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_bert_large")
+def exit_bert_large_architecture(args):
+    roberta_large_architecture(args)
+    exit_bert_base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_bert_minilm_l6")
+def exit_bert_minilm_l6_architecture(args):
+    """all-MiniLM-L6-v2's shape (6 x 384, 12 heads, FFN 1536), the offline benchmark backbone."""
+    _default_shape(args, layers=6, dim=384, ffn=1536, heads=12)
+    exit_bert_base_architecture(args)
+
+
+@register_model_architecture("exit_roberta", "exit_bert_tiny")
+def exit_bert_tiny_architecture(args):
+    """BERT-Tiny's shape (2 x 128, 2 heads, FFN 512)."""
+    _default_shape(args, layers=2, dim=128, ffn=512, heads=2)
+    exit_bert_base_architecture(args)
