@@ -11,12 +11,17 @@ POLICIES = [
     ("max_prob", None),
     ("patience", 1),
     ("pcee", 2),
+    ("regression_patience", 1),  # on a one-output (regression) model
 ]
 
 
-def spread_model(**overrides):
+def classes_for(name: str) -> int:
+    return 1 if name == "regression_patience" else 3
+
+
+def spread_model(num_classes: int = 3, **overrides):
     """A random tiny model whose exits disagree and vary in confidence, so decisions are mixed."""
-    model = tiny_model(num_classes=3, **overrides)
+    model = tiny_model(num_classes=num_classes, **overrides)
     encoder = model.encoder.sentence_encoder
     with torch.no_grad():
         # BERT's 0.02-std init makes every [CLS] state alike; widen weights so inputs matter
@@ -40,7 +45,9 @@ def full_depth(model, tokens):
 def mixed_threshold(name, model, tokens):
     """A threshold halfway between two neighbouring sample scores at the first exit."""
     first = full_depth(model, tokens).exit_logits[0]
-    if name == "max_prob":
+    if name == "regression_patience":  # how far the prediction moves from exit 1 to exit 2
+        scores = (full_depth(model, tokens).exit_logits[1] - first).abs().view(-1)
+    elif name == "max_prob":
         scores = torch.softmax(first, -1).amax(-1)
     else:
         scores = entropy(first) / (torch.log(torch.tensor(3.0)) if name in ("normalized_entropy", "pcee") else 1.0)
@@ -51,13 +58,13 @@ def mixed_threshold(name, model, tokens):
 
 def policy_for(name, patience, model, tokens):
     threshold = None if name == "patience" else mixed_threshold(name, model, tokens)
-    return build_policy(name, 3, threshold, patience or 1)
+    return build_policy(name, classes_for(name), threshold, patience or 1)
 
 
 @pytest.mark.parametrize("head", ["pabee", "deebert", "smartbert"])
 @pytest.mark.parametrize("name, patience", POLICIES)
 def test_batch_of_32_decides_like_batch_of_1(name, patience, head):
-    model = spread_model(exit_head=head)
+    model = spread_model(classes_for(name), exit_head=head)
     tokens = random_batch(model, 32)
     policy = policy_for(name, patience, model, tokens)
     with torch.no_grad():
@@ -74,7 +81,7 @@ def test_batch_of_32_decides_like_batch_of_1(name, patience, head):
 
 @pytest.mark.parametrize("name, patience", POLICIES)
 def test_each_sample_leaves_with_its_full_depth_exit_logits(name, patience):
-    model = spread_model()
+    model = spread_model(classes_for(name))
     tokens = random_batch(model, 32, seed=3)
     policy = policy_for(name, patience, model, tokens)
     with torch.no_grad():

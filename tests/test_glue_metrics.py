@@ -41,3 +41,51 @@ def test_validation_reports_f1_and_mcc_for_every_exit(trained, mr_bin):
     assert out["f1"] == out["f1_L4"] and out["mcc"] == out["mcc_L4"]  # no policy: the last exit's
     early = validate(trained, mr_bin, "--exit-policy", "max_prob", "--exit-threshold", "0")
     assert early["f1"] == early["f1_L1"]  # everyone leaves at the first exit
+
+
+def test_spearman_meter_over_batches_equals_scipy_on_the_whole_split():
+    from fairseq.logging import metrics
+    from scipy.stats import spearmanr
+
+    from leebert_plugin.exits.rank_meter import log_spearman
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, 120).astype(float)  # ties, as in STS-B's 0..5 scores
+    x = y + rng.normal(0, 2, 120)
+    with metrics.aggregate(new_root=True) as agg:
+        for lo in range(0, 120, 32):  # one reduce per batch, as fairseq-train's validation does
+            log_spearman([{"preds": x[lo:lo + 32].tolist(), "target_values": y[lo:lo + 32].tolist()}], "preds", "spearman")
+        value = agg.get_smoothed_values()["spearman"]
+    assert value == pytest.approx(round(100 * spearmanr(x, y).statistic, 2))
+    assert abs(value - 100 * pearsonr(x, y)[0]) > 0.01  # a rank statistic, not Pearson's
+
+
+@pytest.fixture(scope="module")
+def regression_trained(mr_bin, tmp_path_factory):
+    """sts_b_multi_exit on the tiny model, with the bundled 0/1 labels as regression scores."""
+    import shutil
+
+    from conftest import hydra_train
+    tmp = tmp_path_factory.mktemp("stsb")
+    data = tmp / "data"
+    shutil.copytree(mr_bin, data)
+    for split in ("train", "valid"):
+        shutil.copy(data / "raw" / f"{split}.label", data / "label" / f"{split}.label")
+    proc = hydra_train("sts_b_multi_exit", f"task.data={data}", f"checkpoint.save_dir={tmp}",
+                       "checkpoint.restore_file=checkpoint_last.pt", "common.cpu=true", "model._name=exit_roberta_tiny",
+                       "task.max_positions=256", "optimization.max_update=20", "lr_scheduler.warmup_updates=2",
+                       "dataset.num_workers=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, data
+
+
+def test_regression_validation_reports_pearson_and_spearman_per_exit_and_under_patience(regression_trained):
+    save, data = regression_trained
+    full = validate(save, data)
+    for layer in range(1, 5):
+        assert f"pearson_L{layer}" in full and f"spearman_L{layer}" in full
+    assert full["spearman"] == full["spearman_L4"] and full["pearson"] == full["pearson_L4"]
+    # a move of less than 1e9 always counts as steady: with patience 1, everyone leaves at exit 2
+    early = validate(save, data, "--exit-policy", "regression_patience", "--exit-threshold", "1e9")
+    assert early["exit_L2"] == 100.0 and early["speedup"] == 2.0
+    assert early["spearman"] == early["spearman_L2"] and early["pearson"] == early["pearson_L2"]
+    assert early["spearman"] != full["spearman"]

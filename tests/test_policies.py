@@ -78,7 +78,11 @@ def test_none_never_exits():
         (dict(name="max_prob", num_classes=3, threshold=1.5), "out of range"),
         (dict(name="entropy", num_classes=2, threshold=None), "needs a threshold"),
         (dict(name="patience", num_classes=2, patience=0), "patience=0 is below 1"),
-        (dict(name="entropy", num_classes=1, threshold=0.1), "needs a classification task"),
+        (dict(name="entropy", num_classes=1, threshold=0.1), "'entropy' does not apply to a regression task"),
+        (dict(name="patience", num_classes=1), "use one of none, regression_patience for regression"),
+        (dict(name="regression_patience", num_classes=3, threshold=0.1), "does not apply to a classification"),
+        (dict(name="regression_patience", num_classes=1, threshold=-0.1), "out of range"),
+        (dict(name="regression_patience", num_classes=1, threshold=float("nan")), "out of range"),
     ],
 )
 def test_bad_policy_settings_name_problem_and_fix(kwargs, words):
@@ -95,4 +99,19 @@ def test_entropy_range_follows_number_of_classes():
 
 
 def test_registry_lists_the_documented_policies():
-    assert {"none", "entropy", "normalized_entropy", "max_prob", "patience", "pcee"} <= set(POLICY_REGISTRY)
+    assert {"none", "entropy", "normalized_entropy", "max_prob", "patience", "pcee",
+            "regression_patience"} <= set(POLICY_REGISTRY)
+
+
+def test_regression_patience_exits_after_enough_small_moves():
+    """PABEE's regression rule: |y_i - y_{i-1}| < threshold for `patience` exits in a row."""
+    policy = build_policy("regression_patience", 1, threshold=0.1, patience=2)
+    state = policy.init_state(3, torch.device("cpu"))
+    # rows: steady from the start / one big jump in between / always moving
+    exits = [torch.tensor([[1.0], [1.0], [0.0]]), torch.tensor([[1.05], [2.0], [0.5]]),
+             torch.tensor([[1.0], [2.05], [1.0]]), torch.tensor([[1.02], [2.0], [1.5]])]
+    decisions = []
+    for logits in exits:
+        done, state = policy.step(logits, state)
+        decisions.append(done.tolist())
+    assert decisions == [[False, False, False], [False, False, False], [True, False, False], [True, True, False]]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
+from leebert_plugin.exits.rank_meter import log_spearman
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 EXIT_WEIGHTINGS = ("uniform", "ascending")
@@ -210,6 +211,8 @@ class MultiExitCriterion(FairseqCriterion):
         for suffix in [""] + sorted({k[k.index("_L"):] for k in totals if "_L" in k}, key=_layer_order):
             for name, value in glue_metrics.derive(totals, suffix).items():
                 metrics.log_scalar(f"{name}{suffix}", value, nsentences, round=2)
+            if f"sxy{suffix}" in totals:
+                log_spearman(logging_outputs, f"preds{suffix}", f"spearman{suffix}")
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -2,7 +2,8 @@
 
 Binary tasks log a confusion matrix (tp, fp, fn, tn) per exit; F1 (MRPC, QQP) and Matthews'
 correlation (CoLA) follow from it. Regression (STS-B) logs the sums n, Σx, Σy, Σx², Σy², Σxy per
-exit; Pearson's r follows. (Spearman's rho needs every prediction's rank: not yet reported.)
+exit; Pearson's r follows. Spearman's rho needs every prediction's rank: regression also logs the
+predictions themselves, as lists (``rank_meter``).
 """
 import math
 from typing import Dict
@@ -55,6 +56,8 @@ def log_statistics(logging_output: Dict, suffix: str, logits: Tensor, targets: T
     """Add one exit's (or the policy's) statistics to a logging output, under ``<stat><suffix>``."""
     if regression:
         stats = moments(logits.view(-1), targets)
+        stats["preds"] = logits.detach().view(-1).tolist()  # for Spearman; evaluation only
+        logging_output["target_values"] = targets.view(-1).tolist()
     elif logits.size(-1) == 2:
         stats = confusion(logits.argmax(-1), targets, positive)
     else:

@@ -41,6 +41,8 @@ class ExitPolicy:
 
     name = "base"
     uses_patience = False
+    # what the logits are: classes (B x C, C >= 2) or a regression value (B x 1); both for "none"
+    targets = ("classification",)
 
     def __init__(self, num_classes: int, threshold: Optional[float] = None, patience: int = 1):
         self.num_classes = num_classes
@@ -61,6 +63,8 @@ class ExitPolicy:
 @register_policy("none")
 class NeverExit(ExitPolicy):
     """Every sample runs to the last layer (the full-depth reference)."""
+
+    targets = ("classification", "regression")
 
     def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
         return logits.new_zeros(logits.size(0), dtype=torch.bool), state
@@ -135,6 +139,30 @@ class PatientConfidenceExit(ExitPolicy):
         return count >= self.patience, {"count": count}
 
 
+@register_policy("regression_patience")
+class RegressionPatienceExit(ExitPolicy):
+    """PABEE for regression: exit once ``patience`` consecutive exits each moved the prediction by
+    less than ``threshold`` (|y_i - y_{i-1}| < threshold, in the target's units)."""
+
+    uses_patience = True
+    targets = ("regression",)
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, math.inf
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return {
+            "count": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "prev": torch.full((batch_size,), math.nan, device=device),
+        }
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        pred = logits.float().view(-1)
+        steady = (pred - state["prev"]).abs() < self.threshold  # nan at the first exit: never steady
+        count = torch.where(steady, state["count"] + 1, torch.zeros_like(state["count"]))
+        return count >= self.patience, {"count": count, "prev": pred}
+
+
 def build_policy(
     name: str, num_classes: int, threshold: Optional[float] = None, patience: int = 1
 ) -> ExitPolicy:
@@ -146,10 +174,12 @@ def build_policy(
         )
     if patience < 1:
         raise UsageError(f"patience={patience} is below 1", "set --exit-patience (task.exit_patience) to 1 or more")
-    if name != "none" and num_classes < 2:
+    target = "regression" if num_classes < 2 else "classification"
+    if target not in POLICY_REGISTRY[name].targets:
+        fits = sorted(n for n, cls in POLICY_REGISTRY.items() if target in cls.targets)
         raise UsageError(
-            f"exit policy {name!r} needs a classification task, but num_classes={num_classes}",
-            "use --exit-policy none for regression targets",
+            f"exit policy {name!r} does not apply to a {target} task (num_classes={num_classes})",
+            f"use one of {', '.join(fits)} for {target} (--exit-policy / task.exit_policy)",
         )
     policy = POLICY_REGISTRY[name](num_classes, threshold, patience)
     low_high = policy.threshold_range()
@@ -160,7 +190,7 @@ def build_policy(
                 f"exit policy {name!r} needs a threshold",
                 f"pass --exit-threshold with a value in [{low:g}, {high:.4g}]",
             )
-        if not (low <= threshold <= high):
+        if not (low <= threshold <= high) or math.isnan(threshold):
             raise UsageError(
                 f"exit threshold {threshold:g} is out of range for policy {name!r}",
                 f"use a value in [{low:g}, {high:.4g}]",

@@ -232,8 +232,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def valid_step(self, sample, model, criterion):
         """Full-depth pass (criterion: every exit's accuracy), then the policy's batched pass."""
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.regression_target:
-            return loss, sample_size, logging_output
         nsentences = sample["target"].numel()
         num_layers = model.num_layers
         # before stage 2 has trained the intermediate exits, a policy would only measure noise
@@ -256,9 +254,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             exit_layer, layers_run = exits.exit_layer, exits.layers_run
             exits_run, gates_run = exits.exits_run, exits.gates_run
             targets = model.get_targets(sample, [logits]).view(-1)
-            logging_output["ncorrect"] = (logits.argmax(-1) == targets).sum()
-            glue_metrics.log_statistics(logging_output, "", logits, targets, False, criterion.positive
-                                        if hasattr(criterion, "positive") else 1)
+            if not self.cfg.regression_target:
+                logging_output["ncorrect"] = (logits.argmax(-1) == targets).sum()
+            glue_metrics.log_statistics(logging_output, "", logits, targets.type_as(logits) if self.cfg.regression_target
+                                        else targets, self.cfg.regression_target, getattr(criterion, "positive", 1))
             if model.skip_gates is not None:
                 logging_output["layers_skipped"] = exits.layers_skipped.sum()
                 for i, count in enumerate(exits.skipped_per_layer.tolist(), start=1):
@@ -271,6 +270,11 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         for layer in model.exit_layers:
             logging_output[f"exit_L{layer}"] = (exit_layer == layer).sum()
         return loss, sample_size, logging_output
+
+    @classmethod
+    def logging_outputs_can_be_summed(cls, criterion) -> bool:
+        """Regression logs its predictions as lists (Spearman's ranks): gather them, do not sum."""
+        return criterion.logging_outputs_can_be_summed() and not getattr(criterion, "regression_target", False)
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
