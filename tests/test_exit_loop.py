@@ -61,10 +61,11 @@ def policy_for(name, patience, model, tokens):
     return build_policy(name, classes_for(name), threshold, patience or 1)
 
 
-@pytest.mark.parametrize("head", ["pabee", "deebert", "smartbert"])
+@pytest.mark.parametrize("head", ["pabee", "deebert", "smartbert", "pabee-mean"])
 @pytest.mark.parametrize("name, patience", POLICIES)
 def test_batch_of_32_decides_like_batch_of_1(name, patience, head):
-    model = spread_model(classes_for(name), exit_head=head)
+    head, _, pooling = head.partition("-")
+    model = spread_model(classes_for(name), exit_head=head, exit_pooling=pooling or "cls")
     tokens = random_batch(model, 32)
     policy = policy_for(name, patience, model, tokens)
     with torch.no_grad():

@@ -20,6 +20,7 @@ from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import run_exit_loop
 from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
+from leebert_plugin.optim.exit_adam import EXIT_PARAM
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ class ExitRobertaModel(RobertaModel):
         parser.add_argument("--exit-head", type=str, metavar="TYPE",
                             help="exit classifier: pabee (one shared pooler + a linear layer per "
                                  "exit), deebert (a pooler per exit) or smartbert (small attention head)")
+        parser.add_argument("--exit-pooling", type=str, metavar="cls|mean",
+                            help="what pabee/deebert exits read: the first token's state (cls) or the "
+                                 "mean over the sentence's tokens (mean; for mean-pooling encoders such as MiniLM)")
         parser.add_argument("--skip-gates", action="store_true",
                             help="a SmartBERT skip gate before every layer")
         parser.add_argument("--skip-threshold", type=float, metavar="TAU",
@@ -140,7 +144,10 @@ class ExitRobertaModel(RobertaModel):
             num_classes=num_classes,
             activation_fn=self.args.pooler_activation_fn,
             pooler_dropout=self.args.pooler_dropout,
+            pooling=safe_getattr(self.args, "exit_pooling", "cls"),
         )
+        for p in self.exit_heads[name].parameters():  # exit_adam / clo give them their own lr
+            setattr(p, EXIT_PARAM, True)
 
     def forward(
         self,
@@ -216,6 +223,7 @@ def _default_shape(args, layers: int, dim: int, ffn: int, heads: int) -> None:
 def exit_base_architecture(args):
     args.exit_layers = safe_getattr(args, "exit_layers", "")
     args.exit_head = safe_getattr(args, "exit_head", "pabee")
+    args.exit_pooling = safe_getattr(args, "exit_pooling", "cls")
     args.skip_gates = safe_getattr(args, "skip_gates", False)
     args.skip_threshold = safe_getattr(args, "skip_threshold", 0.5)
     args.layer_projectors = safe_getattr(args, "layer_projectors", False)

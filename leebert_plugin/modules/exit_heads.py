@@ -16,6 +16,7 @@ import torch.nn as nn
 from fairseq import utils
 from torch import Tensor
 
+from leebert_plugin.errors import UsageError
 from leebert_plugin.modules.cls_attention import ClsAttention
 
 EXIT_HEAD_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
@@ -29,8 +30,20 @@ def register_exit_head(name: str):
     return wrap
 
 
+POOLINGS = ("cls", "mean")
+
+
+def mean_pool(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """Mean of the hidden states ``T x B x C`` over each sample's real (non-pad) tokens."""
+    if padding_mask is None:
+        return x.mean(0)
+    keep = (~padding_mask).t().unsqueeze(-1).type_as(x)  # T x B x 1
+    return (x * keep).sum(0) / keep.sum(0).clamp(min=1)
+
+
 class PoolerExits(nn.Module):
-    """dropout -> dense -> activation -> dropout -> linear, on the first token, for each exit."""
+    """dropout -> dense -> activation -> dropout -> linear, on the first token (or the mean of the
+    tokens, ``pooling="mean"``), for each exit."""
 
     def __init__(
         self,
@@ -41,8 +54,12 @@ class PoolerExits(nn.Module):
         activation_fn: str = "tanh",
         pooler_dropout: float = 0.0,
         shared_pooler: bool = True,
+        pooling: str = "cls",
     ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise UsageError(f"unknown exit pooling {pooling!r}", f"use one of {', '.join(POOLINGS)} (--exit-pooling)")
+        self.pooling = pooling
         self.shared_pooler = shared_pooler
         self.activation_fn = utils.get_activation_fn(activation_fn)
         self.dropout = nn.Dropout(p=pooler_dropout)
@@ -56,7 +73,8 @@ class PoolerExits(nn.Module):
         return self.out_proj[0].out_features
 
     def macs(self, length: Tensor) -> Tensor:
-        """Multiply-adds of one exit evaluation (pooler on [CLS], then the linear layer)."""
+        """Multiply-adds of one exit evaluation (pooler, then the linear layer; mean pooling's
+        additions are not multiply-adds and are left out, as a FLOP counter leaves them out)."""
         dense, out = self.dense[0], self.out_proj[0]
         return torch.zeros_like(length) + dense.in_features * dense.out_features + out.in_features * out.out_features
 
@@ -68,7 +86,7 @@ class PoolerExits(nn.Module):
 
     def forward(self, k: int, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits of exit ``k`` (0-based among the exits) from hidden states ``T x B x C``."""
-        h = self.dropout(x[0])
+        h = self.dropout(x[0] if self.pooling == "cls" else mean_pool(x, padding_mask))
         h = self.activation_fn(self.dense[0 if self.shared_pooler else k](h))
         return self.out_proj[k](self.dropout(h))
 
@@ -103,8 +121,11 @@ class SmartBertExit(nn.Module):
 class SmartBertExits(nn.Module):
     def __init__(self, num_exits: int, input_dim: int, inner_dim: int, num_classes: int,
                  activation_fn: str = "tanh", pooler_dropout: float = 0.0, dim: int = 128, heads: int = 4,
-                 attention_dropout: float = 0.1):
+                 attention_dropout: float = 0.1, pooling: str = "cls"):
         super().__init__()
+        if pooling != "cls":
+            raise UsageError(f"exit pooling {pooling!r} does not apply to the smartbert head, which attends from [CLS]",
+                             "use --exit-pooling cls with --exit-head smartbert, or a pabee/deebert head")
         self.exits = nn.ModuleList(
             SmartBertExit(input_dim, num_classes, dim, heads, attention_dropout) for _ in range(num_exits)
         )

@@ -1,1 +1,1 @@
-from leebert_plugin.optim import clo  # noqa: F401
+from leebert_plugin.optim import clo, exit_adam  # noqa: F401

@@ -1,7 +1,7 @@
 """``clo``: the cross-level optimisation of LeeBERT's learned loss weights, as a fairseq optimizer.
 
-It wraps fairseq's ``adam`` for the model parameters (the lr scheduler, gradient clipping and
-checkpointing see only that one) and keeps its own AdamW for the loss weights, which it updates in
+It wraps ``exit_adam`` (fairseq's ``adam``, optionally with a larger lr for the exits) for the
+model parameters (the lr scheduler, gradient clipping and checkpointing see only that one) and keeps its own AdamW for the loss weights, which it updates in
 :meth:`meta_step`, driven by the ``early_exit_sentence_prediction`` task every
 ``w_update_interval`` updates. Modes (``methods.md`` §2.5 and §6.2; the paper's exact rule is not
 public):
@@ -21,10 +21,10 @@ from typing import Dict
 import torch
 from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import FairseqOptimizer, register_optimizer
-from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.modules.loss_weights import PARAM_GROUP
+from leebert_plugin.optim.exit_adam import ExitAdam, ExitAdamConfig
 from leebert_plugin.optim.hypergradient import hypergradient
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ MODES = ("clo", "darts2", "darts1")
 
 
 @dataclass
-class CLOConfig(FairseqAdamConfig):
+class CLOConfig(ExitAdamConfig):
     mode: str = field(default="clo", metadata={"help": "clo (cross-level, both directions), darts2 "
                                                        "(second order) or darts1 (first order)"})
     w_lr: float = field(default=3e-3, metadata={"help": "learning rate of the loss weights' Adam"})
@@ -53,7 +53,7 @@ class CLOOptimizer(FairseqOptimizer):
             raise UsageError(f"w_update_interval={cfg.w_update_interval}", "set optimizer.w_update_interval >= 1")
         params = list(params)
         self.weight_params = [p for p in params if getattr(p, "param_group", None) == PARAM_GROUP]
-        self.inner = FairseqAdam(cfg, [p for p in params if getattr(p, "param_group", None) != PARAM_GROUP])
+        self.inner = ExitAdam(cfg, [p for p in params if getattr(p, "param_group", None) != PARAM_GROUP])
         # decoupled weight decay: with xi at the model's (small) lr, L2 folded into the gradient
         # would dominate the hypergradient and pin the weights at their start
         self.w_optimizer = torch.optim.AdamW(
@@ -73,6 +73,12 @@ class CLOOptimizer(FairseqOptimizer):
     @property
     def supports_flat_params(self):
         return False
+
+    def get_lr(self) -> float:
+        return self.inner.get_lr()
+
+    def set_lr(self, lr: float) -> None:
+        self.inner.set_lr(lr)
 
     def meta_due(self, update_num: int) -> bool:
         return update_num % self.cfg.w_update_interval == 0
