@@ -74,8 +74,10 @@ def build(task: str, method: str) -> dict:
     for key in ("fp16", "fp16_init_scale", "threshold_loss_scale", "fp16_scale_window"):
         common.pop(key, None)  # fp32: the clo meta step is not tested under fp16
     common["user_dir"] = "${oc.env:PWD}/user_dir"
-    cfg["common"] = common
     regression = base["task"].get("num_classes") == 1
+    if regression:  # validation gathers every prediction (Spearman): room beyond fairseq's 16 KB default
+        common["all_gather_list_size"] = 1 << 20
+    cfg["common"] = common
     spec = METHODS[method]
     cfg["task"] = {**base["task"], "_name": "early_exit_sentence_prediction",
                    "regression_target": regression, **TASK_FIELDS, **spec.get("task", {})}

@@ -273,8 +273,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     @classmethod
     def logging_outputs_can_be_summed(cls, criterion) -> bool:
-        """Regression logs its predictions as lists (Spearman's ranks): gather them, do not sum."""
-        return criterion.logging_outputs_can_be_summed() and not getattr(criterion, "regression_target", False)
+        """Regression validation logs its predictions as lists (Spearman's ranks): gather them
+        across workers instead of summing (training stays on the summing fast path)."""
+        gathers = getattr(criterion, "regression_target", False) and not criterion.training
+        return criterion.logging_outputs_can_be_summed() and not gathers
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
