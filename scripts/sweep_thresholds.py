@@ -18,80 +18,14 @@ full depth. The chosen threshold is then reported on test. Writes ``sweep.tsv`` 
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
-import torch
 from fairseq import checkpoint_utils
 
 import leebert_plugin  # noqa: F401
-from leebert_plugin.exits import glue_metrics
-from leebert_plugin.exits.flops import full_model_flops, sample_flops
+from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.policies import build_policy
-
-
-def batches(task, subset: str, batch_size: int):
-    task.load_dataset(subset)
-    itr = task.get_batch_iterator(dataset=task.dataset(subset), max_sentences=batch_size,
-                                  max_positions=task.max_positions(), seed=1).next_epoch_itr(shuffle=False)
-    return list(itr)
-
-
-def run(model, task, data, policy) -> Dict[str, float]:
-    """One pass over ``data`` under ``policy``: metrics, speed-ups, wall-clock."""
-    head = task.cfg.classification_head_name
-    pad = task.source_dictionary.pad()
-    preds, targets, layers, flops, full_flops, exit_hits = [], [], [], [], [], []
-    elapsed = 0.0
-    with torch.no_grad():
-        for sample in data:
-            tokens = sample["net_input"]["src_tokens"]
-            t0 = time.perf_counter()
-            logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
-            elapsed += time.perf_counter() - t0
-            out = extra["exits"]
-            lengths = tokens.ne(pad).sum(-1)
-            preds.append(logits.argmax(-1))
-            targets.append(sample["target"].view(-1))
-            layers.append(out.layers_run)
-            flops.append(sample_flops(model, head, lengths, out.layers_run, out.exits_run, out.gates_run))
-            full_flops.append(full_model_flops(model, head, lengths))
-    pred, target = torch.cat(preds), torch.cat(targets)
-    row = {"accuracy": 100.0 * float((pred == target).float().mean()),
-           "layer_speedup": model.num_layers / max(float(torch.cat(layers).float().mean()), 1e-9),
-           "flops_speedup": float(torch.cat(full_flops).sum()) / max(float(torch.cat(flops).sum()), 1e-9),
-           "seconds": elapsed}
-    if model.exit_heads[head].num_classes == 2:
-        positive = glue_metrics.positive_class(task.label_dictionary)
-        counts = {k: float(v) for k, v in glue_metrics.confusion(pred, target, positive).items()}
-        row.update(f1=glue_metrics.f1(counts), mcc=glue_metrics.mcc(counts))
-    return row
-
-
-def plain_seconds(model, task, data) -> float:
-    """The plain model: fairseq's encoder at full depth, then the final classifier on [CLS]."""
-    heads = model.exit_heads[task.cfg.classification_head_name]
-    last = len(model.exit_layers) - 1
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for sample in data:
-            features, _ = model.encoder.extract_features(sample["net_input"]["src_tokens"])
-            heads(last, features.transpose(0, 1), None)
-    return time.perf_counter() - t0
-
-
-def oracle_speedup(model, task, data) -> float:
-    """Leave at the earliest exit whose prediction is right; a sample no exit gets right leaves at
-    the first (it is lost anyway). No policy over these exits is faster at this accuracy."""
-    exit_at = []
-    with torch.no_grad():
-        for sample in data:
-            _, extra = model(sample["net_input"]["src_tokens"], classification_head_name=task.cfg.classification_head_name)
-            right = torch.stack([z.argmax(-1) == sample["target"].view(-1) for z in extra["exits"].exit_logits], 1)
-            first = right.float().argmax(1)  # the first True, or 0 when there is none
-            exit_at.append(torch.tensor(model.exit_layers)[first])
-    return model.num_layers / float(torch.cat(exit_at).float().mean())
 
 
 def choose(rows: List[Dict], full: Dict, target_speedup, max_drop):
@@ -155,7 +89,8 @@ def main() -> None:
         row = run(model, task, dev, build_policy(args.policy, C, t, args.exit_patience))
         row.update(threshold=t, split=args.dev, wall_speedup=dev_plain / row["seconds"])
         rows.append(row)
-    oracle = oracle_speedup(model, task, dev)
+    dev_trace = trace(model, task, dev)
+    oracle = score(dev_trace, oracle_exits(dev_trace))["layer_speedup"]
     chosen = choose(rows, full, args.target_speedup, None if args.target_speedup else args.max_drop)
     test_row = None
     if chosen is not None:

@@ -1,0 +1,130 @@
+"""Evaluating a trained exit model over a split: real early-exit passes, and exact replays.
+
+``run`` is a real batched early-exit pass (the code fairseq-validate runs) with its metrics,
+speed-ups and wall-clock. ``trace`` records every exit's logits at full depth once; ``replay``
+then gives, for any policy and threshold, the exit each sample would take. For models without
+skip gates the replay is exact: an exit's decision depends only on that exit's logits, which do
+not depend on which other samples are still in the batch (tests/test_evaluate.py checks it
+against real passes). Sweeps over many thresholds cost one pass instead of one per threshold.
+"""
+import time
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+
+from leebert_plugin.exits import glue_metrics
+from leebert_plugin.exits.flops import full_model_flops, sample_flops
+from leebert_plugin.exits.policies import ExitPolicy
+
+
+def batches(task, subset: str, batch_size: int) -> List[dict]:
+    """The split's batches in a fixed order."""
+    task.load_dataset(subset)
+    itr = task.get_batch_iterator(dataset=task.dataset(subset), max_sentences=batch_size,
+                                  max_positions=task.max_positions(), seed=1).next_epoch_itr(shuffle=False)
+    return list(itr)
+
+
+def classification_metrics(pred: Tensor, target: Tensor, num_classes: int, positive: int) -> Dict[str, float]:
+    """Accuracy, and F1 / MCC for binary tasks (x100)."""
+    row = {"accuracy": 100.0 * float((pred == target).float().mean())}
+    if num_classes == 2:
+        counts = {k: float(v) for k, v in glue_metrics.confusion(pred, target, positive).items()}
+        row.update(f1=glue_metrics.f1(counts), mcc=glue_metrics.mcc(counts))
+    return row
+
+
+def run(model, task, data, policy: ExitPolicy) -> Dict[str, float]:
+    """One real pass over ``data`` under ``policy``: metrics, speed-ups, seconds in the model."""
+    head = task.cfg.classification_head_name
+    pad = task.source_dictionary.pad()
+    preds, targets, layers, flops, full_flops = [], [], [], [], []
+    elapsed = 0.0
+    with torch.no_grad():
+        for sample in data:
+            tokens = sample["net_input"]["src_tokens"]
+            t0 = time.perf_counter()
+            logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
+            elapsed += time.perf_counter() - t0
+            out = extra["exits"]
+            lengths = tokens.ne(pad).sum(-1)
+            preds.append(logits.argmax(-1))
+            targets.append(sample["target"].view(-1))
+            layers.append(out.layers_run)
+            flops.append(sample_flops(model, head, lengths, out.layers_run, out.exits_run, out.gates_run))
+            full_flops.append(full_model_flops(model, head, lengths))
+    row = classification_metrics(torch.cat(preds), torch.cat(targets), model.exit_heads[head].num_classes,
+                                 glue_metrics.positive_class(task.label_dictionary))
+    row.update(layer_speedup=model.num_layers / max(float(torch.cat(layers).float().mean()), 1e-9),
+               flops_speedup=float(torch.cat(full_flops).sum()) / max(float(torch.cat(flops).sum()), 1e-9),
+               seconds=elapsed)
+    return row
+
+
+def plain_seconds(model, task, data) -> float:
+    """The plain model: fairseq's encoder at full depth, then the final classifier on [CLS]."""
+    heads = model.exit_heads[task.cfg.classification_head_name]
+    last = len(model.exit_layers) - 1
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for sample in data:
+            features, _ = model.encoder.extract_features(sample["net_input"]["src_tokens"])
+            heads(last, features.transpose(0, 1), None)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class ExitTrace:
+    """Every exit's logits at full depth over a split: ``logits`` is ``E x N x C``."""
+
+    logits: Tensor
+    targets: Tensor
+    exit_layers: List[int]
+    num_layers: int
+    positive: int
+    gated: bool  # with skip gates, early exit checks no exit at a skipped layer: no exact replay
+
+
+def trace(model, task, data) -> ExitTrace:
+    head = task.cfg.classification_head_name
+    per_batch, targets = [], []
+    with torch.no_grad():
+        for sample in data:
+            _, extra = model(sample["net_input"]["src_tokens"], classification_head_name=head)
+            per_batch.append(torch.stack(extra["exits"].exit_logits))
+            targets.append(sample["target"].view(-1))
+    return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), list(model.exit_layers), model.num_layers,
+                     glue_metrics.positive_class(task.label_dictionary), model.skip_gates is not None)
+
+
+def replay(policy: ExitPolicy, t: ExitTrace) -> Tensor:
+    """The exit index (0-based among the exits) each sample takes under ``policy``."""
+    if t.gated:
+        raise ValueError("a replay is exact only without skip gates: use run() per threshold")
+    n = t.logits.size(1)
+    state = policy.init_state(n, t.logits.device)
+    exit_at = torch.full((n,), len(t.exit_layers) - 1, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    for k in range(len(t.exit_layers) - 1):
+        leaves, state = policy.step(t.logits[k], state)
+        exit_at[leaves & ~done] = k
+        done |= leaves
+    return exit_at
+
+
+def oracle_exits(t: ExitTrace) -> Tensor:
+    """The earliest exit whose prediction is right; the first exit when none is (the sample is
+    lost anyway). No policy over these exits is faster at this accuracy."""
+    right = t.logits.argmax(-1) == t.targets.unsqueeze(0)  # E x N
+    return right.float().argmax(0)  # the first True, or 0 when there is none
+
+
+def score(t: ExitTrace, exit_at: Tensor) -> Dict[str, float]:
+    """Metrics and layer speed-up of the predictions taken at ``exit_at``."""
+    chosen = t.logits.gather(0, exit_at.view(1, -1, 1).expand(1, -1, t.logits.size(-1)))[0]
+    row = classification_metrics(chosen.argmax(-1), t.targets, t.logits.size(-1), t.positive)
+    layers = torch.tensor(t.exit_layers)[exit_at].float().mean()
+    row["layer_speedup"] = t.num_layers / float(layers)
+    return row
