@@ -31,8 +31,9 @@ def test_replay_takes_the_exits_of_real_early_exit(name, threshold, patience, lo
     t = trace(model, task, data)
     exit_at = replay(policy, t)
     assert torch.equal(torch.tensor(t.exit_layers)[exit_at], torch.cat(real))
-    replayed, measured = score(t, exit_at), run(model, task, data, policy)
-    for key in ("accuracy", "f1", "mcc", "layer_speedup"):
+    replayed = score(t, exit_at, model, task.cfg.classification_head_name)
+    measured = run(model, task, data, policy)
+    for key in ("accuracy", "f1", "mcc", "layer_speedup", "flops_speedup"):
         assert replayed[key] == pytest.approx(measured[key], abs=1e-9), key
 
 

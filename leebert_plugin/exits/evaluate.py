@@ -81,6 +81,7 @@ class ExitTrace:
 
     logits: Tensor
     targets: Tensor
+    lengths: Tensor  # real tokens per sample (for FLOPs)
     exit_layers: List[int]
     num_layers: int
     positive: int
@@ -89,13 +90,16 @@ class ExitTrace:
 
 def trace(model, task, data) -> ExitTrace:
     head = task.cfg.classification_head_name
-    per_batch, targets = [], []
+    per_batch, targets, lengths = [], [], []
     with torch.no_grad():
         for sample in data:
-            _, extra = model(sample["net_input"]["src_tokens"], classification_head_name=head)
+            tokens = sample["net_input"]["src_tokens"]
+            _, extra = model(tokens, classification_head_name=head)
             per_batch.append(torch.stack(extra["exits"].exit_logits))
             targets.append(sample["target"].view(-1))
-    return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), list(model.exit_layers), model.num_layers,
+            lengths.append(tokens.ne(task.source_dictionary.pad()).sum(-1))
+    return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), torch.cat(lengths), list(model.exit_layers),
+                     model.num_layers,
                      glue_metrics.positive_class(task.label_dictionary), model.skip_gates is not None)
 
 
@@ -121,10 +125,14 @@ def oracle_exits(t: ExitTrace) -> Tensor:
     return right.float().argmax(0)  # the first True, or 0 when there is none
 
 
-def score(t: ExitTrace, exit_at: Tensor) -> Dict[str, float]:
-    """Metrics and layer speed-up of the predictions taken at ``exit_at``."""
+def score(t: ExitTrace, exit_at: Tensor, model=None, head: str = "") -> Dict[str, float]:
+    """Metrics and layer speed-up of the predictions taken at ``exit_at`` (and, given the model,
+    the FLOPs speed-up: every exit up to the chosen one evaluated)."""
     chosen = t.logits.gather(0, exit_at.view(1, -1, 1).expand(1, -1, t.logits.size(-1)))[0]
     row = classification_metrics(chosen.argmax(-1), t.targets, t.logits.size(-1), t.positive)
-    layers = torch.tensor(t.exit_layers)[exit_at].float().mean()
-    row["layer_speedup"] = t.num_layers / float(layers)
+    layers = torch.tensor(t.exit_layers)[exit_at]
+    row["layer_speedup"] = t.num_layers / float(layers.float().mean())
+    if model is not None:
+        ran = sample_flops(model, head, t.lengths, layers, exit_at + 1, torch.zeros_like(exit_at))
+        row["flops_speedup"] = float(full_model_flops(model, head, t.lengths).sum()) / float(ran.sum())
     return row
