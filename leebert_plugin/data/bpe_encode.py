@@ -47,16 +47,24 @@ def add_bpe_args(parser: argparse.ArgumentParser, name: str) -> None:
         if f.name.startswith("_"):
             continue
         required = f.default == "???" or f.name in FILE_OPTIONS
+        metavar = "FILE" if f.name in FILE_OPTIONS else "{true,false}" if f.type is bool else None
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_option_type(f.type),
                            required=required, default=None if required else f.default,
-                           help=f.metadata.get("help", ""), metavar="FILE" if f.name in FILE_OPTIONS else None)
+                           help=f.metadata.get("help", ""), metavar=metavar)
 
 
-def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> Namespace:
-    """Parse ``argv`` with a ``--bpe NAME`` option, then with that bpe's own options added."""
-    parser.add_argument("--bpe", required=True, choices=bpe_names(), help="fairseq bpe to encode with")
-    known, _ = parser.parse_known_args(argv)
-    add_bpe_args(parser, known.bpe)
+def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+                   choices: Optional[Sequence[str]] = None) -> Namespace:
+    """Parse ``argv`` with a ``--bpe NAME`` option (one of ``choices``, default: every registered bpe),
+    then with that bpe's own options added."""
+    allowed = list(choices or bpe_names())
+    parser.add_argument("--bpe", required=True, choices=allowed,
+                        help="fairseq bpe to encode with; --bpe NAME --help lists its options")
+    first = argparse.ArgumentParser(add_help=False)  # only --bpe, so that --help can list the bpe's options
+    first.add_argument("--bpe")
+    name = first.parse_known_args(argv)[0].bpe
+    if name in allowed:
+        add_bpe_args(parser, name)
     return parser.parse_args(argv)
 
 

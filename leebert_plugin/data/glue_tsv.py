@@ -10,11 +10,14 @@ from typing import List, Optional, Tuple
 
 from leebert_plugin.errors import UsageError
 
-Row = List[str]
+
+class Row(list):
+    """The fields of one row, and its line number in the file (for error messages)."""
+    line: int = 0
 
 
 def read_rows(path: Path, columns: Optional[int] = None, header: bool = True, skip_bad: bool = False,
-              hint: str = "") -> Tuple[Optional[Row], List[Row]]:
+              hint: str = "") -> Tuple[Optional[List[str]], List[Row]]:
     """``(header, rows)`` of ``path``; ``columns`` defaults to the header's width.
 
     ``skip_bad`` drops rows of another width instead of failing; ``hint`` is added to the fix.
@@ -30,16 +33,17 @@ def read_rows(path: Path, columns: Optional[int] = None, header: bool = True, sk
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    rows = [line.rstrip("\r").split("\t") for line in lines]
+    rows = [Row(line.rstrip("\r").split("\t")) for line in lines]
     first = 1
     head = None
     if header:
         if not rows:
             raise UsageError(f"{path} is empty", "give it its header line and at least one row")
-        head, rows, first = rows[0], rows[1:], 2
+        head, rows, first = list(rows[0]), rows[1:], 2
     width = columns if columns is not None else len(head)
     kept = []
     for number, row in enumerate(rows, start=first):
+        row.line = number
         if len(row) == width:
             kept.append(row)
         elif not skip_bad:
