@@ -6,6 +6,6 @@ setup(
     description="Early-exit BERT/RoBERTa (LeeBERT, SmartBERT, PABEE, DeeBERT) as a fairseq plugin",
     packages=find_packages(include=["leebert_plugin", "leebert_plugin.*"]),
     python_requires=">=3.8",
-    install_requires=["fairseq", "torch", "numpy", "sentencepiece", "hydra-core", "safetensors"],
+    install_requires=["fairseq", "torch", "numpy", "sentencepiece", "tokenizers", "safetensors", "hydra-core"],
     extras_require={"test": ["pytest"]},
 )

@@ -12,5 +12,5 @@ import torch
 if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace])
 
-from leebert_plugin import criterions, models, optim, tasks  # noqa: E402,F401
+from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
 from leebert_plugin.errors import UsageError  # noqa: E402,F401

@@ -15,8 +15,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from fairseq import checkpoint_utils
-from fairseq.data import data_utils, encoders
+from fairseq.data import data_utils
 
+from leebert_plugin.data.bpe_encode import build as build_bpe, encode_text
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import build_policy
 
@@ -47,10 +48,11 @@ class EarlyExitClassifier:
     def from_pretrained(cls, checkpoint: str, data: Optional[str] = None, bpe: Optional[str] = None,
                         **bpe_args) -> "EarlyExitClassifier":
         """``data``: the preprocessed data folder (for its dictionaries); ``bpe``: fairseq's bpe name
-        (``sentencepiece``, ``gpt2``, ...) with its options, or None if sentences come pre-encoded."""
+        (``wordpiece``, ``sentencepiece``, ``gpt2``, ...) with its options (``wordpiece_vocab=...``),
+        or None if sentences come pre-encoded."""
         overrides = {"data": data} if data else None
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
-        coder = encoders.build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
+        coder = build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
         return cls(models[0], task, coder)
 
     def encode(self, sentence: Sentence) -> torch.Tensor:
@@ -58,7 +60,7 @@ class EarlyExitClassifier:
         d, cfg = self.task.source_dictionary, self.task.cfg
         tokens = [] if cfg.init_token is None else [torch.tensor([cfg.init_token])]
         for i, part in enumerate(parts):
-            text = self.bpe.encode(part) if self.bpe is not None else part
+            text = encode_text(self.bpe, part) if self.bpe is not None else part
             if i and cfg.separator_token is not None:
                 tokens.append(torch.tensor([cfg.separator_token]))
             tokens.append(d.encode_line(text, append_eos=True, add_if_not_exist=False).long())

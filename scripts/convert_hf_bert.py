@@ -23,8 +23,9 @@ def main() -> None:
     summary = convert(args.hf_dir, args.out_dir)
     overrides = " ".join(f"model.{k}={v}" for k, v in summary["model_overrides"].items())
     print(f"wrote {args.out_dir}/model.pt, dict.txt, vocab.txt, convert.json ({summary['vocab_size']} tokens)")
-    print(f"train with: model.arch={summary['arch']} {overrides} task.separator_token=null "
-          f"checkpoint.restore_file={(args.out_dir / 'model.pt').resolve()}")
+    print(f"fine-tune with: model._name={summary['arch']} {overrides} task.separator_token=null "
+          f"checkpoint.restore_file={(args.out_dir / 'model.pt').resolve()} (hydra; add + before model.* keys "
+          f"your config lacks), after preprocessing with --bpe wordpiece --wordpiece-vocab {args.out_dir / 'vocab.txt'}")
 
 
 if __name__ == "__main__":

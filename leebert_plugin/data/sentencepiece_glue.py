@@ -1,37 +1,38 @@
 """Single-sentence GLUE-layout TSVs -> sentencepiece pieces -> fairseq-preprocess binaries.
 
 Reads ``train.tsv``/``dev.tsv``/``test.tsv`` with a ``sentence`` and a ``label`` column (SST-2's
-layout), trains a sentencepiece model on the training sentences (offline, Python API), writes the
-encoded ``.input0`` and ``.label`` files and binarises them with fairseq's own ``fairseq-preprocess``
-into ``OUT/input0`` and ``OUT/label``, the layout the sentence_prediction tasks read.
+layout, every split labelled), trains a sentencepiece model on the training sentences (offline,
+Python API), encodes every split with fairseq's ``sentencepiece`` bpe and binarises it with
+fairseq-preprocess into ``OUT/input0`` and ``OUT/label``, the layout the sentence_prediction tasks
+read. Full GLUE tasks (pairs, other layouts, any bpe): ``leebert_plugin.data.preprocess_glue``.
 """
 import argparse
-import csv
-import shutil
-import subprocess
-import sys
+from argparse import Namespace
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import sentencepiece as spm
 
+from leebert_plugin.data.binarize import fairseq_preprocess
+from leebert_plugin.data.bpe_encode import encode_lines, write_lines
+from leebert_plugin.data.glue_tsv import read_rows
+from leebert_plugin.errors import UsageError
+
 SPLITS = {"train": "train", "dev": "valid", "test": "test"}  # TSV name -> fairseq split name
 
 
 def read_tsv(path: Path) -> List[Tuple[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header, body = rows[0], rows[1:]
+    """(sentence, label) rows of a TSV whose header names a ``sentence`` and a ``label`` column."""
+    header, body = read_rows(path)
     if "sentence" not in header or "label" not in header:
-        raise SystemExit(f"error: {path} needs a header with 'sentence' and 'label' columns, found {header}")
+        raise UsageError(f"{path} needs a header with 'sentence' and 'label' columns, found {header}",
+                         "use SST-2's layout: a header line 'sentence<TAB>label', then one row per sentence")
     s, l = header.index("sentence"), header.index("label")
-    for i, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise SystemExit(f"error: {path}:{i} has {len(row)} columns, the header has {len(header)}")
     return [(row[s], row[l]) for row in body]
 
 
-def train_sentencepiece(sentences: List[str], prefix: Path, vocab_size: int) -> spm.SentencePieceProcessor:
+def train_sentencepiece(sentences: List[str], prefix: Path, vocab_size: int) -> Path:
+    """Train a unigram model on ``sentences``; returns the ``.model`` file."""
     text = prefix.with_suffix(".train.txt")
     text.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(
@@ -40,37 +41,29 @@ def train_sentencepiece(sentences: List[str], prefix: Path, vocab_size: int) -> 
         input_sentence_size=1_000_000, shuffle_input_sentence=True, minloglevel=2,
     )
     text.unlink()
-    return spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    return Path(str(prefix) + ".model")
 
 
-def write_fairseq_dict(vocab_file: Path, dict_file: Path) -> None:
-    """sentencepiece vocab -> fairseq dict.txt (skip <unk>, which fairseq adds itself)."""
-    lines = vocab_file.read_text(encoding="utf-8").splitlines()[1:]
-    dict_file.write_text("".join(f"{line.split(chr(9))[0]} 1\n" for line in lines), encoding="utf-8")
+def write_sentencepiece_dict(model: Path, dict_file: Path) -> None:
+    """fairseq dict.txt of a sentencepiece model: every piece but the unknown and control ones
+    (``<unk>``, ``<s>``, ``</s>``, ``<pad>``: fairseq's dictionary has its own), in id order."""
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_unknown(i) or sp.is_control(i))]
+    Path(dict_file).write_text("".join(f"{p} 1\n" for p in pieces), encoding="utf-8")
 
 
 def preprocess(tsv_dir: Path, out: Path, vocab_size: int, workers: int) -> None:
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    data: Dict[str, List[Tuple[str, str]]] = {}
-    for tsv, split in SPLITS.items():
-        if not (tsv_dir / f"{tsv}.tsv").exists():
-            raise SystemExit(f"error: {tsv_dir / (tsv + '.tsv')} is missing")
-        data[split] = read_tsv(tsv_dir / f"{tsv}.tsv")
-    sp = train_sentencepiece([s for s, _ in data["train"]], raw / "spm", vocab_size)
-    write_fairseq_dict(raw / "spm.vocab", raw / "dict.txt")
+    data: Dict[str, List[Tuple[str, str]]] = {split: read_tsv(tsv_dir / f"{tsv}.tsv") for tsv, split in SPLITS.items()}
+    model = train_sentencepiece([s for s, _ in data["train"]], raw / "spm", vocab_size)
+    write_sentencepiece_dict(model, raw / "dict.txt")
+    bpe = Namespace(bpe="sentencepiece", sentencepiece_model=str(model))
     for split, rows in data.items():
-        with open(raw / f"{split}.input0", "w", encoding="utf-8") as f:
-            f.writelines(" ".join(sp.encode(s, out_type=str)) + "\n" for s, _ in rows)
-        with open(raw / f"{split}.label", "w", encoding="utf-8") as f:
-            f.writelines(f"{label}\n" for _, label in rows)
-    exe = shutil.which("fairseq-preprocess") or str(Path(sys.executable).parent / "fairseq-preprocess")
-    for key, extra in (("input0", ["--srcdict", str(raw / "dict.txt")]), ("label", [])):
-        cmd = [exe, "--only-source", "--workers", str(workers), "--destdir", str(out / key),
-               *(f"--{pref}pref={raw / split}.{key}" for pref, split in
-                 (("train", "train"), ("valid", "valid"), ("test", "test"))), *extra]
-        with open(raw / "preprocess.log", "a") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        write_lines(raw / f"{split}.input0", encode_lines(bpe, [s for s, _ in rows], workers))
+        write_lines(raw / f"{split}.label", [label for _, label in rows])
+    for key, srcdict in (("input0", raw / "dict.txt"), ("label", None)):  # labels: fairseq's frequency order
+        fairseq_preprocess(out / key, {kind: [raw / f"{kind}.{key}"] for kind in SPLITS.values()}, srcdict, workers)
 
 
 def main() -> None:

@@ -117,7 +117,8 @@ def matching_arch(config: dict) -> Tuple[str, Dict[str, object]]:
         overrides["type_vocab_size"] = config["type_vocab_size"]
     if config.get("layer_norm_eps", 1e-12) != 1e-12:
         overrides["layer_norm_eps"] = config["layer_norm_eps"]
-    overrides["max_positions"] = config["max_position_embeddings"]
+    if config["max_position_embeddings"] != 512:
+        overrides["max_positions"] = config["max_position_embeddings"]
     return arch, overrides
 
 
