@@ -25,6 +25,7 @@ from fairseq import checkpoint_utils
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
+from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
 
 
@@ -37,15 +38,7 @@ def choose(rows: List[Dict], full: Dict, target_speedup, max_drop):
 
 
 def plot(rows, full, test_row, oracle, path: Path, policy: str) -> None:
-    import logging
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_axes((6, 4))
     xs, ys = [r["layer_speedup"] for r in rows], [r["accuracy"] for r in rows]
     ax.plot(xs, ys, "o-", label=f"dev, {policy} thresholds")
     for r in rows:
@@ -55,11 +48,7 @@ def plot(rows, full, test_row, oracle, path: Path, policy: str) -> None:
     ax.axvline(oracle, color="red", ls="--", label=f"oracle ceiling ({oracle:.2f}x)")
     if test_row is not None:
         ax.plot([test_row["layer_speedup"]], [test_row["accuracy"]], "s", color="black", label="test, chosen on dev")
-    ax.set_xlabel("layer speed-up (L / mean executed layers)")
-    ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, ax, "layer speed-up (L / mean executed layers)", "accuracy (%)", path)
 
 
 def main() -> None:

@@ -194,11 +194,11 @@ def test_converted_minilm_fine_tunes_and_validates_from_the_cli(minilm, tmp_path
     from leebert_plugin.data.preprocess_glue import main as preprocess_glue
     glue = tmp_path / "glue" / "SST-2"
     glue.mkdir(parents=True)
-    for split in ("train", "dev"):
+    for split in ("train", "dev", "test"):  # our test split keeps its labels (--labelled-test)
         rows = (ROOT / "data" / "mr" / f"{split}.tsv").read_text().splitlines()[:33]  # header + 32
         (glue / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     data = tmp_path / "bin"
-    preprocess_glue(["SST-2", str(glue.parent), str(data), "--bpe", "wordpiece",
+    preprocess_glue(["SST-2", str(glue.parent), str(data), "--bpe", "wordpiece", "--labelled-test",
                      "--wordpiece-vocab", str(minilm["out"] / "vocab.txt"), "--dict", str(minilm["out"] / "dict.txt")])
     save = tmp_path / "save"
     proc = hydra_train("sst_2_multi_exit", f"task.data={data}", f"checkpoint.save_dir={save}",
@@ -210,3 +210,4 @@ def test_converted_minilm_fine_tunes_and_validates_from_the_cli(minilm, tmp_path
     assert "checkpoint has no exit_heads: initialising them fresh" in proc.stdout + proc.stderr
     out = validate(save, data, "--exit-policy", "patience", "--exit-patience", "2")
     assert set(f"acc_L{i}" for i in range(1, 7)) <= set(out) and 1.0 <= out["speedup"] <= 2.0  # patience 2: layer 3 or later
+    assert 0 <= validate(save, data, subset="test")["accuracy"] <= 100  # labelled test split

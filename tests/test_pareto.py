@@ -19,3 +19,8 @@ def test_interpolation_uses_dev_weights_for_test_and_never_extrapolates():
     assert mid["dev_metric"] == 85 and mid["test_metric"] == 79 and math.isclose(mid["test_speedup"], 1.65)
     assert at_speedup(pts, 3.0)["test_metric"] == 50
     assert math.isnan(at_speedup(pts, 3.5)["test_metric"])  # the front does not reach 3.5x
+
+
+def test_below_the_front_the_slowest_front_point_serves():
+    pts = [pt(1.0, 80, test_m=79), pt(2.0, 85, test_m=84)]  # the faster point is also better
+    assert at_speedup(pts, 1.5) == {"test_metric": 84, "test_speedup": 2.2, "dev_metric": 85}

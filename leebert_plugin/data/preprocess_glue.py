@@ -100,6 +100,9 @@ def preprocess_task(name: str, glue_dir: Path, out: Path, args: Namespace) -> Di
     folder = task_dir(Path(glue_dir), task)
     files = {stem: spec for stem, spec in task.files.items()
              if stem in task.required or (folder / f"{stem}.tsv").is_file()}
+    if getattr(args, "labelled_test", False):  # test files laid out like dev, labels kept
+        dev_layout = next(layout for split, layout in task.files.values() if split == "valid")
+        files = {stem: (split, dev_layout if split.startswith("test") else layout) for stem, (split, layout) in files.items()}
     tables = {stem: read_rows(folder / f"{stem}.tsv", layout.columns, layout.header, args.skip_bad_rows, SKIP_HINT)[1]
               for stem, (_, layout) in files.items()}
     labels = {split: check_labels(folder / f"{stem}.tsv", tables[stem], layout, task)
@@ -145,6 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                              "derived from the vocabulary for wordpiece and sentencepiece)")
     p.add_argument("--workers", type=int, default=1, help="processes for bpe encoding and fairseq-preprocess")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop rows with another number of columns")
+    p.add_argument("--labelled-test", action="store_true",
+                   help="test TSVs have dev's layout, labels included (your own split, not GLUE's unlabelled test)")
     args = parse_with_bpe(p, argv, choices=BPES)
     counts = preprocess_task(args.task, args.glue_dir, args.out, args)
     print(f"preprocessed {args.task} into {args.out}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))

@@ -19,10 +19,13 @@ def front(points: Sequence[Dict], x: str = "dev_speedup", y: str = "dev_metric")
 def at_speedup(points: Sequence[Dict], target: float, x: str = "dev_speedup",
                carry: Sequence[str] = ("test_metric", "test_speedup", "dev_metric")) -> Dict[str, float]:
     """Interpolate linearly between the two dev-front points around ``target``; the ``carry`` keys
-    (test figures) get the same weights. NaN when the front does not reach ``target``."""
+    (test figures) get the same weights. Below the front's slowest point, that point itself (it is
+    faster than asked and at least as good). NaN when the front does not reach ``target``."""
     pts = front(points, x=x)
-    if not pts or target > pts[-1][x] + 1e-12 or target < pts[0][x] - 1e-12:
+    if not pts or target > pts[-1][x] + 1e-12:
         return {k: math.nan for k in carry}
+    if target <= pts[0][x]:
+        return {k: pts[0][k] for k in carry}
     for a, b in zip(pts, pts[1:] + pts[-1:]):
         if a[x] - 1e-12 <= target <= b[x] + 1e-12:
             w = 0.0 if b[x] == a[x] else (target - a[x]) / (b[x] - a[x])

@@ -1,0 +1,23 @@
+"""The matplotlib boilerplate of the Pareto plots (headless, quiet)."""
+import logging
+from pathlib import Path
+from typing import Tuple
+
+
+def new_axes(figsize: Tuple[float, float]):
+    """A figure and axes on the Agg backend (no display needed), matplotlib's debug logs muted."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def save_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

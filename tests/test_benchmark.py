@@ -1,0 +1,36 @@
+"""scripts/benchmark.py end to end on the tiny model: real training runs, dev-chosen figures that
+agree with fairseq-validate, a summary, a plot."""
+import csv
+import json
+
+from helpers import BIN, run
+from test_train_validate import validate
+
+
+def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [str(BIN / "python"), "scripts/benchmark.py", "--data", str(mr_bin), "--restore", "none",
+           "--arch", "exit_roberta_tiny", "--methods", "full_ft", "pabee", "smartbert", "--seeds", "1",
+           "--epochs", "2", "--exit-pooling", "cls", "--out", str(out)]
+    proc = run(cmd, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    for method in ("full_ft", "pabee", "smartbert"):
+        assert f"| {method} |" in summary
+    assert (out / "pareto.png").stat().st_size > 1000
+    with open(out / "points.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    pabee = {(r["policy"], r["patience"], r["threshold"]): r for r in rows if r["method"] == "pabee"}
+    assert len(pabee) == 1 + 3 + 13  # full depth, patience 1..3, the entropy grid
+    assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
+    # a replayed point is what fairseq-validate measures for that checkpoint and policy
+    save = out / "pabee" / "seed1"
+    measured = validate(save, mr_bin, "--exit-policy", "patience", "--exit-patience", "1", ckpt="checkpoint_last.pt")
+    replayed = pabee[("patience", "1", "")]
+    assert abs(float(replayed["dev_metric"]) - measured["accuracy"]) < 0.01
+    assert abs(float(replayed["dev_speedup"]) - measured["speedup"]) < 0.01
+    result = json.loads((save / "result.json").read_text())
+    assert result["valid_oracle"]["layer_speedup"] >= 1.0
+    # a second call reuses the finished runs instead of training again
+    again = run(cmd, timeout=600)
+    assert again.returncode == 0 and "benchmark: pabee seed 1" not in again.stdout
