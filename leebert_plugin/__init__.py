@@ -13,4 +13,9 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace])
 
 from leebert_plugin import criterions, models, optim, tasks  # noqa: E402,F401
+from leebert_plugin import safe_loading  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
+
+# fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
+# an untrusted or damaged checkpoint instead of torch's traceback
+safe_loading.install()

@@ -24,6 +24,7 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.tasks.nonfinite import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if getattr(model, "stage", 1) == 2:
             self._drop_frozen(optimizer)
-        return self._train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        loss, sample_size, logging_output = self._train_step(sample, model, criterion, optimizer, update_num,
+                                                             ignore_grad)
+        check_finite(loss, model, optimizer, update_num)  # before fairseq's step: nothing is overwritten
+        return loss, sample_size, logging_output
 
     def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """With the clo optimizer: split the batch into D1/D2, run the meta step when due, then
