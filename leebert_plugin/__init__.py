@@ -6,11 +6,18 @@ Importing the package registers every model, criterion and task with fairseq. fa
 import argparse
 
 import torch
+from fairseq.distributed.utils import _TensorPlaceholder
 
-# Checkpoints written by the argparse CLI (fairseq-train) store an argparse.Namespace; torch >= 2.6
-# loads weights-only by default. Allow exactly that class, nothing else.
+# Checkpoints written by the argparse CLI (fairseq-train) store an argparse.Namespace, and fairseq's
+# broadcast_object (rank 0 sends a state to the others) pickles a _TensorPlaceholder (an int) per
+# tensor; torch >= 2.6 loads weights-only by default. Allow exactly these classes, nothing else.
 if hasattr(torch.serialization, "add_safe_globals"):
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
+from leebert_plugin import safe_loading  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
+
+# fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
+# an untrusted or damaged checkpoint instead of torch's traceback
+safe_loading.install()

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from leebert_plugin.errors import UsageError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--subset", default="valid")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist", "pass the path of a checkpoint_*.pt file")
     thresholds = args.thresholds or [None]
     rows = [validate(args.checkpoint, args.data, args.policy, t, args.subset, args.batch_size, args.patience)
             for t in thresholds]

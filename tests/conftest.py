@@ -39,3 +39,21 @@ def trained(mr_bin, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (save / "train.stdout").write_text(proc.stdout)
     return save
+
+
+TINY = ["--encoder-layers", "4", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
+        "--encoder-attention-heads", "2"]
+
+
+@pytest.fixture(scope="session")
+def plain_roberta(mr_bin, tmp_path_factory) -> Path:
+    """A plain fairseq `roberta` classifier, trained by fairseq-train itself (argparse checkpoint)."""
+    save = tmp_path_factory.mktemp("plain-roberta")
+    proc = run([str(BIN / "fairseq-train"), str(mr_bin), "--task", "sentence_prediction",
+                "--criterion", "sentence_prediction", "--arch", "roberta", *TINY,
+                "--max-positions", "256", "--shorten-method", "truncate", "--num-classes", "2",
+                "--init-token", "0", "--separator-token", "2", "--optimizer", "adam", "--lr", "1e-3",
+                "--batch-size", "16", "--max-update", "5", "--cpu", "--num-workers", "0",
+                "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save / "checkpoint_last.pt"

@@ -5,6 +5,7 @@ from typing import List
 from fairseq.data import Dictionary
 
 from leebert_plugin.errors import UsageError
+from leebert_plugin.safe_loading import check_checkpoint_file
 
 PREPROCESS_HINT = "preprocess the data with fairseq-preprocess into DATA/input0 and DATA/label (see README)"
 
@@ -56,7 +57,8 @@ def check_restore_file(restore_file: str, save_dir: str) -> None:
     """The checkpoint training will start from: present if named, readable, and safe to load.
 
     fairseq silently trains from scratch when ``checkpoint.restore_file`` names a missing file, and
-    shows a long traceback for a corrupted one or one torch's weights-only loader refuses.
+    shows a long traceback for a corrupted one or one torch's weights-only loader refuses; refused
+    here, before the model is built.
     """
     default = restore_file == "checkpoint_last.pt"
     path = os.path.join(save_dir, restore_file) if default else restore_file
@@ -65,16 +67,4 @@ def check_restore_file(restore_file: str, save_dir: str) -> None:
             return  # a first launch: nothing to resume
         raise UsageError(f"checkpoint.restore_file={restore_file} does not exist",
                          "fix the path, or drop checkpoint.restore_file to train from scratch")
-    import torch
-
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as err:  # any failure to parse the archive is a damaged file
-        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:80]})",
-                         "restore from an intact checkpoint (a copy, or an earlier checkpoint_*.pt)")
-    if unsafe:
-        raise UsageError(
-            f"{path} holds pickled objects that torch's weights-only loader refuses ({', '.join(unsafe[:3])})",
-            "load only checkpoints you trust; if you trust this one, allow-list those classes with "
-            "torch.serialization.add_safe_globals in your user dir",
-        )
+    check_checkpoint_file(path)

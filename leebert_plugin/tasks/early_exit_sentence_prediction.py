@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from fairseq import checkpoint_utils
+from fairseq import checkpoint_utils, distributed_utils
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
@@ -24,6 +24,7 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.tasks.nonfinite import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +161,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if not in_stage1 and model.stage == 1:
             self._enter_stage2(model)
 
-    def _enter_stage2(self, model) -> None:
-        default = os.path.join(self.cfg.save_dir, "checkpoint_best.pt")
-        path = self.cfg.stage1_checkpoint or default
+    def _read_stage1(self, path: str, default: str) -> dict:
+        """The stage-1 checkpoint's model weights (kept as checkpoint_stage1_best.pt)."""
         if not os.path.isfile(path):
             raise UsageError(f"stage 2 needs a stage-1 checkpoint, and {path} does not exist",
                              "let stage 1 validate and save (task.stage1_epochs > 0, checkpoint.no_save=false) "
@@ -170,8 +170,21 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         kept = os.path.join(self.cfg.save_dir, "checkpoint_stage1_best.pt")
         if path == default and not os.path.exists(kept):
             shutil.copyfile(path, kept)
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        model.load_state_dict(state["model"], strict=True)
+        return checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+
+    def _enter_stage2(self, model) -> None:
+        default = os.path.join(self.cfg.save_dir, "checkpoint_best.pt")
+        path = self.cfg.stage1_checkpoint or default
+        # rank 0 wrote the checkpoint and reads it; the other ranks may have raced ahead of its
+        # save, or not see its disk: they get the weights from rank 0 (only the weights: the
+        # broadcast unpickles weights-only, and the saved cfg is an omegaconf object)
+        distributed = distributed_utils.get_data_parallel_world_size() > 1
+        first = not distributed or distributed_utils.get_data_parallel_rank() == 0
+        weights = self._read_stage1(path, default) if first else None
+        if distributed:
+            weights = distributed_utils.broadcast_object(weights, src_rank=0,
+                                                         group=distributed_utils.get_data_parallel_group())
+        model.load_state_dict(weights, strict=True)
         model.enter_stage2(self.cfg.classification_head_name)
         # stage 2's best checkpoint is chosen among stage-2 epochs only
         if hasattr(checkpoint_utils.save_checkpoint, "best"):
@@ -193,7 +206,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if getattr(model, "stage", 1) == 2:
             self._drop_frozen(optimizer)
-        return self._train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        loss, sample_size, logging_output = self._train_step(sample, model, criterion, optimizer, update_num,
+                                                             ignore_grad)
+        check_finite(loss, model, optimizer, update_num)  # before fairseq's step: nothing is overwritten
+        return loss, sample_size, logging_output
 
     def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """With the clo optimizer: split the batch into D1/D2, run the meta step when due, then

@@ -1,0 +1,74 @@
+"""Safe checkpoint loading for every fairseq entry point that imports the plugin.
+
+``fairseq-validate --path X`` (and ``fairseq-train``'s resume, the hub) load X through
+``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` before any task or model hook runs. torch
+>= 2.6 loads weights-only by default, so an untrusted pickle is already refused, but as a long
+traceback. Importing the plugin wraps that one loader: a zip checkpoint is first inspected
+statically (nothing in it runs) and refused if it names globals outside torch's allow-list, and a
+legacy-format file the weights-only loader refuses ends in the same single line.
+"""
+import functools
+import os
+import pickle
+import re
+from typing import Callable
+
+import torch
+from fairseq import checkpoint_utils
+
+from leebert_plugin.errors import UsageError
+
+TRUST_FIX = ("load only checkpoints you trust; if you trust this one, allow-list those classes with "
+             "torch.serialization.add_safe_globals in your user dir")
+DAMAGED_FIX = "use an intact checkpoint (a copy, or an earlier checkpoint_*.pt)"
+
+
+def _unreadable(path: str, reason: str) -> UsageError:
+    return UsageError(f"{path} is not a readable checkpoint ({reason[:80]})", DAMAGED_FIX)
+
+
+def _untrusted(path: str, names: str) -> UsageError:
+    return UsageError(f"{path} holds pickled objects that torch's weights-only loader refuses ({names})", TRUST_FIX)
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Refuse a damaged zip checkpoint, or one whose pickle names globals torch does not allow.
+
+    The check disassembles the pickle without running it. Legacy (pre-zip) files are left to the
+    weights-only loader, which :func:`safe_loader` reports the same way.
+    """
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        return
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # any failure to parse the archive is a damaged file
+        raise _unreadable(path, f"{type(err).__name__}: {err}")
+    if unsafe:
+        raise _untrusted(path, ", ".join(sorted(unsafe)[:3]))
+
+
+def safe_loader(load: Callable) -> Callable:
+    """Wrap fairseq's ``load_checkpoint_to_cpu``: check first, and report a refused pickle in one line."""
+
+    @functools.wraps(load)
+    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        if os.path.isfile(path):  # remote paths are fetched by fairseq's PathManager
+            check_checkpoint_file(path)
+        try:
+            return load(path, arg_overrides, load_on_all_ranks)
+        except pickle.UnpicklingError as err:  # legacy format: torch's weights-only refusal
+            refused = re.search(r"GLOBAL (\S+)", str(err))
+            if refused:
+                raise _untrusted(path, refused.group(1)) from None
+            raise _unreadable(path, "torch's weights-only loader cannot parse it") from None
+
+    load_checkpoint_to_cpu.leebert_safe = True
+    return load_checkpoint_to_cpu
+
+
+def install() -> None:
+    """Route fairseq's checkpoint loading through :func:`safe_loader` (once per process)."""
+    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "leebert_safe", False):
+        checkpoint_utils.load_checkpoint_to_cpu = safe_loader(checkpoint_utils.load_checkpoint_to_cpu)

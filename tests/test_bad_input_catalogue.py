@@ -1,0 +1,221 @@
+"""The bad-input catalogue: one row per input a user can get wrong, across the CLI and the configs.
+
+Every row runs the real command and must end in exactly one ``leebert-plugin: error: ... Fix: ...``
+line, a non-zero exit and no traceback, with the guarded directory (the save dir, or the directory
+of the checkpoint under validation) left exactly as it was. Hydra typos are the one exception to
+the line format: hydra rejects them before the plugin is imported, with its own short report
+("Could not override 'task.exit_polcy'. ... Key 'exit_polcy' is not in struct", five lines) and no
+traceback.
+"""
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+
+from conftest import hydra_train
+from helpers import BIN, ROOT, assert_refused, digest, guarded_dir, run
+from test_leebert_cli import SHORT as LEEBERT_SHORT
+from test_smartbert import SHORT as SMARTBERT_SHORT
+
+SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=1"]
+
+
+@dataclass
+class Case:
+    """``tool``: train (fairseq-hydra-train CONFIG), validate (fairseq-validate), thresholds (the script).
+
+    ``args`` may name ``{data}``, ``{save}``, ``{ckpt}`` (the trained checkpoint), ``{plain}`` (a plain
+    RoBERTa checkpoint) and the files :data:`FILES` builds in the test's tmp dir.
+    """
+
+    tool: str
+    args: List[str]
+    words: List[str]
+    config: str = "mr_multi_exit"
+    hydra_typo: str = ""  # the misspelt key: hydra's own report instead of the plugin's line
+
+
+CATALOGUE: Dict[str, Case] = {
+    # data directories and splits
+    "train: missing data directory": Case("train", ["task.data=/nonexistent/mr-bin"],
+                                          ["'/nonexistent/mr-bin' does not exist"]),
+    "validate: missing data directory": Case("validate", ["/nonexistent/data"], ["does not exist"]),
+    "validate: missing split": Case("validate", ["{data}", "--valid-subset", "dev"], ["split 'dev' is missing", "valid"]),
+    "validate: empty validation split": Case("validate", ["{empty_split_data}", "--valid-subset", "empty"],
+                                             ["split 'empty'", "holds no sentences"]),
+    "train: num_classes mismatch": Case("train", ["task.num_classes=3"], ["num_classes=3", "lists 2 labels", "num_classes=2"]),
+    # policies and thresholds
+    "train: unknown policy in the config": Case("train", ["task.exit_policy=entropi"], ["unknown exit policy 'entropi'"]),
+    "train: threshold out of range in the config": Case("train", ["task.exit_policy=max_prob", "task.exit_threshold=1.5"],
+                                                        ["1.5 is out of range"]),
+    "validate: unknown policy": Case("validate", ["{data}", "--exit-policy", "entropi", "--exit-threshold", "0.1"],
+                                     ["unknown exit policy"]),
+    "validate: threshold out of range": Case("validate", ["{data}", "--exit-policy", "normalized_entropy",
+                                                          "--exit-threshold", "1.5"], ["1.5 is out of range", "[0, 1]"]),
+    "validate: entropy above ln C": Case("validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "0.9"],
+                                         ["out of range", "0.6931"]),
+    "validate: patience below 1": Case("validate", ["{data}", "--exit-policy", "patience", "--exit-patience", "0"],
+                                       ["patience=0 is below 1"]),
+    "validate: threshold missing": Case("validate", ["{data}", "--exit-policy", "max_prob"], ["needs a threshold"]),
+    "thresholds script: one threshold out of range": Case("thresholds", ["--policy", "max_prob", "--thresholds", "0.9", "1.5"],
+                                                          ["1.5 is out of range"]),
+    "thresholds script: unknown policy": Case("thresholds", ["--policy", "entropi", "--thresholds", "0.1"],
+                                              ["unknown exit policy 'entropi'"]),
+    "thresholds script: missing checkpoint": Case("thresholds", ["--policy", "max_prob", "--thresholds", "0.9",
+                                                                 "--checkpoint", "{tmp}/nope.pt"], ["nope.pt does not exist"]),
+    # model, criterion and optimizer settings
+    "train: unknown exit head": Case("train", ["model.exit_head=highway"], ["unknown exit head 'highway'"]),
+    "train: exit layers without the last": Case("train", ["model.exit_layers='1,2'"], ["no exit at the last layer"]),
+    "train: unknown exit weighting": Case("train", ["criterion.exit_weighting=descending"], ["unknown exit_weighting"]),
+    "leebert: unknown clo mode": Case("train", [*LEEBERT_SHORT, "optimizer.mode=darts3"], ["unknown clo mode 'darts3'"],
+                                      "mr_leebert"),
+    "leebert: split ratio outside (0, 1)": Case("train", [*LEEBERT_SHORT, "task.d2_ratio=1.5"],
+                                                ["d2_ratio=1.5 is outside (0, 1)"], "mr_leebert"),
+    "leebert: empty D2": Case("train", [*LEEBERT_SHORT, "task.d2_ratio=0.0001"], ["D2 is empty", "more training data"],
+                              "mr_leebert"),
+    "leebert: distillation variant typo": Case("train", [*LEEBERT_SHORT, "criterion.distill=lea"],
+                                               ["unknown distillation variant 'lea'"], "mr_leebert"),
+    "smartbert: stage 2 without a stage-1 checkpoint": Case(
+        "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
+        ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),
+    "smartbert: skip threshold outside (0, 1)": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
+                                                     ["skip_threshold=1.5 is outside (0, 1)"], "mr_smartbert"),
+    "smartbert: negative lambda": Case("train", [*SMARTBERT, "criterion.gate_lambda=-0.1"],
+                                       ["gate_lambda=-0.1 is negative"], "mr_smartbert"),
+    "smartbert: negative eta": Case("train", [*SMARTBERT, "criterion.eta2=-1"], ["eta2=-1.0 is negative"], "mr_smartbert"),
+    "smartbert: non-positive temperature": Case("train", [*SMARTBERT, "criterion.t1=0"], ["t1=0.0 must be positive"],
+                                                "mr_smartbert"),
+    # checkpoints
+    "train: restore file of another architecture": Case(
+        "train", ["checkpoint.restore_file={plain}", "+model.encoder_layers=2"],
+        ["does not fit", "2-layer exit_roberta", "not in this model", "restore it into"]),
+    "train: missing restore file": Case("train", ["checkpoint.restore_file={tmp}/missing.pt"],
+                                        ["does not exist", "train from scratch"]),
+    "train: corrupted restore file": Case("train", ["checkpoint.restore_file={corrupted}"], ["is not a readable checkpoint"]),
+    "train: truncated restore file": Case("train", ["checkpoint.restore_file={truncated}"], ["is not a readable checkpoint"]),
+    "train: untrusted restore file": Case("train", ["checkpoint.restore_file={untrusted}"],
+                                          ["weights-only loader refuses", "Untrusted", "trust"]),
+    "validate: corrupted checkpoint": Case("validate", ["{data}", "--path", "{truncated}"], ["is not a readable checkpoint"]),
+    "validate: pickle that runs os.system": Case("validate", ["{data}", "--path", "{malicious}"],
+                                                 ["weights-only loader refuses", "system", "trust"]),
+    "validate: legacy-format pickle that runs os.system": Case("validate", ["{data}", "--path", "{malicious_legacy}"],
+                                                               ["weights-only loader refuses", "system", "trust"]),
+    # training that diverges
+    "train: NaN loss (lr 1e30), resumed from a good checkpoint": Case(
+        "train", ["optimization.lr=[1e30]", "dataset.batch_size=16", "optimization.max_epoch=10",
+                  "optimization.max_update=200", "lr_scheduler.warmup_updates=10", "{resume_trained}"],
+        ["training loss is nan", "lower optimization.lr", "not overwritten"]),
+    # hydra typos
+    "hydra typo: task.exit_polcy": Case("train", ["task.exit_polcy=entropy"], [], hydra_typo="task.exit_polcy"),
+    "hydra typo: optimization.lrr": Case("train", ["optimization.lrr=[1e-3]"], [], hydra_typo="optimization.lrr"),
+}
+
+
+class Untrusted:
+    """Any class outside torch's allow-list: a pickle of it could run arbitrary code on load."""
+
+
+class RunsShellCommand:
+    """Unpickling this calls os.system: what an attacker's checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _empty_split_data(tmp: Path, fx: dict) -> Path:
+    from fairseq.data import indexed_dataset
+
+    data = tmp / "data"
+    shutil.copytree(fx["data"], data)
+    for key in ("input0", "label"):  # an empty split, as fairseq-preprocess writes for an empty file
+        builder = indexed_dataset.make_builder(str(data / key / "empty.bin"), impl="mmap", vocab_size=10_000)
+        builder.finalize(str(data / key / "empty.idx"))
+    return data
+
+
+def _save_to(name: str, obj, legacy: bool = False) -> Callable[[Path, dict], Path]:
+    def build(tmp: Path, fx: dict) -> Path:
+        torch.save(obj(tmp) if callable(obj) else obj, tmp / name, _use_new_zipfile_serialization=not legacy)
+        return tmp / name
+    return build
+
+
+def _write(name: str, content: Callable[[dict], bytes]) -> Callable[[Path, dict], Path]:
+    def build(tmp: Path, fx: dict) -> Path:
+        (tmp / name).write_bytes(content(fx))
+        return tmp / name
+    return build
+
+
+def _resume_trained(tmp: Path, fx: dict) -> str:
+    shutil.copyfile(fx["ckpt"], Path(fx["save"]) / "checkpoint_last.pt")  # the last good checkpoint
+    return "checkpoint.restore_file=checkpoint_last.pt"
+
+
+FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, made on demand
+    "empty_split_data": _empty_split_data,
+    "corrupted": _write("corrupted.pt", lambda fx: b"\x00not a checkpoint" * 100),
+    "truncated": _write("truncated.pt", lambda fx: Path(fx["plain"]).read_bytes()[:50_000]),
+    "untrusted": _save_to("untrusted.pt", {"model": {}, "payload": Untrusted()}),
+    "malicious": _save_to("malicious.pt", lambda tmp: {"model": {}, "cfg": None,
+                                                        "x": RunsShellCommand(tmp / "PWNED")}),
+    "malicious_legacy": _save_to("malicious_legacy.pt", lambda tmp: {"model": {}, "cfg": None,
+                                                                      "x": RunsShellCommand(tmp / "PWNED")}, legacy=True),
+    "resume_trained": _resume_trained,
+}
+
+
+def command(case: Case, fx: dict) -> List[str]:
+    args = [a.format(**fx) for a in case.args]
+    if case.tool == "train":
+        if not any(a.startswith("task.data=") for a in args):
+            args.insert(0, f"task.data={fx['data']}")
+        return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", case.config,
+                f"checkpoint.save_dir={fx['save']}", *args]
+    if case.tool == "validate":
+        path = [] if "--path" in args else ["--path", fx["ckpt"]]
+        return [str(BIN / "fairseq-validate"), *args, *path, "--user-dir", "user_dir",
+                "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu"]
+    ckpt = args.pop(args.index("--checkpoint") + 1) if "--checkpoint" in args else fx["ckpt"]
+    args = [a for a in args if a != "--checkpoint"]
+    return [sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), ckpt, fx["data"], *args]
+
+
+def assert_hydra_typo_refused(save: Path, cmd: List[str], key: str) -> None:
+    """hydra's own report for a key the config does not have: short, no traceback, nothing written."""
+    before = digest(save)
+    proc = run(cmd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    assert f"Could not override '{key}'" in out and f"Key '{key.split('.')[-1]}'" in out, out[-2000:]
+    assert digest(save) == before
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
+    case = CATALOGUE[name]
+    train = case.tool == "train"
+    # the guarded dir: a save dir with an earlier result (no checkpoint_best.pt for SmartBERT, whose
+    # stage 2 would start from it), or the trained checkpoint's own dir under validation
+    save = guarded_dir(tmp_path, with_checkpoint=case.config != "mr_smartbert") if train else trained
+    fx = {"data": str(mr_bin), "save": str(save), "ckpt": str(trained / "checkpoint_best.pt"),
+          "plain": str(plain_roberta), "tmp": str(tmp_path)}
+    for key, build in FILES.items():
+        if any("{" + key + "}" in a for a in case.args):
+            fx[key] = str(build(tmp_path, fx))
+    cmd = command(case, fx)
+    if case.hydra_typo:
+        assert_hydra_typo_refused(save, cmd, case.hydra_typo)
+    else:
+        assert_refused(save, lambda: run(cmd), *case.words)
+    assert not (tmp_path / "PWNED").exists()  # no pickled global ever ran
+

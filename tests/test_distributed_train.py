@@ -1,0 +1,107 @@
+"""Real 2-process fairseq-hydra-train on CPU (gloo, legacy_ddp, tcp init), as the README launches it.
+
+A test-only user dir (tests/rank_probe) has every rank record its state before each update, since
+fairseq writes checkpoints on rank 0 only.
+"""
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from helpers import BIN, ROOT, json_records, run
+
+PROBE = ["common.user_dir=" + str(ROOT / "tests" / "rank_probe"), "task._name=early_exit_rank_probe"]
+QUIET = ["dataset.disable_validation=true", "checkpoint.no_save=true", "model.dropout=0.0",
+         "model.attention_dropout=0.0", "common.log_interval=1", "optimization.max_epoch=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hydra_command(config: str, save: Path, *overrides: str) -> List[str]:
+    return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
+            f"checkpoint.save_dir={save}", *PROBE, *overrides]
+
+
+def train_two_processes(config: str, save: Path, *overrides: str) -> str:
+    """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp; rank 0's log."""
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen(
+        hydra_command(config, save, *overrides, "distributed_training.distributed_world_size=2",
+                      "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
+                      f"distributed_training.distributed_init_method={init}",
+                      "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
+                      f"hydra.run.dir={save}/hydra-rank{r}"),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    errors = [err for _, err in outputs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(f"rank {r}: {e[-2000:]}" for r, e in enumerate(errors))
+    for err in errors:
+        assert "unused" not in err.lower(), err[-3000:]
+    return outputs[0][0]
+
+
+def probed(save: Path, rank: int) -> Dict[int, Dict[str, torch.Tensor]]:
+    """update number -> that rank's state dict before the update."""
+    files = sorted((save / "probe").glob(f"rank{rank}_update*.pt"))
+    return {int(f.stem.split("update")[1]): torch.load(f, map_location="cpu") for f in files}
+
+
+def assert_ranks_identical(save: Path, updates: int) -> Dict[int, Dict[str, torch.Tensor]]:
+    rank0, rank1 = probed(save, 0), probed(save, 1)
+    assert sorted(rank0) == sorted(rank1) == list(range(updates))
+    for update in rank0:
+        for key, value in rank0[update].items():
+            assert torch.equal(value, rank1[update][key]), (update, key)
+    return rank0
+
+
+def test_clo_two_processes_keep_the_loss_weights_identical_and_match_one_process(mr_bin, tmp_path):
+    """LeeBERT/clo, 2 ranks x batch 8 against 1 process x batch 8 x update_freq 2 (the same batches).
+
+    Meta steps at updates 0 (lr 0 in warm-up: no move) and 4. Before update 4 the two runs differ
+    only in the order in which fairseq sums the two micro-batches' gradients, so the parameters
+    agree to rounding (atol 1e-4, a fifth of one Adam step at lr 5e-4: a lost micro-batch changes
+    whole steps). The meta step's estimate differs by design: 2 processes average the
+    hypergradients of both ranks' batches, 1 process uses the update's first micro-batch. Adam's
+    first step moves each weight by about w_lr times the sign of its hypergradient (0.047 here),
+    so the runs agree unless a sign differs, which would cost a whole step: atol 5e-3 (measured 4e-4).
+    """
+    common = [f"task.data={mr_bin}", *QUIET, "dataset.batch_size=8", "optimization.max_update=6",
+              "lr_scheduler.warmup_updates=2", "optimizer.w_lr=0.05", "optimizer.w_update_interval=4"]
+    train_two_processes("mr_leebert", tmp_path / "two", *common)
+    two = assert_ranks_identical(tmp_path / "two", 6)
+    proc = run(hydra_command("mr_leebert", tmp_path / "one", *common, "optimization.update_freq=[2]"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = probed(tmp_path / "one", 0)
+    start = one[0]["loss_weights.logits"]
+    for update in range(5):
+        assert torch.equal(two[update]["loss_weights.logits"], start)
+        for key, value in one[update].items():
+            torch.testing.assert_close(two[update][key], value, rtol=0, atol=1e-4, msg=f"{update} {key}")
+    after = two[5]["loss_weights.logits"]
+    assert float((after - start).abs().min()) > 0.01  # the meta step moved every weight, identically on both ranks
+    torch.testing.assert_close(after, one[5]["loss_weights.logits"], rtol=0, atol=5e-3)
+
+
+def test_smartbert_two_processes_with_skip_gates_frozen_stage_2_and_a_subset_of_exits(mr_bin, tmp_path):
+    """Gates that skip layers, exits at layers 2 and 4 only, and stage 2's frozen backbone: parameters
+    without a gradient in a step do not break DDP, and both ranks stay identical through both stages."""
+    save = tmp_path / "smartbert"
+    log = train_two_processes("mr_smartbert", save, f"task.data={mr_bin}", "model.exit_layers='2,4'",
+                        "dataset.batch_size=64", "lr_scheduler.warmup_updates=2", "task.stage1_epochs=1",
+                        "task.soft_gate_epochs=0", "optimization.max_epoch=2", "common.log_interval=1",
+                        "model.dropout=0.0", "model.attention_dropout=0.0")
+    states = assert_ranks_identical(save, 8)  # 400 examples / (2 x 64) = 4 updates per epoch
+    assert int(states[7]["training_stage"]) == 2
+    last = torch.load(save / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert int(last["training_stage"]) == 2
+    skipped = [float(r["valid_mean_skipped"]) for r in json_records(log, "valid")]
+    assert len(skipped) == 2 and max(skipped) > 0, skipped  # the gates did skip layers
