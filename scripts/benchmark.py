@@ -230,9 +230,9 @@ def main() -> None:
     from fairseq.data import data_utils
     args.train_size = len(data_utils.load_indexed_dataset(str(args.data / "input0" / "train"), None))
     args.layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
-    results: Dict[str, List[Dict]] = {}
-    for method in args.methods:
-        for seed in args.seeds:
+    results: Dict[str, List[Dict]] = {m: [] for m in args.methods}
+    for seed in args.seeds:  # every method once before the next seed: partial results stay comparable
+        for method in args.methods:
             save = args.out / method / f"seed{seed}"
             done = save / "result.json"
             if not done.is_file():
@@ -241,7 +241,7 @@ def main() -> None:
                 seconds = train(method, seed, args, save)
                 result = {"method": method, "seed": seed, "train_seconds": seconds, **evaluate(save, args)}
                 done.write_text(json.dumps(result, indent=1))
-            results.setdefault(method, []).append(json.loads(done.read_text()))
+            results[method].append(json.loads(done.read_text()))
     with open(args.out / "points.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["method", "seed", "policy", "threshold", "patience", "dev_metric", "dev_speedup",
