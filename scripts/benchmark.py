@@ -63,7 +63,7 @@ def train(method: str, seed: int, args, save: Path) -> float:
     updates = args.epochs * math.ceil(n_train / args.batch_size)
     o = [f"task.data={args.data}", f"checkpoint.save_dir={save}", f"common.seed={seed}", "common.cpu=true",
          f"model._name={args.arch}", f"dataset.batch_size={args.batch_size}", "dataset.max_tokens=null",
-         f"task.max_positions={args.max_positions}", f"optimization.lr=[{args.lr}]",
+         f"optimization.lr=[{args.lr}]",
          f"optimization.max_epoch={args.epochs}", f"optimization.max_update={updates}",
          f"lr_scheduler.warmup_updates={max(1, round(0.06 * updates))}", "common.log_interval=20",
          "dataset.num_workers=0", "checkpoint.no_last_checkpoints=false",
@@ -214,7 +214,6 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="default: the setting's")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-positions", type=int, default=64, help="longer inputs are truncated")
     p.add_argument("--exit-pooling", choices=["cls", "mean"], default="mean")
     p.add_argument("--exit-lr-scale", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<setting>")
