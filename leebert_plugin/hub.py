@@ -26,10 +26,11 @@ Sentence = Union[str, Tuple[str, str]]
 
 @dataclass
 class Prediction:
-    label: str  # the label as written in the data (not fairseq's class index)
-    probs: List[float]  # per class, in ``EarlyExitClassifier.labels`` order
+    label: Optional[str]  # the label as written in the data (not fairseq's class index); None: regression
+    probs: List[float]  # per class, in ``EarlyExitClassifier.labels`` order (empty for regression)
     exit_layer: int  # 1-based layer whose exit gave the prediction
     layers_run: int  # transformer layers computed for this sentence
+    score: Optional[float] = None  # regression (STS-B): the predicted value, in the training target's units
 
 
 class EarlyExitClassifier:
@@ -37,8 +38,10 @@ class EarlyExitClassifier:
         self.model = model.eval()
         self.task = task
         self.bpe = bpe
+        self.regression = bool(getattr(task.cfg, "regression_target", False))
         d = task.label_dictionary
-        self.labels = [d[i + d.nspecial] for i in range(self.model.exit_heads[self.head].num_classes)]
+        self.labels = [] if self.regression else [
+            d[i + d.nspecial] for i in range(self.model.exit_heads[self.head].num_classes)]
 
     @property
     def head(self) -> str:
@@ -72,15 +75,19 @@ class EarlyExitClassifier:
         """Classify ``sentences`` in batches, each sentence leaving at the exit the policy picks."""
         if batch_size < 1:
             raise UsageError(f"batch_size={batch_size}", "use a batch size of 1 or more")
-        policy = build_policy(exit_policy, len(self.labels), threshold, patience)
+        policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience)
         device = next(self.model.parameters()).device
         pad = self.task.source_dictionary.pad()
         out: List[Prediction] = []
         for start in range(0, len(sentences), batch_size):
             tokens = data_utils.collate_tokens([self.encode(s) for s in sentences[start:start + batch_size]], pad)
             logits, extra = self.model(tokens.to(device), classification_head_name=self.head, exit_policy=policy)
-            probs = torch.softmax(logits.float(), -1).cpu()
             exits = extra["exits"]
-            for p, layer, run in zip(probs, exits.exit_layer.tolist(), exits.layers_run.tolist()):
+            where = zip(exits.exit_layer.tolist(), exits.layers_run.tolist())
+            if self.regression:
+                out += [Prediction(None, [], layer, run, score=v) for v, (layer, run) in zip(logits.view(-1).tolist(), where)]
+                continue
+            probs = torch.softmax(logits.float(), -1).cpu()
+            for p, (layer, run) in zip(probs, where):
                 out.append(Prediction(self.labels[int(p.argmax())], p.tolist(), layer, run))
         return out

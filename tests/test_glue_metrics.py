@@ -5,6 +5,7 @@ import torch
 from scipy.stats import pearsonr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics as gm
 from test_train_validate import validate
 
@@ -89,3 +90,20 @@ def test_regression_validation_reports_pearson_and_spearman_per_exit_and_under_p
     assert early["exit_L2"] == 100.0 and early["speedup"] == 2.0
     assert early["spearman"] == early["spearman_L2"] and early["pearson"] == early["pearson_L2"]
     assert early["spearman"] != full["spearman"]
+
+
+def test_python_api_predicts_regression_scores_under_regression_patience(regression_trained):
+    from leebert_plugin.hub import EarlyExitClassifier
+    save, data = regression_trained
+    api = EarlyExitClassifier.from_pretrained(str(save / "checkpoint_last.pt"), data=str(data), bpe="sentencepiece",
+                                              sentencepiece_model=str(data / "raw" / "spm.model"))
+    sentences = ["A gem of a film.", "Dull and overlong.", "Not bad at all, if a little slow."]
+    full = api.predict(sentences)
+    early = api.predict(sentences, exit_policy="regression_patience", threshold=1e9)
+    one = [api.predict([s], exit_policy="regression_patience", threshold=1e9)[0] for s in sentences]
+    assert [p.exit_layer for p in full] == [4, 4, 4] and [p.exit_layer for p in early] == [2, 2, 2]
+    assert all(p.label is None and p.probs == [] for p in full)
+    assert [round(p.score, 4) for p in early] == [round(p.score, 4) for p in one]
+    assert [p.score for p in early] != [p.score for p in full]
+    with pytest.raises(UsageError, match="does not apply to a regression task"):
+        api.predict(sentences, exit_policy="entropy", threshold=0.1)
