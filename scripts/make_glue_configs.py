@@ -81,7 +81,7 @@ def build(task: str, method: str) -> dict:
     spec = METHODS[method]
     cfg["task"] = {**base["task"], "_name": "early_exit_sentence_prediction",
                    "regression_target": regression, **TASK_FIELDS, **spec.get("task", {})}
-    cfg["checkpoint"] = {**base["checkpoint"], "save_dir": "???",
+    cfg["checkpoint"] = {**base["checkpoint"], "save_dir": "???", "load_checkpoint_on_all_dp_ranks": True,
                          "best_checkpoint_metric": BEST_METRIC.get(task, "accuracy"),
                          "maximize_best_checkpoint_metric": True}
     cfg["distributed_training"] = base["distributed_training"]

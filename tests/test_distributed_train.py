@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from helpers import BIN, ROOT, json_records, run
+from helpers import BIN, ROOT, assert_one_clear_error, digest, json_records, run
 
 PROBE = ["common.user_dir=" + str(ROOT / "tests" / "rank_probe"), "task._name=early_exit_rank_probe"]
 QUIET = ["dataset.disable_validation=true", "checkpoint.no_save=true", "model.dropout=0.0",
@@ -105,3 +105,30 @@ def test_smartbert_two_processes_with_skip_gates_frozen_stage_2_and_a_subset_of_
     assert int(last["training_stage"]) == 2
     skipped = [float(r["valid_mean_skipped"]) for r in json_records(log, "valid")]
     assert len(skipped) == 2 and max(skipped) > 0, skipped  # the gates did skip layers
+
+
+def test_two_processes_resume_and_without_per_rank_loading_are_told_how(mr_bin, tmp_path):
+    """A 2-process run resumes from its checkpoint (every rank reads it: the configs set
+    load_checkpoint_on_all_dp_ranks); with fairseq's rank-0 broadcast instead, one clear line."""
+    save = tmp_path / "resume"
+    common = [f"task.data={mr_bin}", "dataset.batch_size=8", "dataset.disable_validation=true",
+              "lr_scheduler.warmup_updates=1", "common.log_interval=1"]
+    train_two_processes("mr_multi_exit", save, *common, "optimization.max_update=2")
+    log = train_two_processes("mr_multi_exit", save, *common, "optimization.max_update=4")
+    assert f"Loaded checkpoint {save}/checkpoint_last.pt (epoch 1 @ 2 updates)" in log
+    assert [int(r["num_updates"]) for r in json_records(log, "train_inner")] == [3, 4]
+    before = digest(save)
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen(
+        hydra_command("mr_multi_exit", save, *common, "optimization.max_update=6",
+                      "checkpoint.load_checkpoint_on_all_dp_ranks=false", "distributed_training.distributed_world_size=2",
+                      "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
+                      f"distributed_training.distributed_init_method={init}",
+                      "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
+                      f"hydra.run.dir={tmp_path}/refused-rank{r}"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert_one_clear_error(subprocess.CompletedProcess(p.args, p.returncode, out, err),
+                               "2-process run", "load_checkpoint_on_all_dp_ranks=true")
+    assert digest(save) == before

@@ -53,12 +53,14 @@ def check_num_classes(num_classes: int, label_dict: Dictionary, data: str) -> No
         )
 
 
-def check_restore_file(restore_file: str, save_dir: str) -> None:
+def check_restore_file(restore_file: str, save_dir: str, world_size: int = 1, on_all_ranks: bool = True) -> None:
     """The checkpoint training will start from: present if named, readable, and safe to load.
 
     fairseq silently trains from scratch when ``checkpoint.restore_file`` names a missing file, and
     shows a long traceback for a corrupted one or one torch's weights-only loader refuses; refused
-    here, before the model is built.
+    here, before the model is built. With several processes, fairseq's default has rank 0 read the
+    checkpoint and pickle it to the others, whose weights-only unpickling refuses the config objects
+    inside: every rank must read it itself.
     """
     default = restore_file == "checkpoint_last.pt"
     path = os.path.join(save_dir, restore_file) if default else restore_file
@@ -68,3 +70,7 @@ def check_restore_file(restore_file: str, save_dir: str) -> None:
         raise UsageError(f"checkpoint.restore_file={restore_file} does not exist",
                          "fix the path, or drop checkpoint.restore_file to train from scratch")
     check_checkpoint_file(path)
+    if world_size > 1 and not on_all_ranks:
+        raise UsageError(f"a {world_size}-process run would start from {path} by rank 0 sending it to the "
+                         "others, which torch's safe loading refuses (it carries fairseq's config objects)",
+                         "set checkpoint.load_checkpoint_on_all_dp_ranks=true (the plugin's configs do)")

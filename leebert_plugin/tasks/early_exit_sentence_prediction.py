@@ -66,6 +66,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     )
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
+    load_checkpoint_on_all_dp_ranks: bool = II("checkpoint.load_checkpoint_on_all_dp_ranks")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -91,7 +93,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
         if not kwargs.get("from_checkpoint", False):  # training, not evaluation of a saved model
-            checks.check_restore_file(cfg.restore_file, cfg.save_dir)
+            checks.check_restore_file(cfg.restore_file, cfg.save_dir, cfg.distributed_world_size,
+                                      cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
         if not cfg.regression_target:
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
