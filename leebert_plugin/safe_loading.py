@@ -68,7 +68,25 @@ def safe_loader(load: Callable) -> Callable:
     return load_checkpoint_to_cpu
 
 
+def existing_paths(load: Callable) -> Callable:
+    """Wrap fairseq's ``load_model_ensemble_and_task`` (``fairseq-validate --path``, the hub): a
+    missing checkpoint is one line, not fairseq's ``IOError`` traceback."""
+
+    @functools.wraps(load)
+    def load_model_ensemble_and_task(filenames, *args, **kwargs):
+        for name in filenames:
+            if "://" not in name and not os.path.exists(name) and kwargs.get("num_shards", 1) == 1 \
+                    and not kwargs.get("suffix"):
+                raise UsageError(f"checkpoint {name} does not exist", "fix the path given to --path")
+        return load(filenames, *args, **kwargs)
+
+    load_model_ensemble_and_task.leebert_safe = True
+    return load_model_ensemble_and_task
+
+
 def install() -> None:
     """Route fairseq's checkpoint loading through :func:`safe_loader` (once per process)."""
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "leebert_safe", False):
         checkpoint_utils.load_checkpoint_to_cpu = safe_loader(checkpoint_utils.load_checkpoint_to_cpu)
+    if not getattr(checkpoint_utils.load_model_ensemble_and_task, "leebert_safe", False):
+        checkpoint_utils.load_model_ensemble_and_task = existing_paths(checkpoint_utils.load_model_ensemble_and_task)

@@ -100,6 +100,8 @@ CATALOGUE: Dict[str, Case] = {
     "train: truncated restore file": Case("train", ["checkpoint.restore_file={truncated}"], ["is not a readable checkpoint"]),
     "train: untrusted restore file": Case("train", ["checkpoint.restore_file={untrusted}"],
                                           ["weights-only loader refuses", "Untrusted", "trust"]),
+    "validate: missing checkpoint": Case("validate", ["{data}", "--path", "{tmp}/nope.pt"],
+                                         ["nope.pt does not exist", "--path"]),
     "validate: corrupted checkpoint": Case("validate", ["{data}", "--path", "{truncated}"], ["is not a readable checkpoint"]),
     "validate: pickle that runs os.system": Case("validate", ["{data}", "--path", "{malicious}"],
                                                  ["weights-only loader refuses", "system", "trust"]),
