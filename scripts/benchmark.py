@@ -198,6 +198,8 @@ def plot(results: Dict[str, List[Dict]], path: Path) -> None:
             ax.plot([p["test_speedup"] for p in pts], [p["test_metric"] for p in pts], "o-", ms=3, color=color,
                     alpha=0.8, label=method if k == 0 else None)
             ax.axvline(r["test_oracle"]["layer_speedup"], color=color, ls=":", lw=0.8)
+    ceiling = max(r["test_oracle"]["layer_speedup"] for runs in results.values() for r in runs)
+    ax.set_xlim(0.9, max(ceiling, 2.0) * 1.1)  # beyond every oracle ceiling: only degenerate points
     save_plot(fig, ax, "layer speed-up on test (dotted: each run's oracle ceiling)", "test accuracy (%)", path)
 
 
