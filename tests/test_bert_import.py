@@ -186,6 +186,13 @@ def test_converter_refuses_bad_input_in_one_line(case, words, minilm, tmp_path):
     assert_refused(out, lambda: run([str(BIN / "python"), "scripts/convert_hf_bert.py", str(hf), str(out)]), *words)
 
 
+def test_conversion_is_deterministic(minilm, tmp_path):
+    """MiniLM has no MLM head, so the converter initialises one: with a fixed seed, byte for byte."""
+    convert(minilm["hf"], tmp_path / "again")
+    for name in ("model.pt", "dict.txt", "vocab.txt"):
+        assert (tmp_path / "again" / name).read_bytes() == (minilm["out"] / name).read_bytes(), name
+
+
 def test_converted_minilm_fine_tunes_and_validates_from_the_cli(minilm, tmp_path):
     """The README's BERT route: convert, preprocess with wordpiece, fairseq-hydra-train, fairseq-validate."""
     from conftest import hydra_train

@@ -29,8 +29,9 @@ def hydra_command(config: str, save: Path, *overrides: str) -> List[str]:
             f"checkpoint.save_dir={save}", *PROBE, *overrides]
 
 
-def train_two_processes(config: str, save: Path, *overrides: str) -> str:
-    """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp; rank 0's log."""
+def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = None) -> List[subprocess.CompletedProcess]:
+    """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp (hydra's run
+    folders under ``logs``, by default the save dir)."""
     init = f"tcp://127.0.0.1:{_free_port()}"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     procs = [subprocess.Popen(
@@ -38,14 +39,19 @@ def train_two_processes(config: str, save: Path, *overrides: str) -> str:
                       "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
                       f"distributed_training.distributed_init_method={init}",
                       "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
-                      f"hydra.run.dir={save}/hydra-rank{r}"),
+                      f"hydra.run.dir={logs or save}/hydra-rank{r}"),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in procs]
-    errors = [err for _, err in outputs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(f"rank {r}: {e[-2000:]}" for r, e in enumerate(errors))
-    for err in errors:
-        assert "unused" not in err.lower(), err[-3000:]
-    return outputs[0][0]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def train_two_processes(config: str, save: Path, *overrides: str) -> str:
+    """Both ranks train without error; rank 0's log."""
+    done = launch_two_processes(config, save, *overrides)
+    assert [p.returncode for p in done] == [0, 0], "\n".join(f"rank {r}: {p.stderr[-2000:]}" for r, p in enumerate(done))
+    for p in done:
+        assert "unused" not in p.stderr.lower(), p.stderr[-3000:]
+    return done[0].stdout
 
 
 def probed(save: Path, rank: int) -> Dict[int, Dict[str, torch.Tensor]]:
@@ -118,17 +124,8 @@ def test_two_processes_resume_and_without_per_rank_loading_are_told_how(mr_bin, 
     assert f"Loaded checkpoint {save}/checkpoint_last.pt (epoch 1 @ 2 updates)" in log
     assert [int(r["num_updates"]) for r in json_records(log, "train_inner")] == [3, 4]
     before = digest(save)
-    init = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen(
-        hydra_command("mr_multi_exit", save, *common, "optimization.max_update=6",
-                      "checkpoint.load_checkpoint_on_all_dp_ranks=false", "distributed_training.distributed_world_size=2",
-                      "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
-                      f"distributed_training.distributed_init_method={init}",
-                      "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
-                      f"hydra.run.dir={tmp_path}/refused-rank{r}"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert_one_clear_error(subprocess.CompletedProcess(p.args, p.returncode, out, err),
-                               "2-process run", "load_checkpoint_on_all_dp_ranks=true")
+    refused = launch_two_processes("mr_multi_exit", save, *common, "optimization.max_update=6",
+                                   "checkpoint.load_checkpoint_on_all_dp_ranks=false", logs=tmp_path / "refused")
+    for p in refused:
+        assert_one_clear_error(p, "2-process run", "load_checkpoint_on_all_dp_ranks=true")
     assert digest(save) == before

@@ -163,7 +163,8 @@ def _lm_head(weights: Dict[str, Tensor], embed: Tensor, order: Tensor) -> Dict[s
                 "bias": weights["cls.predictions.bias"][order]}
     else:
         logger.info("no MLM head in the checkpoint: the (unused) lm_head gets BERT's initialisation")
-        head = {"dense.weight": torch.randn(dim, dim) * 0.02, "dense.bias": torch.zeros(dim),
+        g = torch.Generator().manual_seed(0)  # a fixed seed: converting twice gives the same bytes
+        head = {"dense.weight": torch.randn(dim, dim, generator=g) * 0.02, "dense.bias": torch.zeros(dim),
                 "layer_norm.weight": torch.ones(dim), "layer_norm.bias": torch.zeros(dim),
                 "bias": torch.zeros(embed.size(0))}
     head["weight"] = embed  # tied to the token embeddings, as in BERT and RoBERTa

@@ -67,7 +67,6 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     load_checkpoint_on_all_dp_ranks: bool = II("checkpoint.load_checkpoint_on_all_dp_ranks")
-    distributed_world_size: int = II("distributed_training.distributed_world_size")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -93,8 +92,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
         if not kwargs.get("from_checkpoint", False):  # training, not evaluation of a saved model
-            checks.check_restore_file(cfg.restore_file, cfg.save_dir, _outer(cfg, "distributed_world_size", 1),
-                                      _outer(cfg, "load_checkpoint_on_all_dp_ranks", True))
+            # the running process group, not a config value: the task config may stand alone
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
+                                      world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
         if not cfg.regression_target:
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
@@ -324,14 +325,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             for key in keys:
                 count = sum(log.get(key, 0) for log in logging_outputs)
                 metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
-
-
-def _outer(cfg, key: str, default):
-    """A task field interpolated from another config group, or ``default`` when the task config
-    stands alone (built in Python rather than by fairseq's full config)."""
-    value = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False) \
-        if OmegaConf.is_config(cfg) else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def _find_clo(optimizer):
