@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 
 from leebert_plugin.data.bpe_encode import build as build_bpe, encode_text
 from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.policies import build_policy
 
 Sentence = Union[str, Tuple[str, str]]
@@ -53,10 +53,9 @@ class EarlyExitClassifier:
         """``data``: the preprocessed data folder (for its dictionaries); ``bpe``: fairseq's bpe name
         (``wordpiece``, ``sentencepiece``, ``gpt2``, ...) with its options (``wordpiece_vocab=...``),
         or None if sentences come pre-encoded."""
-        overrides = {"data": data} if data else None
-        models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+        model, task = load(checkpoint, data)
         coder = build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
-        return cls(models[0], task, coder)
+        return cls(model, task, coder)
 
     def encode(self, sentence: Sentence) -> torch.Tensor:
         parts = (sentence,) if isinstance(sentence, str) else tuple(sentence)

@@ -3,32 +3,41 @@
 
     python scripts/bench_speed.py [--layers 6 --dim 384 --heads 6 --ffn 1536] [--batch-sizes 1 8 32 128]
                                   [--min-len 16 --max-len 64] [--repeats 5] [--threads 0]
+    python scripts/bench_speed.py --checkpoint CKPT --data DATA --policy normalized_entropy --threshold 0.3 \
+                                  [--subset test] [--samples 256] [--batch-sizes 1 8 32 128]
 
-The exit decisions come from a fixed assignment (each sample leaves at a layer drawn uniformly,
-or as ``--exit-probs`` says), carried by a policy through the plugin's real layer loop: batch
-shrinking, padding trimming, exit heads at every executed exit. So the numbers measure the
-mechanism, not a model's confidence. Per batch size, in the same process, interleaved:
+Without ``--checkpoint`` the model has random weights and the exit decisions come from a fixed
+assignment (each sample leaves at a layer drawn uniformly, or as ``--exit-probs`` says), so the
+numbers measure the mechanism, not a model's confidence. With ``--checkpoint`` a trained model's
+own policy decides on a real split (the first ``--samples`` sentences, in fairseq's batch order).
+Either way the plugin's real layer loop runs (batch shrinking, padding trimming, exit heads at every
+executed exit). Per batch size, in the same process, interleaved:
 
-* plain: fairseq's RoBERTa encoder forward at full depth + one classification head;
-* early exit: the plugin's loop under the assigned exits;
+* plain: fairseq's RoBERTa encoder forward at full depth, then the last exit's classifier;
+* early exit: the plugin's loop under the policy;
 * all exits: the plugin's loop at full depth with every exit evaluated (to price the heads).
 
 Reported: the layer speed-up (L / mean executed layers), the wall-clock speed-up (plain / early
 exit, medians), their ratio, and the exit heads' cost as a share of the plain forward.
 """
 import argparse
+import math
 import statistics
 import time
+from typing import Callable, List, Tuple
 
 import torch
 from fairseq.data import Dictionary
+from torch import Tensor
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin.data.synthetic import random_token_batch
+from leebert_plugin.exits.evaluate import batches, load, plain_forward
 from leebert_plugin.exits.policies import ExitPolicy, build_policy
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
 
 HEAD = "sentence_classification_head"
+Plan = List[Tuple[Tensor, ExitPolicy]]  # (tokens, the policy that decides their exits) per batch
 
 
 class AssignedExit(ExitPolicy):
@@ -52,7 +61,8 @@ class _Task:
         self.source_dictionary = d
 
 
-def build_model(args):
+def synthetic(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
+    """A random-weight model, random sentences and assigned exits."""
     d = Dictionary()
     for i in range(1000):
         d.add_symbol(f"w{i}")
@@ -62,13 +72,34 @@ def build_model(args):
     torch.manual_seed(0)
     model = ExitRobertaModel.build_model(margs, _Task(d))
     model.register_classification_head(HEAD, num_classes=2)
-    # the plain model's own head, for the reference forward
-    from fairseq.models.roberta.model import RobertaClassificationHead
-    model.classification_heads["plain"] = RobertaClassificationHead(args.dim, args.dim, 2, "tanh", 0.0)
-    return model.eval(), d
+    probs = torch.tensor(args.exit_probs or [1.0 / args.layers] * args.layers)
+    g = torch.Generator().manual_seed(1)
+
+    def plan(bsz: int) -> Plan:
+        tokens = [random_token_batch(d, bsz, args.min_len, args.max_len, seed) for seed in range(args.samples // bsz)]
+        return [(t, AssignedExit(torch.multinomial(probs, t.size(0), replacement=True, generator=g))) for t in tokens]
+
+    about = (f"random weights: {args.layers} layers, dim {args.dim}, ffn {args.ffn}, {args.exit_head} exits; "
+             f"{args.samples} sentences of {args.min_len}-{args.max_len} tokens, assigned exits")
+    return model.eval(), HEAD, plan, about
 
 
-def timed(fn, repeats):
+def trained(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
+    """A trained checkpoint, a real split and the model's own exit policy."""
+    model, task = load(args.checkpoint, args.data)
+    head = task.cfg.classification_head_name
+    policy = build_policy(args.policy, model.exit_heads[head].num_classes, args.threshold, args.exit_patience)
+
+    def plan(bsz: int) -> Plan:
+        data = batches(task, args.subset, bsz)[: math.ceil(args.samples / bsz)]
+        return [(s["net_input"]["src_tokens"], policy) for s in data]
+
+    about = (f"{args.checkpoint} ({model.num_layers} layers), {args.subset} of {args.data}, first {args.samples} "
+             f"sentences; policy {args.policy} threshold {args.threshold} patience {args.exit_patience}")
+    return model, head, plan, about
+
+
+def seconds(fn: Callable[[], None], repeats: int) -> List[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -84,54 +115,56 @@ def main():
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--ffn", type=int, default=1536)
     p.add_argument("--exit-head", default="pabee")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--samples", type=int, default=256, help="sentences per measurement (split into batches)")
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--exit-probs", type=float, nargs="*", default=[], help="probability of each exit (default uniform)")
+    p.add_argument("--checkpoint", help="a trained checkpoint: its own policy decides the exits on --data")
+    p.add_argument("--data", help="the preprocessed data folder (with --checkpoint)")
+    p.add_argument("--subset", default="test")
+    p.add_argument("--policy", default="normalized_entropy")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--exit-patience", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--samples", type=int, default=256, help="sentences per measurement (split into batches)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, d = build_model(args)
-    L = args.layers
-    probs = torch.tensor(args.exit_probs or [1.0 / L] * L)
-    g = torch.Generator().manual_seed(1)
-    print(f"model: {L} layers, dim {args.dim}, ffn {args.ffn}, {args.exit_head} exits; {args.samples} sentences of "
-          f"{args.min_len}-{args.max_len} tokens per measurement; median of {args.repeats}; torch threads "
-          f"{torch.get_num_threads()}")
+    if args.checkpoint and not args.data:
+        p.error("--checkpoint needs --data (the preprocessed data folder)")
+    model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
+    print(f"{about}; median of {args.repeats}; torch threads {torch.get_num_threads()}")
     print(f"{'batch':>5} {'plain ms':>9} {'early ms':>9} {'all-exits ms':>12} {'layer x':>8} {'wall x':>7} "
           f"{'wall/layer':>10} {'heads %':>8}")
+    never = build_policy("none", model.exit_heads[head].num_classes)
     with torch.no_grad():
         for bsz in args.batch_sizes:
-            batches = [random_token_batch(d, bsz, args.min_len, args.max_len, seed) for seed in range(args.samples // bsz)]
-            assigned = [torch.multinomial(probs, b.size(0), replacement=True, generator=g) for b in batches]
-            policies = [AssignedExit(a) for a in assigned]
-            never = build_policy("none", 2)
+            work = plan(bsz)
+            layers: List[Tensor] = []
 
             def plain():
-                for b in batches:
-                    feats, _ = model.encoder.extract_features(b)
-                    model.classification_heads["plain"](feats)
+                for tokens, _ in work:
+                    plain_forward(model, head, tokens)
 
             def early():
-                for b, pol in zip(batches, policies):
-                    model(b, classification_head_name=HEAD, exit_policy=pol)
+                layers.clear()
+                for tokens, policy in work:
+                    _, extra = model(tokens, classification_head_name=head, exit_policy=policy)
+                    layers.append(extra["exits"].layers_run)
 
             def all_exits():
-                for b in batches:
-                    model(b, classification_head_name=HEAD, exit_policy=never)
+                for tokens, _ in work:
+                    model(tokens, classification_head_name=head, exit_policy=never)
 
             plain(), early(), all_exits()  # warm-up
             t = {"plain": [], "early": [], "all": []}
             for _ in range(args.repeats):  # interleaved, so that noise hits all three alike
-                t["plain"] += timed(plain, 1)
-                t["early"] += timed(early, 1)
-                t["all"] += timed(all_exits, 1)
+                t["plain"] += seconds(plain, 1)
+                t["early"] += seconds(early, 1)
+                t["all"] += seconds(all_exits, 1)
             med = {k: statistics.median(v) for k, v in t.items()}
-            exit_layers = torch.cat(assigned) + 1
-            layer_x = L / float(exit_layers.float().mean())
+            layer_x = model.num_layers / float(torch.cat(layers).float().mean())
             wall_x = med["plain"] / med["early"]
             heads = (med["all"] - med["plain"]) / med["plain"] * 100
             print(f"{bsz:5d} {1000 * med['plain']:9.1f} {1000 * med['early']:9.1f} {1000 * med['all']:12.1f} "

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from fairseq import checkpoint_utils
-
 import leebert_plugin  # noqa: F401
-from leebert_plugin.exits.evaluate import batches, oracle_exits, replay, run, score, trace
+from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
 from leebert_plugin.exits.pareto import at_speedup, front
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
@@ -51,8 +49,8 @@ SETTINGS = {  # data folder (under --offline), epochs
     "reduced": {"data": "rt-bin-1k", "epochs": 2},
     "full": {"data": "rt-bin", "epochs": 3},
 }
-ENTROPY_GRID = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # normalised entropy
-GATED_GRID = [0.05, 0.1, 0.2, 0.3, 0.45, 0.6]  # nats (ln 2 = 0.69), SmartBERT's own rule
+ENTROPY_GRID = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]  # normalised entropy
+GATED_GRID = [0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.65]  # nats (ln 2 = 0.69), SmartBERT's own rule
 SPEEDUPS = (1.5, 2.0, 3.0)
 
 
@@ -83,6 +81,8 @@ def train(method: str, seed: int, args, save: Path) -> float:
     if spec.get("two_stage"):  # half the budget each; stage 2 trains the exits on the frozen encoder
         stage1 = max(1, args.epochs // 2)
         o += [f"task.stage1_epochs={stage1}", f"task.soft_gate_epochs={stage1 // 2 if method == 'smartbert' else 0}"]
+    o = with_overrides(o, [ov.split(":", 1)[1] if ov.startswith(method + ":") else ov for ov in args.override
+                           if ":" not in ov.split("=", 1)[0] or ov.startswith(method + ":")])
     cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", spec["config"], *o]
     t0 = time.perf_counter()
     with open(save / "train.log", "w") as log:
@@ -93,20 +93,28 @@ def train(method: str, seed: int, args, save: Path) -> float:
     return time.perf_counter() - t0
 
 
+def with_overrides(base: List[str], extra: List[str]) -> List[str]:
+    """``base`` hydra overrides with ``extra`` ones appended, each replacing any of the same key."""
+    def key(ov: str) -> str:
+        return ov.split("=", 1)[0].lstrip("+")
+    replaced = {key(ov) for ov in extra}
+    return [ov for ov in base if key(ov) not in replaced] + extra
+
+
 def evaluate(save: Path, args) -> Dict:
     """Full depth, oracle and every policy point, on dev and test, for the last checkpoint (the same
     budget for every method; no selection on dev, which stage 2 of the two-stage methods would skew)."""
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(save / "checkpoint_last.pt")], arg_overrides={"data": str(args.data)})
-    model = models[0].eval()
+    model, task = load(save / "checkpoint_last.pt", args.data)
     head = task.cfg.classification_head_name
     data = {s: batches(task, s, 64) for s in ("valid", "test")}
     traces = {s: trace(model, task, d) for s, d in data.items()}
     last = len(model.exit_layers) - 1
-    out = {"layers": model.num_layers, "points": []}
+    out = {"layers": model.num_layers, "gated": model.skip_gates is not None, "points": []}
     for s, t in traces.items():
         out[f"{s}_full"] = score(t, torch.full((t.logits.size(1),), last), model, head)
         out[f"{s}_oracle"] = score(t, oracle_exits(t), model, head)
+        if model.skip_gates is not None:  # without an exit policy the gates still skip layers
+            out[f"{s}_full"] = run(model, task, data[s], build_policy("none", 2))
     if len(model.exit_layers) == 1:
         return out
     if model.skip_gates is None:
@@ -131,10 +139,14 @@ def point(policy: str, threshold, patience: int, rows: Dict[str, Dict]) -> Dict:
 
 
 def with_full_depth(result: Dict) -> List[Dict]:
-    """The policy points plus the full-depth point (1x), which every front starts from."""
-    full = {"policy": "none", "threshold": None, "patience": 0, "dev_metric": result["valid_full"]["accuracy"],
-            "dev_speedup": 1.0, "dev_flops_speedup": 1.0, "test_metric": result["test_full"]["accuracy"],
-            "test_speedup": 1.0, "test_flops_speedup": 1.0}
+    """The policy points plus the point without an exit policy, which every front starts from (1x,
+    unless skip gates skip layers)."""
+    def flops(row: Dict) -> float:  # without gates, deployed at full depth only the last exit runs: the plain model
+        return row["flops_speedup"] if result.get("gated") else 1.0
+    dev, test = result["valid_full"], result["test_full"]
+    full = {"policy": "none", "threshold": None, "patience": 0, "dev_metric": dev["accuracy"],
+            "dev_speedup": dev["layer_speedup"], "dev_flops_speedup": flops(dev),
+            "test_metric": test["accuracy"], "test_speedup": test["layer_speedup"], "test_flops_speedup": flops(test)}
     return [full] + result["points"]
 
 
@@ -150,9 +162,10 @@ def mean_sd(values: List[float]) -> str:
 def summarise(results: Dict[str, List[Dict]], args) -> str:
     lines = [f"setting: {args.setting}; data {args.data} ({args.train_size} training snippets); {args.epochs} epochs, "
              f"batch {args.batch_size}, lr {args.lr}, exit pooling {args.exit_pooling}, exit lr x{args.exit_lr_scale}; "
-             f"seeds {args.seeds}", "",
-             "| method | test acc, full depth | at 1.5x | at 2x | at 3x | at 2x FLOPs | oracle speed-up (test) | train min/run |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"seeds {args.seeds}" + "".join(f"; {ov}" for ov in args.override), "",
+             "| method | test acc, no exit policy | its layer speed-up | at 1.5x | at 2x | at 3x | at 2x FLOPs "
+             "| oracle speed-up (test) | train min/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     at: Dict[str, Dict[float, List[float]]] = {}
     for method, runs in results.items():
         at[method] = {s: [at_speedup(with_full_depth(r), s)["test_metric"] for r in runs] for s in SPEEDUPS}
@@ -160,7 +173,8 @@ def summarise(results: Dict[str, List[Dict]], args) -> str:
         full = [r["test_full"]["accuracy"] for r in runs]
         single = method == "full_ft"
         cells = ["—"] * 4 if single else [mean_sd(at[method][s]) for s in SPEEDUPS] + [mean_sd(flops2)]
-        lines.append(f"| {method} | {mean_sd(full)} | " + " | ".join(cells) +
+        gates = [r["test_full"]["layer_speedup"] for r in runs]  # > 1 when skip gates skip layers
+        lines.append(f"| {method} | {mean_sd(full)} | {mean_sd(gates)} | " + " | ".join(cells) +
                      f" | {mean_sd([r['test_oracle']['layer_speedup'] for r in runs])}"
                      f" | {statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} |")
     lines += ["", "Targets (test accuracy; speed-ups interpolated on the dev Pareto front):"]
@@ -218,6 +232,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--exit-pooling", choices=["cls", "mean"], default="mean")
     p.add_argument("--exit-lr-scale", type=float, default=10.0)
+    p.add_argument("--override", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help="an extra hydra override for every run (or METHOD's runs only), replacing the "
+                        "benchmark's own value of KEY, e.g. smartbert:+model.skip_gate_bias=-3; repeatable")
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<setting>")
     args = p.parse_args()
     setting = SETTINGS[args.setting]

@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from fairseq import checkpoint_utils
-
 import leebert_plugin  # noqa: F401
-from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
+from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
 
@@ -66,8 +64,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("."))
     args = p.parse_args()
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides={"data": args.data})
-    model = models[0].eval()
+    model, task = load(args.checkpoint, args.data)
     C = model.exit_heads[task.cfg.classification_head_name].num_classes
     dev, test = batches(task, args.dev, args.batch_size), batches(task, args.test, args.batch_size)
     never = build_policy("none", C)

@@ -11,7 +11,8 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     out = tmp_path / "bench"
     cmd = [str(BIN / "python"), "scripts/benchmark.py", "--data", str(mr_bin), "--restore", "none",
            "--arch", "exit_roberta_tiny", "--methods", "full_ft", "pabee", "smartbert", "--seeds", "1",
-           "--epochs", "2", "--exit-pooling", "cls", "--out", str(out)]
+           "--epochs", "2", "--exit-pooling", "cls", "--out", str(out),
+           "--override", "smartbert:+model.skip_gate_bias=-1"]
     proc = run(cmd, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = (out / "summary.md").read_text()
@@ -21,7 +22,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     with open(out / "points.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     pabee = {(r["policy"], r["patience"], r["threshold"]): r for r in rows if r["method"] == "pabee"}
-    assert len(pabee) == 1 + 3 + 13  # full depth, patience 1..3, the entropy grid
+    assert len(pabee) == 1 + 3 + 16  # full depth, patience 1..3, the entropy grid
     assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
     # a replayed point is what fairseq-validate measures for that checkpoint and policy
     save = out / "pabee" / "seed1"
@@ -31,6 +32,15 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     assert abs(float(replayed["dev_speedup"]) - measured["speedup"]) < 0.01
     result = json.loads((save / "result.json").read_text())
     assert result["valid_oracle"]["layer_speedup"] >= 1.0
+    # the override reached SmartBERT's runs only
+    from fairseq import checkpoint_utils
+    model_cfg = {m: checkpoint_utils.load_checkpoint_to_cpu(str(out / m / "seed1" / "checkpoint_last.pt"))["cfg"].model
+                 for m in ("pabee", "smartbert")}
+    assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias == 0
+    # SmartBERT without an exit policy: its gates' layer speed-up, as fairseq-validate measures it
+    smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
+    measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")
+    assert abs(float(smart["dev_speedup"]) - measured["speedup"]) < 0.01
     # a second call reuses the finished runs instead of training again
     again = run(cmd, timeout=600)
     assert again.returncode == 0 and "benchmark: pabee seed 1" not in again.stdout

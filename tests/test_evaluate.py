@@ -1,9 +1,8 @@
 """A replay of the full-depth exit logits takes the same exits as real batched early exit."""
 import pytest
 import torch
-from fairseq import checkpoint_utils
 
-from leebert_plugin.exits.evaluate import batches, oracle_exits, replay, run, score, trace
+from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
 from leebert_plugin.exits.policies import build_policy
 
 POLICIES = [("entropy", 0.3, 1), ("normalized_entropy", 0.6, 1), ("max_prob", 0.8, 1), ("patience", None, 1),
@@ -12,9 +11,7 @@ POLICIES = [("entropy", 0.3, 1), ("normalized_entropy", 0.6, 1), ("max_prob", 0.
 
 @pytest.fixture(scope="module")
 def loaded(trained, mr_bin):
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(trained / "checkpoint_best.pt")], arg_overrides={"data": str(mr_bin)})
-    model = models[0].eval()
+    model, task = load(trained / "checkpoint_best.pt", mr_bin)
     return model, task, batches(task, "valid", 16)
 
 

@@ -7,6 +7,7 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics as gm
+from helpers import ROOT
 from test_train_validate import validate
 
 
@@ -107,3 +108,30 @@ def test_python_api_predicts_regression_scores_under_regression_patience(regress
     assert [p.score for p in early] != [p.score for p in full]
     with pytest.raises(UsageError, match="does not apply to a regression task"):
         api.predict(sentences, exit_policy="entropy", threshold=0.1)
+
+
+
+def test_a_12_exit_leebert_regression_batch_needs_the_sts_b_gather_buffer(regression_trained):
+    """Regression validation gathers every exit's predictions per batch: fairseq pickles them into
+    ``common.all_gather_list_size`` bytes per worker. A 12-exit LeeBERT batch at the STS-B configs'
+    batch size overflows fairseq's 16 KB default and fits the configs' value."""
+    import copy
+    import pickle
+
+    import yaml
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
+
+    from leebert_plugin.exits.evaluate import batches, load
+    config = yaml.safe_load((ROOT / "configs" / "sts_b_leebert.yaml").read_text())
+    save, data = regression_trained
+    _, task = load(save / "checkpoint_last.pt", data)
+    margs = copy.copy(checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))["cfg"].model)
+    margs.encoder_layers = 12  # an exit after every layer
+    model = task.build_model(margs).eval()
+    criterion = task.build_criterion(OmegaConf.create(config["criterion"]))
+    sample = batches(task, "valid", config["dataset"]["batch_size"])[0]
+    _, _, log = task.valid_step(sample, model, criterion)
+    size = len(pickle.dumps([log]))
+    assert len(model.exit_layers) == 12 and sum(k.startswith("preds_L") for k in log) == 12
+    assert 16384 < size < config["common"]["all_gather_list_size"] - 1024, size

@@ -19,10 +19,12 @@ def straight_through(g: Tensor, threshold: float) -> Tensor:
 
 
 class SkipGate(nn.Module):
-    def __init__(self, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1):
+    def __init__(self, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1, init_bias: float = 0.0):
         super().__init__()
         self.attention = ClsAttention(input_dim, dim, heads, dropout)
         self.out = nn.Linear(dim, 1)
+        if init_bias:
+            nn.init.constant_(self.out.bias, init_bias)
 
     def macs(self, length: Tensor) -> Tensor:
         return self.attention.macs(length) + self.out.in_features
@@ -36,9 +38,10 @@ class SkipGate(nn.Module):
 class SkipGates(nn.Module):
     """One gate per layer."""
 
-    def __init__(self, num_layers: int, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1):
+    def __init__(self, num_layers: int, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1,
+                 init_bias: float = 0.0):
         super().__init__()
-        self.gates = nn.ModuleList(SkipGate(input_dim, dim, heads, dropout) for _ in range(num_layers))
+        self.gates = nn.ModuleList(SkipGate(input_dim, dim, heads, dropout, init_bias) for _ in range(num_layers))
 
     def macs(self, length: Tensor) -> Tensor:
         """Multiply-adds of one gate evaluation (all gates are alike)."""
