@@ -15,9 +15,11 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
-from leebert_plugin import safe_loading  # noqa: E402
+from leebert_plugin import cpu_gather, safe_loading  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
 
 # fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
 # an untrusted or damaged checkpoint instead of torch's traceback
 safe_loading.install()
+# multi-process CPU runs: fairseq's gather of non-summable logging outputs needs CUDA
+cpu_gather.install()

@@ -1,4 +1,5 @@
 """Session fixtures: a small real data set preprocessed with fairseq, and one trained tiny model."""
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +23,16 @@ def mr_bin(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mr-bin")
     preprocess(tsv, out, vocab_size=600, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def regression_bin(mr_bin, tmp_path_factory) -> Path:
+    """The bundled data as a regression task (STS-B's layout): the 0/1 labels as scores."""
+    data = tmp_path_factory.mktemp("regression") / "data"
+    shutil.copytree(mr_bin, data)
+    for split in ("train", "valid"):
+        shutil.copy(data / "raw" / f"{split}.label", data / "label" / f"{split}.label")
+    return data
 
 
 def hydra_train(config: str, *overrides: str):

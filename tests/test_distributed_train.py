@@ -24,14 +24,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def hydra_command(config: str, save: Path, *overrides: str) -> List[str]:
+def hydra_command(config: str, save: Path, *overrides: str, probe: bool = True) -> List[str]:
     return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
-            f"checkpoint.save_dir={save}", *PROBE, *overrides]
+            f"checkpoint.save_dir={save}", *(PROBE if probe else []), *overrides]
 
 
-def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = None) -> List[subprocess.CompletedProcess]:
+def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = None,
+                         probe: bool = True) -> List[subprocess.CompletedProcess]:
     """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp (hydra's run
-    folders under ``logs``, by default the save dir)."""
+    folders under ``logs``, by default the save dir; ``probe``: with the rank-probe task)."""
     init = f"tcp://127.0.0.1:{_free_port()}"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     procs = [subprocess.Popen(
@@ -39,15 +40,15 @@ def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = 
                       "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
                       f"distributed_training.distributed_init_method={init}",
                       "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
-                      f"hydra.run.dir={logs or save}/hydra-rank{r}"),
+                      f"hydra.run.dir={logs or save}/hydra-rank{r}", probe=probe),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
 
 
-def train_two_processes(config: str, save: Path, *overrides: str) -> str:
+def train_two_processes(config: str, save: Path, *overrides: str, probe: bool = True) -> str:
     """Both ranks train without error; rank 0's log."""
-    done = launch_two_processes(config, save, *overrides)
+    done = launch_two_processes(config, save, *overrides, probe=probe)
     assert [p.returncode for p in done] == [0, 0], "\n".join(f"rank {r}: {p.stderr[-2000:]}" for r, p in enumerate(done))
     for p in done:
         assert "unused" not in p.stderr.lower(), p.stderr[-3000:]
@@ -129,3 +130,21 @@ def test_two_processes_resume_and_without_per_rank_loading_are_told_how(mr_bin, 
     for p in refused:
         assert_one_clear_error(p, "2-process run", "load_checkpoint_on_all_dp_ranks=true")
     assert digest(save) == before
+
+
+def test_two_processes_gather_regression_predictions_for_spearman(regression_bin, tmp_path):
+    """STS-B-style validation on 2 CPU ranks: each rank scores half the dev set; Spearman needs every
+    prediction, which the task gathers instead of summing (through fairseq's all_gather_list, which
+    needs CUDA unless the plugin's CPU path takes over), and Pearson the moments of the whole split.
+    The figures equal a 1-process fairseq-validate of the same checkpoint."""
+    from test_train_validate import validate
+    save = tmp_path / "stsb"
+    log = train_two_processes("sts_b_multi_exit", save, f"task.data={regression_bin}", "model._name=exit_roberta_tiny",
+                              "task.max_positions=256", "checkpoint.restore_file=checkpoint_last.pt",
+                              "common.cpu=true", "dataset.batch_size=16", "optimization.max_update=4",
+                              "lr_scheduler.warmup_updates=1", "common.log_interval=1", "dataset.num_workers=0",
+                              probe=False)
+    record = json_records(log, "valid")[-1]
+    measured = validate(save, regression_bin, ckpt="checkpoint_last.pt")
+    for key in ("spearman", "pearson", "spearman_L2", "spearman_L4"):
+        assert abs(float(record[f"valid_{key}"]) - measured[key]) < 0.015, key

@@ -45,6 +45,17 @@ def test_validation_reports_f1_and_mcc_for_every_exit(trained, mr_bin):
     assert early["f1"] == early["f1_L1"]  # everyone leaves at the first exit
 
 
+def test_validation_f1_and_mcc_are_the_whole_splits_not_a_mean_over_batches(trained, mr_bin):
+    """fairseq reduces every validation batch on its own (13 batches of 16 here); F1 and MCC must
+    still be those of every prediction of the split, as one confusion matrix gives them."""
+    from leebert_plugin.exits.evaluate import batches, load, run
+    from leebert_plugin.exits.policies import build_policy
+    model, task = load(trained / "checkpoint_best.pt", mr_bin)
+    whole = run(model, task, batches(task, "valid", 16), build_policy("none", 2))
+    out = validate(trained, mr_bin)
+    assert out["f1"] == pytest.approx(whole["f1"], abs=0.006) and out["mcc"] == pytest.approx(whole["mcc"], abs=0.006)
+
+
 def test_spearman_meter_over_batches_equals_scipy_on_the_whole_split():
     from fairseq.logging import metrics
     from scipy.stats import spearmanr
@@ -62,22 +73,16 @@ def test_spearman_meter_over_batches_equals_scipy_on_the_whole_split():
 
 
 @pytest.fixture(scope="module")
-def regression_trained(mr_bin, tmp_path_factory):
+def regression_trained(regression_bin, tmp_path_factory):
     """sts_b_multi_exit on the tiny model, with the bundled 0/1 labels as regression scores."""
-    import shutil
-
     from conftest import hydra_train
     tmp = tmp_path_factory.mktemp("stsb")
-    data = tmp / "data"
-    shutil.copytree(mr_bin, data)
-    for split in ("train", "valid"):
-        shutil.copy(data / "raw" / f"{split}.label", data / "label" / f"{split}.label")
-    proc = hydra_train("sts_b_multi_exit", f"task.data={data}", f"checkpoint.save_dir={tmp}",
+    proc = hydra_train("sts_b_multi_exit", f"task.data={regression_bin}", f"checkpoint.save_dir={tmp}",
                        "checkpoint.restore_file=checkpoint_last.pt", "common.cpu=true", "model._name=exit_roberta_tiny",
                        "task.max_positions=256", "optimization.max_update=20", "lr_scheduler.warmup_updates=2",
                        "dataset.num_workers=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, data
+    return tmp, regression_bin
 
 
 def test_regression_validation_reports_pearson_and_spearman_per_exit_and_under_patience(regression_trained):

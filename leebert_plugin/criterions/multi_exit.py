@@ -208,9 +208,9 @@ class MultiExitCriterion(FairseqCriterion):
             if key.startswith("ncorrect_L"):
                 metrics.log_scalar(f"acc_{key[9:]}", 100.0 * total(key) / nsentences, nsentences, round=2)
         totals = {k: total(k) for k in keys if k.split("_L")[0] in glue_metrics.CONFUSION + glue_metrics.MOMENTS}
-        for suffix in [""] + sorted({k[k.index("_L"):] for k in totals if "_L" in k}, key=_layer_order):
-            for name, value in glue_metrics.derive(totals, suffix).items():
-                metrics.log_scalar(f"{name}{suffix}", value, nsentences, round=2)
+        suffixes = [""] + sorted({k[k.index("_L"):] for k in totals if "_L" in k}, key=_layer_order)
+        glue_metrics.log_exact(totals, suffixes)
+        for suffix in suffixes:
             if f"sxy{suffix}" in totals:
                 log_spearman(logging_outputs, f"preds{suffix}", f"spearman{suffix}")
 

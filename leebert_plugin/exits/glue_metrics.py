@@ -4,11 +4,18 @@ Binary tasks log a confusion matrix (tp, fp, fn, tn) per exit; F1 (MRPC, QQP) an
 correlation (CoLA) follow from it. Regression (STS-B) logs the sums n, Σx, Σy, Σx², Σy², Σxy per
 exit; Pearson's r follows. Spearman's rho needs every prediction's rank: regression also logs the
 predictions themselves, as lists (``rank_meter``).
+
+In validation fairseq reduces each batch on its own, so the statistics are summed in hidden meters
+(``_tp_L3``, ...) over the whole split and every worker, and the metrics are derived from those
+sums when fairseq reads them (``log_exact``): the figure is the split's, not a mean over batches.
 """
+import functools
 import math
-from typing import Dict
+from typing import Dict, Iterable
 
 import torch
+from fairseq.logging import metrics
+from fairseq.logging.meters import SumMeter
 from torch import Tensor
 
 CONFUSION = ("tp", "fp", "fn", "tn")
@@ -74,3 +81,18 @@ def derive(totals: Dict[str, float], suffix: str) -> Dict[str, float]:
     if f"sxy{suffix}" in totals:
         return {"pearson": pearson({k: float(totals[f"{k}{suffix}"]) for k in MOMENTS})}
     return {}
+
+
+def log_exact(totals: Dict[str, float], suffixes: Iterable[str]) -> None:
+    """Add this batch's statistics to hidden sum meters and register F1/MCC/Pearson per suffix as
+    derived from the sums of everything logged since the meters were last reset."""
+    for key, value in totals.items():
+        metrics.log_scalar_sum("_" + key, float(value))
+    for suffix in suffixes:
+        for name in derive(totals, suffix):
+            metrics.log_derived(name + suffix, functools.partial(_from_sums, name=name, suffix=suffix))
+
+
+def _from_sums(meters, name: str, suffix: str) -> float:
+    sums = {key[1:]: meter.sum for key, meter in meters.items() if key.startswith("_") and isinstance(meter, SumMeter)}
+    return round(derive(sums, suffix)[name], 2)
