@@ -18,7 +18,8 @@ executed exit). Per batch size, in the same process, interleaved:
 * all exits: the plugin's loop at full depth with every exit evaluated (to price the heads).
 
 Reported: the layer speed-up (L / mean executed layers), the wall-clock speed-up (plain / early
-exit, medians), their ratio, and the exit heads' cost as a share of the plain forward.
+exit, medians), their ratio, the exit heads' cost as a share of the plain forward, and, on the
+first batch, the median cost of one transformer layer and of one exit check (head + policy step).
 """
 import argparse
 import math
@@ -94,9 +95,25 @@ def trained(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
         data = batches(task, args.subset, bsz)[: math.ceil(args.samples / bsz)]
         return [(s["net_input"]["src_tokens"], policy) for s in data]
 
-    about = (f"{args.checkpoint} ({model.num_layers} layers), {args.subset} of {args.data}, first {args.samples} "
+    task.load_dataset(args.subset)
+    n = min(args.samples, len(task.dataset(args.subset)))
+    about = (f"{args.checkpoint} ({model.num_layers} layers), {args.subset} of {args.data}, first {n} "
              f"sentences; policy {args.policy} threshold {args.threshold} patience {args.exit_patience}")
+    if model.skip_gates is not None:
+        about += "; skip gates: 'all exits' skips layers too, so 'heads %' is not the heads' cost alone"
     return model, head, plan, about
+
+
+def per_call_ms(model, head: str, tokens: Tensor, policy: ExitPolicy, repeats: int) -> Tuple[float, float]:
+    """Median milliseconds of one transformer layer and of one exit check (the exit's head plus the
+    policy's step) on ``tokens``: what each executed layer and each evaluated exit cost."""
+    encoder = model.encoder.sentence_encoder
+    pad = tokens.eq(encoder.padding_idx)
+    x = encoder.forward_embedding(tokens)[0].transpose(0, 1)
+    heads, state = model.exit_heads[head], policy.init_state(tokens.size(0), tokens.device)
+    layer = [seconds(lambda: encoder.layers[0](x, encoder_padding_mask=pad), 1)[0] for _ in range(repeats)]
+    check = [seconds(lambda: policy.step(heads(0, x, pad), state), 1)[0] for _ in range(repeats)]
+    return 1000 * statistics.median(layer), 1000 * statistics.median(check)
 
 
 def seconds(fn: Callable[[], None], repeats: int) -> List[float]:
@@ -136,7 +153,7 @@ def main():
     model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
     print(f"{about}; median of {args.repeats}; torch threads {torch.get_num_threads()}")
     print(f"{'batch':>5} {'plain ms':>9} {'early ms':>9} {'all-exits ms':>12} {'layer x':>8} {'wall x':>7} "
-          f"{'wall/layer':>10} {'heads %':>8}")
+          f"{'wall/layer':>10} {'heads %':>8} {'1 layer ms':>10} {'1 exit ms':>9}")
     never = build_policy("none", model.exit_heads[head].num_classes)
     with torch.no_grad():
         for bsz in args.batch_sizes:
@@ -167,8 +184,9 @@ def main():
             layer_x = model.num_layers / float(torch.cat(layers).float().mean())
             wall_x = med["plain"] / med["early"]
             heads = (med["all"] - med["plain"]) / med["plain"] * 100
+            layer_ms, exit_ms = per_call_ms(model, head, work[0][0], work[0][1], 5 * args.repeats)
             print(f"{bsz:5d} {1000 * med['plain']:9.1f} {1000 * med['early']:9.1f} {1000 * med['all']:12.1f} "
-                  f"{layer_x:8.2f} {wall_x:7.2f} {wall_x / layer_x:10.2f} {heads:8.1f}")
+                  f"{layer_x:8.2f} {wall_x:7.2f} {wall_x / layer_x:10.2f} {heads:8.1f} {layer_ms:10.3f} {exit_ms:9.3f}")
 
 
 if __name__ == "__main__":

@@ -81,8 +81,7 @@ def train(method: str, seed: int, args, save: Path) -> float:
     if spec.get("two_stage"):  # half the budget each; stage 2 trains the exits on the frozen encoder
         stage1 = max(1, args.epochs // 2)
         o += [f"task.stage1_epochs={stage1}", f"task.soft_gate_epochs={stage1 // 2 if method == 'smartbert' else 0}"]
-    o = with_overrides(o, [ov.split(":", 1)[1] if ov.startswith(method + ":") else ov for ov in args.override
-                           if ":" not in ov.split("=", 1)[0] or ov.startswith(method + ":")])
+    o = with_overrides(o, overrides_for(method, args.override))
     cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", spec["config"], *o]
     t0 = time.perf_counter()
     with open(save / "train.log", "w") as log:
@@ -91,6 +90,19 @@ def train(method: str, seed: int, args, save: Path) -> float:
         tail = (save / "train.log").read_text().splitlines()[-15:]
         sys.exit("\n".join(tail) + f"\nbenchmark: training {method} seed {seed} failed (log: {save / 'train.log'})")
     return time.perf_counter() - t0
+
+
+def overrides_for(method: str, overrides: List[str]) -> List[str]:
+    """The ``--override`` values that apply to ``method``: unprefixed ones and ``method:``-prefixed
+    ones (prefix removed)."""
+    out = []
+    for ov in overrides:
+        prefix, _, rest = ov.partition(":")
+        if "=" in prefix or not rest:  # no method prefix (a ':' may sit in the value)
+            out.append(ov)
+        elif prefix == method:
+            out.append(rest)
+    return out
 
 
 def with_overrides(base: List[str], extra: List[str]) -> List[str]:
@@ -110,23 +122,25 @@ def evaluate(save: Path, args) -> Dict:
     traces = {s: trace(model, task, d) for s, d in data.items()}
     last = len(model.exit_layers) - 1
     out = {"layers": model.num_layers, "gated": model.skip_gates is not None, "points": []}
+    classes = model.exit_heads[head].num_classes
     for s, t in traces.items():
-        out[f"{s}_full"] = score(t, torch.full((t.logits.size(1),), last), model, head)
+        if model.skip_gates is None:
+            out[f"{s}_full"] = score(t, torch.full((t.logits.size(1),), last), model, head)
+        else:  # without an exit policy the gates still skip layers: a real pass
+            out[f"{s}_full"] = run(model, task, data[s], build_policy("none", classes))
         out[f"{s}_oracle"] = score(t, oracle_exits(t), model, head)
-        if model.skip_gates is not None:  # without an exit policy the gates still skip layers
-            out[f"{s}_full"] = run(model, task, data[s], build_policy("none", 2))
     if len(model.exit_layers) == 1:
         return out
     if model.skip_gates is None:
         grid = [("patience", None, p) for p in range(1, model.num_layers)]
         grid += [("normalized_entropy", th, 1) for th in ENTROPY_GRID]
         for name, th, patience in grid:
-            policy = build_policy(name, 2, th, patience)
+            policy = build_policy(name, classes, th, patience)
             rows = {s: score(t, replay(policy, t), model, head) for s, t in traces.items()}
             out["points"].append(point(name, th, patience, rows))
     else:
         for th in GATED_GRID:
-            policy = build_policy("entropy", 2, th, 1)
+            policy = build_policy("entropy", classes, th, 1)
             out["points"].append(point("entropy", th, 1, {s: run(model, task, d, policy) for s, d in data.items()}))
     return out
 
@@ -245,6 +259,10 @@ def main() -> None:
     if not (args.data / "input0" / "train.idx").is_file() or (args.restore and not Path(args.restore).is_file()):
         sys.exit(f"benchmark: error: {args.data} or {args.restore} is missing. "
                  "Fix: run bash scripts/prepare_offline_benchmark.sh first (or pass --data/--restore)")
+    for ov in args.override:
+        prefix, _, rest = ov.partition(":")
+        if "=" not in prefix and rest and prefix not in METHODS:
+            p.error(f"--override {ov}: unknown method {prefix!r} (use one of {', '.join(METHODS)}, or no prefix)")
     from fairseq.data import data_utils
     args.train_size = len(data_utils.load_indexed_dataset(str(args.data / "input0" / "train"), None))
     args.layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
@@ -253,13 +271,19 @@ def main() -> None:
         for method in args.methods:
             save = args.out / method / f"seed{seed}"
             done = save / "result.json"
+            mine = overrides_for(method, args.override)
             if not done.is_file():
                 save.mkdir(parents=True, exist_ok=True)
                 print(f"benchmark: {method} seed {seed} ...", flush=True)
                 seconds = train(method, seed, args, save)
-                result = {"method": method, "seed": seed, "train_seconds": seconds, **evaluate(save, args)}
+                result = {"method": method, "seed": seed, "train_seconds": seconds, "overrides": mine,
+                          **evaluate(save, args)}
                 done.write_text(json.dumps(result, indent=1))
-            results[method].append(json.loads(done.read_text()))
+            result = json.loads(done.read_text())
+            if result.get("overrides", []) != mine:
+                sys.exit(f"benchmark: error: {done} was trained with overrides {result.get('overrides', [])}, not "
+                         f"{mine}. Fix: pass --out to a new folder, or the same --override values")
+            results[method].append(result)
     with open(args.out / "points.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["method", "seed", "policy", "threshold", "patience", "dev_metric", "dev_speedup",

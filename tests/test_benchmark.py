@@ -36,7 +36,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     from fairseq import checkpoint_utils
     model_cfg = {m: checkpoint_utils.load_checkpoint_to_cpu(str(out / m / "seed1" / "checkpoint_last.pt"))["cfg"].model
                  for m in ("pabee", "smartbert")}
-    assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias == 0
+    assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias is None
     # SmartBERT without an exit policy: its gates' layer speed-up, as fairseq-validate measures it
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")
@@ -44,3 +44,8 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     # a second call reuses the finished runs instead of training again
     again = run(cmd, timeout=600)
     assert again.returncode == 0 and "benchmark: pabee seed 1" not in again.stdout
+    # finished runs are not reused under other overrides, and a misspelt method prefix is refused
+    other = run(cmd[:-2] + ["--override", "common.log_interval=5"], timeout=600)
+    assert other.returncode != 0 and "was trained with overrides" in other.stderr and "Fix:" in other.stderr
+    typo = run(cmd + ["--override", "smartbret:+model.skip_gate_bias=-2"], timeout=600)
+    assert typo.returncode != 0 and "unknown method 'smartbret'" in typo.stderr

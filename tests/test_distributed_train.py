@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -29,7 +29,7 @@ def hydra_command(config: str, save: Path, *overrides: str, probe: bool = True) 
             f"checkpoint.save_dir={save}", *(PROBE if probe else []), *overrides]
 
 
-def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = None,
+def launch_two_processes(config: str, save: Path, *overrides: str, logs: Optional[Path] = None,
                          probe: bool = True) -> List[subprocess.CompletedProcess]:
     """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp (hydra's run
     folders under ``logs``, by default the save dir; ``probe``: with the rank-probe task)."""
@@ -42,7 +42,11 @@ def launch_two_processes(config: str, save: Path, *overrides: str, logs: Path = 
                       "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
                       f"hydra.run.dir={logs or save}/hydra-rank{r}", probe=probe),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:  # a rank that hangs (e.g. waiting for its peer) must not outlive the test
+        for p in procs:
+            p.kill()
     return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
 
 

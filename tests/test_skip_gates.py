@@ -112,12 +112,12 @@ def test_skip_threshold_must_be_inside_0_1():
 
 def test_a_negative_gate_bias_starts_from_the_full_network():
     """skip_gate_bias=-3: every gate starts near sigmoid(-3), so no layer is skipped before training;
-    the authors' default (0) starts near 0.5, skipping layers at random."""
+    the authors' default init starts near 0.5, skipping layers at random."""
     tokens = random_batch(tiny_model(num_classes=2), 16, seed=3)
     skipped = {}
-    for bias in (0.0, -3.0):
+    for bias in (None, -3.0):
         model = tiny_model(num_classes=2, skip_gates=True, skip_gate_bias=bias)
         with torch.no_grad():
             _, extra = model(tokens, classification_head_name=HEAD)
         skipped[bias] = int(extra["exits"].layers_skipped.sum())
-    assert skipped[-3.0] == 0 and skipped[0.0] > 0, skipped
+    assert skipped[-3.0] == 0 and skipped[None] > 0, skipped

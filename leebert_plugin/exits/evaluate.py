@@ -9,7 +9,8 @@ against real passes). Sweeps over many thresholds cost one pass instead of one p
 """
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
 
 import torch
 from fairseq import checkpoint_utils
@@ -20,7 +21,7 @@ from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import ExitPolicy
 
 
-def load(checkpoint: str, data: Optional[str] = None) -> Tuple[torch.nn.Module, object]:
+def load(checkpoint: Union[str, Path], data: Union[str, Path, None] = None) -> Tuple[torch.nn.Module, object]:
     """A trained checkpoint in eval mode and its task; ``data`` replaces the data folder it was
     trained on (for its dictionaries and splits)."""
     overrides = {"data": str(data)} if data else None

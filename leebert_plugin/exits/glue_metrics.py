@@ -46,9 +46,11 @@ def moments(pred: Tensor, target: Tensor) -> Dict[str, float]:
 
 def pearson(m: Dict[str, float]) -> float:
     n = m["n"]
+    if not n:
+        return 0.0
     cov = m["sxy"] - m["sx"] * m["sy"] / n
     var = (m["sxx"] - m["sx"] ** 2 / n) * (m["syy"] - m["sy"] ** 2 / n)
-    return 100.0 * cov / math.sqrt(var) if n and var > 0 else 0.0
+    return 100.0 * cov / math.sqrt(var) if var > 0 else 0.0
 
 
 def positive_class(label_dictionary) -> int:

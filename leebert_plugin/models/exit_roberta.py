@@ -122,9 +122,10 @@ class ExitRobertaModel(RobertaModel):
         parser.add_argument("--skip-threshold", type=float, metavar="TAU",
                             help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1)")
         parser.add_argument("--skip-gate-bias", type=float, metavar="B",
-                            help="initial bias of every skip gate's logit: 0 as in the authors' code (skip "
-                                 "probabilities start near 0.5, so about half the layers are skipped from the "
-                                 "first hard-gated update); negative starts from the full network (-3: about 0.05)")
+                            help="initial bias of every skip gate's logit; unset: torch's default init, as in "
+                                 "the authors' code (skip probabilities start near 0.5, so about half the layers "
+                                 "are skipped from the first hard-gated update); negative starts from the full "
+                                 "network (-3: about 0.05)")
         parser.add_argument("--layer-projectors", action="store_true",
                             help="SmartBERT's stage-1 contrastive projectors of every layer input")
         parser.add_argument("--type-vocab-size", type=int, metavar="N",
@@ -230,7 +231,7 @@ def exit_base_architecture(args):
     args.exit_pooling = safe_getattr(args, "exit_pooling", "cls")
     args.skip_gates = safe_getattr(args, "skip_gates", False)
     args.skip_threshold = safe_getattr(args, "skip_threshold", 0.5)
-    args.skip_gate_bias = safe_getattr(args, "skip_gate_bias", 0.0)
+    args.skip_gate_bias = safe_getattr(args, "skip_gate_bias", None)
     args.layer_projectors = safe_getattr(args, "layer_projectors", False)
     args.type_vocab_size = safe_getattr(args, "type_vocab_size", 0)
     args.layer_norm_eps = safe_getattr(args, "layer_norm_eps", 1e-5)

@@ -19,11 +19,12 @@ def straight_through(g: Tensor, threshold: float) -> Tensor:
 
 
 class SkipGate(nn.Module):
-    def __init__(self, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1, init_bias: float = 0.0):
+    def __init__(self, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1,
+                 init_bias: Optional[float] = None):
         super().__init__()
         self.attention = ClsAttention(input_dim, dim, heads, dropout)
         self.out = nn.Linear(dim, 1)
-        if init_bias:
+        if init_bias is not None:  # None: torch's default init, as the authors' code
             nn.init.constant_(self.out.bias, init_bias)
 
     def macs(self, length: Tensor) -> Tensor:
@@ -39,7 +40,7 @@ class SkipGates(nn.Module):
     """One gate per layer."""
 
     def __init__(self, num_layers: int, input_dim: int, dim: int = 128, heads: int = 2, dropout: float = 0.1,
-                 init_bias: float = 0.0):
+                 init_bias: Optional[float] = None):
         super().__init__()
         self.gates = nn.ModuleList(SkipGate(input_dim, dim, heads, dropout, init_bias) for _ in range(num_layers))
 

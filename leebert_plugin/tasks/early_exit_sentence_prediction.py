@@ -92,8 +92,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
         if not kwargs.get("from_checkpoint", False):  # training, not evaluation of a saved model
-            # the running process group, not a config value: the task config may stand alone
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            # the running process group (fairseq initialises it before setting up the task)
+            world = distributed_utils.get_data_parallel_world_size()
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
