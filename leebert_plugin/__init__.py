@@ -15,7 +15,7 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
-from leebert_plugin import cpu_gather, safe_loading  # noqa: E402
+from leebert_plugin import cpu_gather, ddp, safe_loading, task_state  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
 
 # fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
@@ -23,3 +23,7 @@ from leebert_plugin.errors import UsageError  # noqa: E402,F401
 safe_loading.install()
 # multi-process CPU runs: fairseq's gather of non-summable logging outputs needs CUDA
 cpu_gather.install()
+# fairseq's default DDP backend (pytorch_ddp) on CPU: fairseq passes device_ids=[0] for a CPU module
+ddp.install()
+# resuming restores the task's state (LeeBERT's learned loss weights), which fairseq's trainer drops
+task_state.install()

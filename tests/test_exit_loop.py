@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers import HEAD, random_batch, tiny_model
+from helpers import HEAD, random_batch, spread_model, tiny_model
 from leebert_plugin.exits.policies import build_policy, entropy
 
 POLICIES = [
@@ -19,22 +19,7 @@ def classes_for(name: str) -> int:
     return 1 if name == "regression_patience" else 3
 
 
-def spread_model(num_classes: int = 3, **overrides):
-    """A random tiny model whose exits disagree and vary in confidence, so decisions are mixed."""
-    model = tiny_model(num_classes=num_classes, **overrides)
-    encoder = model.encoder.sentence_encoder
-    with torch.no_grad():
-        # BERT's 0.02-std init makes every [CLS] state alike; widen weights so inputs matter
-        encoder.embed_tokens.weight.normal_(0, 1)
-        for layer in encoder.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                proj.weight.normal_(0, 10 / 8)
-            for proj in (layer.self_attn.v_proj, layer.self_attn.out_proj):
-                proj.weight.normal_(0, 1 / 8)
-        for name, module in model.exit_heads[HEAD].named_modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.mul_(25.0 if name.endswith("out_proj") else 5.0)
-    return model
+
 
 
 def full_depth(model, tokens):

@@ -4,10 +4,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import HEAD, random_batch, tiny_model
+from helpers import HEAD, mixed_gates_model, random_batch, tiny_model
 from leebert_plugin.exits.flops import full_model_flops, layer_macs, sample_flops
 from leebert_plugin.exits.policies import build_policy
-from test_skip_gates import mixed_gates_model
 
 
 def counted(fn) -> int:

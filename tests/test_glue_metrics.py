@@ -5,10 +5,9 @@ import torch
 from scipy.stats import pearsonr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from helpers import ROOT, json_records
+from helpers import ROOT, json_records, validate
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics as gm
-from test_train_validate import validate
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

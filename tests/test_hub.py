@@ -1,11 +1,10 @@
 """The Python API: batched predictions that agree with fairseq-validate and with batch size 1."""
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, validate
 from leebert_plugin.data.sentencepiece_glue import read_tsv
 from leebert_plugin.errors import UsageError
 from leebert_plugin.hub import EarlyExitClassifier
-from test_train_validate import validate
 
 
 @pytest.fixture(scope="module")

@@ -6,29 +6,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from helpers import HEAD, random_batch, tiny_model
+from helpers import bilevel_training, leebert, sample_for, tiny_model
 from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion, distill_pairs
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.errors import UsageError
+from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
 from leebert_plugin.optim.hypergradient import hypergradient, model_params
-
-
-class _Task:
-    pass
-
-
-def sample_for(model, bsz, seed, num_classes=2):
-    tokens = random_batch(model, bsz, seed=seed)
-    lengths = tokens.ne(model.encoder.dictionary.pad()).sum(1)
-    g = torch.Generator().manual_seed(seed)
-    return {"id": torch.arange(bsz), "nsentences": bsz, "ntokens": int(lengths.sum()),
-            "net_input": {"src_tokens": tokens, "src_lengths": lengths},
-            "target": torch.randint(0, num_classes, (bsz,), generator=g)}
-
-
-def leebert(**kw):
-    return LeeBertCriterion(OmegaConf.structured(LeeBertConfig(**kw)), _Task())
 
 
 def test_pairs_of_lae_and_lle():
@@ -60,21 +44,30 @@ def test_distillation_term_is_t2_kl_with_a_detached_teacher():
 def test_learned_weights_start_uniform_per_group(tmp_path):
     model = tiny_model(num_classes=2)
     crit = leebert(kd_weight=0.5)
-    model.attach_loss_weights(**crit.loss_weight_spec(model))
-    w = model.loss_weights(crit.term_names(model.exit_layers))
+    spec = crit.loss_weight_spec(model.exit_layers)
+    w = LossWeights(**spec)(crit.term_names(model.exit_layers))
     ce = [float(v) for n, v in w.items() if n.startswith("ce_")]
     kd = [float(v) for n, v in w.items() if n.startswith("kd_")]
     assert ce == pytest.approx([0.25] * 4) and kd == pytest.approx([0.5 / 12] * 12)
     # fixed-weights mode uses exactly the learned weights' start
     fixed = crit.fixed_weights(model, list(w))
     assert [fixed[n] for n in w] == pytest.approx([float(v) for v in w.values()])
-    # the weights round-trip through a state dict, names included
-    path = tmp_path / "m.pt"
-    torch.save(model.state_dict(), path)
-    fresh = tiny_model(num_classes=2)
-    assert fresh.loss_weights is None
-    fresh.load_state_dict(torch.load(path), strict=True)
-    assert fresh.loss_weights.names == model.loss_weights.names
+
+
+def test_bilevel_state_round_trips_and_refuses_other_terms():
+    """The weights (names included) and their AdamW state leave and come back whole."""
+    model = tiny_model(num_classes=2, dropout=0.0, attention_dropout=0.0)
+    crit = leebert()
+    bilevel = bilevel_training(model, crit, w_lr=0.05, xi=1e-3)
+    bilevel.meta_step(model, crit, sample_for(model, 8, seed=1), sample_for(model, 8, seed=2), 0, 1e-3)
+    saved = bilevel.state_dict()
+    fresh = bilevel_training(model, crit)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.weights.logits, bilevel.weights.logits) and float(fresh.weights.logits.abs().max()) > 0
+    assert torch.equal(fresh.optimizer.state_dict()["state"][0]["exp_avg"], bilevel.optimizer.state_dict()["state"][0]["exp_avg"])
+    other = bilevel_training(model, leebert(distill="lle"))
+    with pytest.raises(UsageError, match="other terms"):
+        other.load_state_dict(saved)
 
 
 def exact_hypergradient(model, crit, b1, b2, xi):
@@ -114,7 +107,9 @@ def test_finite_difference_hypergradient_matches_double_backward(distill):
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
         exact = exact_hypergradient(model, crit, b1, b2, xi)
     before = [p.detach().clone() for p in model_params(model)]
-    approx = hypergradient(model, crit, b1, b2, xi, eps=1e-3, virtual_step=True)
+    names = crit.term_names(model.exit_layers)
+    weights = {n: torch.tensor(w, dtype=torch.float64) for n, w in crit.fixed_weights(model, names).items()}
+    approx = hypergradient(model, crit, weights, b1, b2, xi, eps=1e-3, virtual_step=True)
     scale = float(exact.abs().max())
     assert scale > 0
     torch.testing.assert_close(approx.double(), exact, rtol=0, atol=1e-3 * scale)
@@ -125,11 +120,11 @@ def test_finite_difference_hypergradient_matches_double_backward(distill):
 class AlignedAndOpposed(MultiExitCriterion):
     """Two extra terms on the last exit: CE with the true labels, and with the flipped ones."""
 
-    def term_names(self, exit_layers):
-        return super().term_names(exit_layers) + ["aux_good", "aux_bad"]
+    def term_names(self, exit_layers, stage=1):
+        return super().term_names(exit_layers, stage) + ["aux_good", "aux_bad"]
 
-    def loss_terms(self, model, sample, exits, targets, teacher):
-        terms = super().loss_terms(model, sample, exits, targets, teacher)
+    def loss_terms(self, model, sample, exits, targets, teacher, stage=1):
+        terms = super().loss_terms(model, sample, exits, targets, teacher, stage)
         last = exits.exit_logits[-1]
         terms["aux_good"] = F.cross_entropy(last, targets, reduction="sum")
         terms["aux_bad"] = F.cross_entropy(last, 1 - targets, reduction="sum")
@@ -139,17 +134,17 @@ class AlignedAndOpposed(MultiExitCriterion):
 @pytest.mark.parametrize("mode", ["clo", "darts2", "darts1"])
 def test_a_term_aligned_with_the_outer_objective_gains_weight(mode):
     model = tiny_model(num_classes=2, dropout=0.0, attention_dropout=0.0)
-    crit = AlignedAndOpposed(OmegaConf.structured(MultiExitConfig(learn_weights=True)), _Task())
-    model.attach_loss_weights(**crit.loss_weight_spec(model))
-    cfg = OmegaConf.structured(CLOConfig(lr=[1e-3], mode=mode, w_lr=0.05, xi=1e-3, tpu=False))
-    opt = CLOOptimizer(cfg, model.parameters())
+    crit = AlignedAndOpposed(OmegaConf.structured(MultiExitConfig(learn_weights=True)), None)
+    bilevel = bilevel_training(model, crit, mode=mode, w_lr=0.05, xi=1e-3)
     b1, b2 = sample_for(model, 16, seed=4), sample_for(model, 16, seed=5)
     for b in (b1, b2):  # one label everywhere: learning it on D1 is what the D2 objective rewards
         b["target"].fill_(1)
+    before = [p.detach().clone() for p in model.parameters()]
     for step in range(5):
-        opt.meta_step(model, crit, b1, b2, seed=step)
-    w = model.loss_weights(["aux_good", "aux_bad"])
+        bilevel.meta_step(model, crit, b1, b2, step, lr=1e-3)
+    w = bilevel.current(["aux_good", "aux_bad"])
     assert float(w["aux_good"]) > 0.55 > 0.45 > float(w["aux_bad"])
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the model is left as it was
 
 
 def test_bad_leebert_settings():
@@ -159,3 +154,5 @@ def test_bad_leebert_settings():
         leebert(temperature=0.0)
     with pytest.raises(UsageError, match="unknown clo mode 'darts3'"):
         CLOOptimizer(OmegaConf.structured(CLOConfig(lr=[1e-3], mode="darts3", tpu=False)), tiny_model().parameters())
+    with pytest.raises(UsageError, match="unknown clo mode 'darts3'"):
+        bilevel_training(tiny_model(), leebert(), mode="darts3")

@@ -10,12 +10,8 @@ from fairseq.tasks.sentence_prediction import SentencePredictionConfig
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionConfig
 
 from conftest import hydra_train
-from helpers import BIN, ROOT, json_records, run
+from helpers import BIN, LEEBERT_SHORT as SHORT, ROOT, json_records, run
 from helpers import assert_one_clear_error
-
-SHORT = ["optimization.max_epoch=1", "optimization.max_update=6", "lr_scheduler.warmup_updates=2",
-         "dataset.batch_size=16", "optimizer.w_update_interval=1", "optimizer.w_lr=0.05",
-         "common.log_interval=1"]
 
 
 @pytest.mark.parametrize("mode", ["clo", "darts2", "darts1"])
@@ -26,9 +22,10 @@ def test_each_meta_mode_trains_end_to_end(mode, mr_bin, tmp_path):
     records = json_records(proc.stdout, "train_inner")
     assert len(records) == 6 and all("hypergrad_norm" in r for r in records)
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
-    logits = state["model"]["loss_weights.logits"]
+    bilevel = state["task_state"]["bilevel"]  # the task's, beside the model and fairseq's optimizer
+    logits = bilevel["weights"]["logits"]
     assert logits.numel() == 4 + 12 and float(logits.abs().max()) > 0  # the weights moved
-    assert set(state["last_optimizer_state"]) == {"inner", "weights"}
+    assert bilevel["optimizer"]["state"] and not any(k.startswith("loss_weights") for k in state["model"])
 
 
 def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):
@@ -53,12 +50,13 @@ def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):
     for key, value in sa["model"].items():
         if torch.is_tensor(value):
             torch.testing.assert_close(sb["model"][key], value, rtol=1e-6, atol=1e-7, msg=key)
-    wa, wb = sa["last_optimizer_state"]["weights"]["state"], sb["last_optimizer_state"]["weights"]["state"]
-    torch.testing.assert_close(wb[0]["exp_avg"], wa[0]["exp_avg"])
+    wa, wb = sa["task_state"]["bilevel"], sb["task_state"]["bilevel"]
+    torch.testing.assert_close(wb["weights"]["logits"], wa["weights"]["logits"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(wb["optimizer"]["state"][0]["exp_avg"], wa["optimizer"]["state"][0]["exp_avg"])
 
 
 def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
-    """fairseq's own sentence_prediction task never runs the meta step: refuse to train."""
+    """fairseq's own sentence_prediction task would never train the learned weights: refuse."""
     cfg = yaml.safe_load((ROOT / "configs" / "mr_leebert.yaml").read_text())
     ours = set(EarlyExitSentencePredictionConfig.__dataclass_fields__) - set(SentencePredictionConfig.__dataclass_fields__)
     cfg["task"] = {k: v for k, v in cfg["task"].items() if k not in ours}

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-from helpers import HEAD, random_batch, tiny_model
+from helpers import HEAD, mixed_gates_model, random_batch, spread_model, tiny_model
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import build_policy
 from leebert_plugin.modules.skip_gate import straight_through
-from test_exit_loop import spread_model
 
 
 def test_straight_through_is_hard_forward_and_identity_backward():
@@ -59,13 +58,7 @@ def test_every_gate_open_equals_the_model_without_gates():
     assert int(a["exits"].layers_skipped.sum()) == 0
 
 
-def mixed_gates_model():
-    model = spread_model(skip_gates=True)
-    with torch.no_grad():
-        for gate in model.skip_gates.gates:
-            gate.out.weight.mul_(30.0)
-            gate.out.bias.zero_()
-    return model
+
 
 
 @pytest.mark.parametrize("policy_name, threshold", [("entropy", 0.6), ("patience", None), ("none", None)])

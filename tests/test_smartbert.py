@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from conftest import hydra_train
-from helpers import json_records
+from helpers import SMARTBERT_SHORT as SHORT, json_records
 from leebert_plugin.criterions.contrastive import token_info_nce
 
-SHORT = ["dataset.batch_size=32", "lr_scheduler.warmup_updates=2", "optimization.max_update=1000",
-         "common.log_interval=5", "task.stage1_epochs=1", "task.soft_gate_epochs=1"]
+
 
 
 def test_token_info_nce_by_hand():

@@ -3,8 +3,7 @@ import csv
 
 import pytest
 
-from helpers import BIN, run
-from test_train_validate import validate
+from helpers import BIN, run, validate
 
 
 def test_sweep_chooses_on_dev_and_matches_fairseq_validate_on_test(trained, mr_bin, tmp_path):

@@ -2,18 +2,9 @@
 import pytest
 import torch
 
-from helpers import BIN, json_records, run
+from helpers import BIN, json_records, run, validate
 
 LAYERS = 4
-
-
-def validate(trained, mr_bin, *flags, subset="valid", ckpt="checkpoint_best.pt"):
-    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(trained / ckpt),
-                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
-                "--valid-subset", subset, "--batch-size", "16", "--cpu", "--log-format", "json", *flags])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (record,) = json_records(proc.stdout, subset)
-    return {k[len(subset) + 1:]: float(v) for k, v in record.items()}
 
 
 def test_training_logs_every_exit(trained):

@@ -25,11 +25,11 @@ class HiddenMSEConfig(MultiExitConfig):
 class HiddenMSECriterion(MultiExitCriterion):
     needs_exit_states = True  # ask the model for every exit's hidden states
 
-    def term_names(self, exit_layers):
-        return super().term_names(exit_layers) + ["hid_mse"]
+    def term_names(self, exit_layers, stage=1):
+        return super().term_names(exit_layers, stage) + ["hid_mse"]
 
-    def loss_terms(self, model, sample, exits, targets, teacher):
-        terms = super().loss_terms(model, sample, exits, targets, teacher)
+    def loss_terms(self, model, sample, exits, targets, teacher, stage=1):
+        terms = super().loss_terms(model, sample, exits, targets, teacher, stage)
         students = [h[0] for h in exits.exit_states[:-1]]  # [CLS] of exits 1..M-1: B x C
         targets_cls = [h[0].detach() for h in teacher.exit_states[1:]]  # of exits 2..M, constant
         terms["hid_mse"] = sum(F.mse_loss(s, t, reduction="none").mean(-1).sum()

@@ -64,7 +64,7 @@ class LeeBertCriterion(MultiExitCriterion):
         if cfg.kd_weight < 0:
             raise UsageError(f"kd_weight={cfg.kd_weight} is negative", "set criterion.kd_weight >= 0")
 
-    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
+    def term_names(self, exit_layers: Sequence[int], stage: int = 1) -> List[str]:
         return self.exit_term_names(exit_layers) + [
             f"kd_L{s}<L{t}" for s, t in distill_pairs(exit_layers, self.cfg.distill)
         ]
@@ -79,8 +79,8 @@ class LeeBertCriterion(MultiExitCriterion):
             weights[n] = self.cfg.kd_weight / len(kd)
         return weights
 
-    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput):
-        terms = super().loss_terms(model, sample, exits, targets, teacher)
+    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput, stage: int = 1):
+        terms = super().loss_terms(model, sample, exits, targets, teacher, stage)
         student = dict(zip(model.exit_layers, exits.exit_logits))
         taught = {layer: z.detach() for layer, z in zip(model.exit_layers, teacher.exit_logits)}
         pairs = distill_pairs(model.exit_layers, self.cfg.distill)

@@ -5,7 +5,9 @@ layer 3) and a *weight* for each; the loss is their weighted sum. A subclass tha
 (distillation, contrastive, hidden-state losses) overrides :meth:`term_names` and
 :meth:`loss_terms`, and gets per-term logging, per-exit accuracy and validation under exit
 policies without further code. :meth:`term_weights` is the single place weights come from:
-fixed here, learned by the model's ``loss_weights`` when it has them.
+fixed here, or the learned ones the task passes in (``learned``: LeeBERT's bi-level training owns
+them, see ``optim/bilevel.py``). The criterion keeps no training state: the task passes the
+training stage (``stage``, for two-stage training) and the weights to every call.
 """
 import math
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
+from fairseq.tasks import FairseqTask
 from torch import Tensor
 
 from leebert_plugin.errors import UsageError
@@ -42,8 +45,8 @@ class MultiExitConfig(FairseqDataclass):
     )
     learn_weights: bool = field(
         default=False,
-        metadata={"help": "give every loss term a learned weight on the model (LeeBERT); the clo "
-                          "optimizer moves them, any other optimizer leaves them at their start"},
+        metadata={"help": "give every loss term a learned weight (LeeBERT), moved by the clo optimizer's "
+                          "meta step; with any other optimizer the fixed weights are used"},
     )
     weight_parametrization: str = field(
         default="group_softmax",
@@ -73,6 +76,10 @@ class MultiExitCriterion(FairseqCriterion):
         self.regression_target = cfg.regression_target
         self.positive = glue_metrics.positive_class(getattr(task, "label_dictionary", None))
         exit_weights([1], cfg.exit_weighting)  # fail early on a typo
+        if cfg.learn_weights and isinstance(task, FairseqTask) and not hasattr(task, "learned_weights"):
+            raise UsageError(f"criterion.learn_weights=true needs the early_exit_sentence_prediction task, which trains "
+                             f"the weights; {type(task).__name__} would leave them at their start",
+                             "set task._name=early_exit_sentence_prediction (--task early_exit_sentence_prediction)")
 
     # ---- the extension points -------------------------------------------------------------
     def exit_term_names(self, exit_layers: Sequence[int]) -> List[str]:
@@ -80,12 +87,20 @@ class MultiExitCriterion(FairseqCriterion):
         kind = "mse" if self.regression_target else "ce"
         return [f"{kind}_L{layer}" for layer in exit_layers]
 
-    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
-        """Names of the loss terms, in order; :meth:`loss_terms` must return exactly these."""
+    def term_names(self, exit_layers: Sequence[int], stage: int = 1) -> List[str]:
+        """Names of the loss terms in training stage ``stage``, in order; :meth:`loss_terms` must
+        return exactly these."""
         return self.exit_term_names(exit_layers)
 
+    def forward_options(self, exit_layers: Sequence[int], stage: int = 1) -> Dict:
+        """What the loss of ``stage`` needs from the model's full-depth forward (keyword arguments
+        of ``ExitRobertaModel.forward``): here every exit, and the exits' states if asked for.
+        In training, the forward computes nothing else (under DDP an exit computed but left out
+        of the loss stalls the gradient reduction); at validation every exit runs."""
+        return {"return_exit_states": self.needs_exit_states}
+
     def loss_terms(
-        self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput
+        self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput, stage: int = 1
     ) -> Dict[str, Tensor]:
         """Each exit's summed CE (or MSE) over the batch.
 
@@ -96,6 +111,8 @@ class MultiExitCriterion(FairseqCriterion):
         """
         terms = {}
         for layer, logits in zip(model.exit_layers, exits.exit_logits):
+            if logits is None:  # an exit the stage does not train (see forward_options)
+                continue
             if self.regression_target:
                 terms[f"mse_L{layer}"] = F.mse_loss(
                     at_least_fp32(logits.view(-1)), at_least_fp32(targets), reduction="sum"
@@ -115,33 +132,35 @@ class MultiExitCriterion(FairseqCriterion):
                          exit_weights(model.exit_layers, self.cfg.exit_weighting)))
         return {name: fixed.get(name, 1.0) for name in names}
 
-    def term_weights(self, model, names: Sequence[str]) -> Dict[str, Tensor]:
-        """The model's learned weights (as constants: only the clo optimizer moves them), else fixed."""
-        learned = getattr(model, "loss_weights", None)
+    def term_weights(self, model, names: Sequence[str], learned: Optional[Dict[str, Tensor]] = None) -> Dict:
+        """The learned weights the task passed (constants: only the meta step moves them), else fixed."""
         if self.cfg.learn_weights and learned is not None:
-            return {name: w.detach() for name, w in learned(names).items()}
+            return {name: learned[name] for name in names}
         return self.fixed_weights(model, names)
 
-    def loss_weight_spec(self, model) -> Optional[Dict]:
-        """Arguments of the model's ``LossWeights`` when this criterion learns weights, else None."""
+    def loss_weight_spec(self, exit_layers: Sequence[int]) -> Optional[Dict]:
+        """Arguments of the learned ``LossWeights`` when this criterion learns weights, else None."""
         if not self.cfg.learn_weights:
             return None
-        return {"names": self.term_names(model.exit_layers),
+        return {"names": self.term_names(exit_layers),
                 "parametrization": self.cfg.weight_parametrization,
                 "group_scales": self.group_scales()}
 
-    def compute_terms(self, model, sample, teacher: Optional[ExitOutput] = None):
+    def compute_terms(self, model, sample, teacher: Optional[ExitOutput] = None, stage: int = 1):
         """Run the model at full depth; return (terms, exits, targets). See :meth:`loss_terms`."""
+        options = self.forward_options(model.exit_layers, stage)
+        if not model.training:
+            options.pop("exits_used", None)  # every exit's accuracy is reported
         _, extra = model(
             **sample["net_input"],
             features_only=True,
             classification_head_name=self.classification_head_name,
-            return_exit_states=self.needs_exit_states,
+            **options,
         )
         exits: ExitOutput = extra["exits"]
-        targets = model.get_targets(sample, [exits.logits]).view(-1)
-        terms = self.loss_terms(model, sample, exits, targets, exits if teacher is None else teacher)
-        expected = self.term_names(model.exit_layers)
+        targets = sample["target"].view(-1)
+        terms = self.loss_terms(model, sample, exits, targets, exits if teacher is None else teacher, stage=stage)
+        expected = self.term_names(model.exit_layers, stage=stage)
         if list(terms) != expected:
             raise RuntimeError(
                 f"{type(self).__name__}.loss_terms returned {list(terms)[:4]}..., "
@@ -154,10 +173,11 @@ class MultiExitCriterion(FairseqCriterion):
         return sum(v for name, v in terms.items() if name.split("_", 1)[0] in self.outer_groups)
 
     # ---- fairseq's criterion contract -----------------------------------------------------
-    def forward(self, model, sample, reduce=True):
-        """Return (loss, sample_size = number of sentences, logging_output)."""
-        terms, exits, targets = self.compute_terms(model, sample)
-        weights = self.term_weights(model, list(terms))
+    def forward(self, model, sample, reduce=True, stage: int = 1, learned: Optional[Dict[str, Tensor]] = None):
+        """Return (loss, sample_size = number of sentences, logging_output) for training stage
+        ``stage``, with the ``learned`` term weights (by name) if the task has them."""
+        terms, exits, targets = self.compute_terms(model, sample, stage=stage)
+        weights = self.term_weights(model, list(terms), learned)
         loss = sum(weights[name] * value for name, value in terms.items())
         sample_size = targets.numel()
         logging_output = {
@@ -168,15 +188,17 @@ class MultiExitCriterion(FairseqCriterion):
         }
         for name, value in terms.items():
             logging_output[f"term:{name}"] = value.data
-        if self.cfg.learn_weights and getattr(model, "loss_weights", None) is not None:
+        if self.cfg.learn_weights and learned is not None:
             # weight x sentences, so that summing over workers and steps gives a weighted mean
             values = torch.stack([torch.as_tensor(w) for w in weights.values()]).tolist()  # one sync
             for name, w in zip(weights, values):
                 logging_output[f"weight:{name}"] = w * sample_size
         if not self.regression_target:
             for layer, logits in zip(model.exit_layers, exits.exit_logits):
-                logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()
-            logging_output["ncorrect"] = logging_output[f"ncorrect_L{model.exit_layers[-1]}"]
+                if logits is not None:
+                    logging_output[f"ncorrect_L{layer}"] = (logits.argmax(-1) == targets).sum()
+            if exits.exit_logits[-1] is not None:
+                logging_output["ncorrect"] = logging_output[f"ncorrect_L{model.exit_layers[-1]}"]
         if not model.training:  # GLUE's F1 / MCC / Pearson, per exit and for the final prediction
             for layer, logits in zip(model.exit_layers, exits.exit_logits):
                 glue_metrics.log_statistics(logging_output, f"_L{layer}", logits, targets,

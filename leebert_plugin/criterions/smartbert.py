@@ -1,6 +1,8 @@
 """``smartbert``: SmartBERT's two training stages (Hu et al., IJCAI 2023; methods.md §3.4).
 
-The stage is the model's (``training_stage``, switched by the task after ``task.stage1_epochs``).
+The task passes the stage (two-stage training, ``tasks/two_stage.py``: stage 2 after
+``task.stage1_epochs``); the criterion asks the model's forward for what each stage's loss uses
+(:meth:`forward_options`), so every parameter that gets a gradient is used inside the forward.
 
 Stage 1 trains backbone, gates and the last exit:
     ce_L<L> (last exit, on the final gate-mixed state)  +  lambda * gate_reg  +  eta1 * contrast_layers
@@ -47,7 +49,6 @@ class SmartBertConfig(MultiExitConfig):
 
 @register_criterion("smartbert", dataclass=SmartBertConfig)
 class SmartBertCriterion(MultiExitCriterion):
-    needs_exit_states = True
 
     def __init__(self, cfg: SmartBertConfig, task):
         super().__init__(cfg, task)
@@ -59,43 +60,42 @@ class SmartBertCriterion(MultiExitCriterion):
                 raise UsageError(f"{name}={getattr(cfg, name)} must be positive", f"set criterion.{name} > 0")
         if cfg.stage2_pairs not in STAGE2_PAIRS:
             raise UsageError(f"unknown stage2_pairs {cfg.stage2_pairs!r}", f"use one of {', '.join(STAGE2_PAIRS)}")
-        self.stage = 1
 
-    def compute_terms(self, model, sample, teacher=None):
-        self.stage = model.stage  # the term list follows the model's stage
-        if model.stage == 1 and self.cfg.eta1 > 0 and model.layer_projectors is None:
-            raise UsageError("smartbert's stage-1 contrastive loss needs the layer projectors",
-                             "set model.layer_projectors=true, or criterion.eta1=0")
-        if model.stage == 2 and self.cfg.eta2 > 0 and not hasattr(model.exit_heads[self.classification_head_name],
-                                                                  "projections"):
-            raise UsageError("smartbert's stage-2 contrastive loss needs smartbert exit heads",
-                             "set model.exit_head=smartbert, or criterion.eta2=0")
-        return super().compute_terms(model, sample, teacher)
+    def forward_options(self, exit_layers: Sequence[int], stage: int = 1) -> Dict:
+        """Stage 1 uses the last exit only (the others must not run: DDP would wait for their
+        gradients) and, for its contrastive term, every layer input's projection; stage 2 every
+        exit (the last one is frozen) and the intermediate exits' projections."""
+        if stage == 2:
+            contrast = self.cfg.eta2 > 0
+            return {"return_exit_states": contrast, "project": "exits" if contrast else None}
+        contrast = self.cfg.eta1 > 0
+        return {"return_exit_states": contrast, "project": "layers" if contrast else None,
+                "exits_used": [exit_layers[-1]]}
 
-    def term_names(self, exit_layers: Sequence[int]) -> List[str]:
-        if self.stage == 2:
+    def term_names(self, exit_layers: Sequence[int], stage: int = 1) -> List[str]:
+        if stage == 2:
             return [f"ce_L{layer}" for layer in exit_layers[:-1]] + ["contrast_exits"]
         return [f"ce_L{exit_layers[-1]}", "gate_reg", "contrast_layers"]
 
     def fixed_weights(self, model, names: Sequence[str]) -> Dict[str, float]:
-        eta = self.cfg.eta2 if self.stage == 2 else self.cfg.eta1
+        eta = self.cfg.eta2 if "contrast_exits" in names else self.cfg.eta1
         rest = 1 - eta if self.cfg.mix_with_eta else 1.0
         weights = {n: rest for n in names if n.startswith("ce_")}
         weights.update(gate_reg=rest * self.cfg.gate_lambda, contrast_layers=eta, contrast_exits=eta)
         return {n: weights[n] for n in names}
 
-    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput) -> Dict[str, Tensor]:
-        all_ce = super().loss_terms(model, sample, exits, targets, teacher)
+    def loss_terms(self, model, sample, exits: ExitOutput, targets: Tensor, teacher: ExitOutput,
+                   stage: int = 1) -> Dict[str, Tensor]:
+        all_ce = super().loss_terms(model, sample, exits, targets, teacher, stage)
         layers = model.exit_layers
         pad = exits.padding_mask if self.cfg.mask_padding else None
         bsz = targets.numel()
         zero = exits.logits.new_zeros(()).float()
-        if self.stage == 2:
+        if stage == 2:
             terms = {f"ce_L{layer}": all_ce[f"ce_L{layer}"] for layer in layers[:-1]}
-            heads = model.exit_heads[self.classification_head_name]
             contrast = zero
-            if self.cfg.eta2 > 0 and len(layers) > 2:
-                proj = [heads.projections(k, exits.exit_states[k], exits.padding_mask) for k in range(len(layers) - 1)]
+            proj = [p for p in exits.exit_projections if p is not None]
+            if len(proj) > 1:
                 npairs = len(proj) - 1 - (1 if self.cfg.stage2_pairs == "authors" else 0)
                 contrast = sum(token_info_nce(proj[k], proj[k + 1], pad, self.cfg.t2, include_positive=False)
                                for k in range(npairs)) / (len(proj) - 1)
@@ -105,8 +105,8 @@ class SmartBertCriterion(MultiExitCriterion):
         probs = exits.gate_probs
         terms["gate_reg"] = bsz / sum(g.mean() for g in probs) if probs else zero
         contrast = zero
-        if self.cfg.eta1 > 0 and exits.layer_inputs:
-            proj = [model.layer_projectors(j, h) for j, h in enumerate(exits.layer_inputs)]
+        proj = exits.layer_projections
+        if proj:
             contrast = sum(token_info_nce(proj[j], proj[j + 1], pad, self.cfg.t1, include_positive=True)
                            for j in range(len(proj) - 1))
         terms["contrast_layers"] = contrast

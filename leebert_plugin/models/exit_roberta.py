@@ -17,8 +17,7 @@ from leebert_plugin.exits.policies import ExitPolicy
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.modules.bert_embeddings import PositionsAndSegments, set_layer_norm_eps
 from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
-from leebert_plugin.modules.exit_loop import run_exit_loop
-from leebert_plugin.modules.loss_weights import LossWeights
+from leebert_plugin.modules.exit_loop import early_exit_pass, full_depth_pass
 from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
 from leebert_plugin.optim.exit_adam import EXIT_PARAM
 
@@ -52,7 +51,7 @@ class ExitRobertaModel(RobertaModel):
     """
 
     # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
-    injected_modules = ("exit_heads", "loss_weights", "skip_gates", "layer_projectors")
+    injected_modules = ("exit_heads", "skip_gates", "layer_projectors")
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
@@ -69,7 +68,6 @@ class ExitRobertaModel(RobertaModel):
                              f"use one of {', '.join(sorted(EXIT_HEAD_REGISTRY))} (--exit-head)")
         self.exit_layers = parse_exit_layers(args.exit_layers, args.encoder_layers)
         self.exit_heads = nn.ModuleDict()
-        self.loss_weights: Optional[LossWeights] = None  # attached when a criterion learns weights
         if not 0.0 < args.skip_threshold < 1.0:
             raise UsageError(f"skip_threshold={args.skip_threshold} is outside (0, 1)",
                              "set model.skip_threshold (tau_s) to e.g. 0.5")
@@ -97,13 +95,6 @@ class ExitRobertaModel(RobertaModel):
         keep = {id(p) for p in self.stage2_parameters(head_name)}
         for p in self.parameters():
             p.requires_grad_(id(p) in keep)
-
-    def attach_loss_weights(self, names, parametrization: str, group_scales) -> None:
-        """Give the model one learned weight per loss term (kept if it already has these terms)."""
-        if self.loss_weights is not None and self.loss_weights.names == list(names):
-            return
-        device = next(self.parameters()).device
-        self.loss_weights = LossWeights(names, parametrization, group_scales).to(device)
 
     @staticmethod
     def add_args(parser):
@@ -149,6 +140,7 @@ class ExitRobertaModel(RobertaModel):
             num_classes=num_classes,
             activation_fn=self.args.pooler_activation_fn,
             pooler_dropout=self.args.pooler_dropout,
+            attention_dropout=self.args.attention_dropout,
             pooling=safe_getattr(self.args, "exit_pooling", "cls"),
         )
         for p in self.exit_heads[name].parameters():  # exit_adam / clo give them their own lr
@@ -162,34 +154,61 @@ class ExitRobertaModel(RobertaModel):
         classification_head_name: Optional[str] = None,
         exit_policy: Optional[ExitPolicy] = None,
         return_exit_states: bool = False,
+        exits_used: Optional[List[int]] = None,
+        project: Optional[str] = None,
         **kwargs,
     ):
         """Without a head name: plain RoBERTa. With one: ``(logits, {"exits": ExitOutput})``.
 
         ``logits`` are the last exit's at full depth, or each sample's exit under ``exit_policy``.
+        At full depth a criterion asks for what its loss uses, so that under DDP every parameter
+        that gets a gradient is used here and nothing else is: ``exits_used`` (1-based layers;
+        None: every exit), ``return_exit_states``, and ``project`` (SmartBERT's contrastive
+        projections, computed here rather than by the criterion): ``"layers"`` projects every
+        layer input through the stage-1 projectors, ``"exits"`` every used intermediate exit's
+        states through its own projector.
         """
         if classification_head_name is None:
             return super().forward(src_tokens, features_only, return_all_hiddens, **kwargs)
-        out = run_exit_loop(
-            self.encoder.sentence_encoder,
-            self.exit_heads[classification_head_name],
-            self.exit_layers,
-            src_tokens,
-            policy=exit_policy,
-            return_states=return_exit_states,
-            gates=self.skip_gates,
-            gate_mode=self.gate_mode if self.training else "hard",
-            skip_threshold=self.args.skip_threshold,
-        )
+        sentence_encoder, heads = self.encoder.sentence_encoder, self.exit_heads[classification_head_name]
+        if exit_policy is not None:
+            out = early_exit_pass(sentence_encoder, heads, self.exit_layers, src_tokens, exit_policy,
+                                  gates=self.skip_gates, skip_threshold=self.args.skip_threshold)
+        else:
+            out = full_depth_pass(sentence_encoder, heads, self.exit_layers, src_tokens, return_states=return_exit_states,
+                                  gates=self.skip_gates, gate_mode=self.gate_mode if self.training else "hard",
+                                  skip_threshold=self.args.skip_threshold, exits_used=exits_used)
+        if project is not None:
+            self._project(out, classification_head_name, project)
         return out.logits, {"exits": out}
+
+    def _project(self, out, head_name: str, project: str) -> None:
+        if project == "layers":
+            if self.layer_projectors is None:
+                raise UsageError("the stage-1 contrastive loss needs the layer projectors",
+                                 "set model.layer_projectors=true, or criterion.eta1=0")
+            out.layer_projections = [self.layer_projectors(j, h) for j, h in enumerate(out.layer_inputs)]
+        elif project == "exits":
+            heads = self.exit_heads[head_name]
+            if not hasattr(heads, "projections"):
+                raise UsageError("the stage-2 contrastive loss needs smartbert exit heads",
+                                 "set model.exit_head=smartbert, or criterion.eta2=0")
+            out.exit_projections = [
+                heads.projections(k, h, out.padding_mask) if z is not None and k < len(self.exit_layers) - 1 else None
+                for k, (h, z) in enumerate(zip(out.exit_states, out.exit_logits))]
+        else:
+            raise ValueError(f"unknown projection {project!r}")
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Inject fresh exits into a plain RoBERTa checkpoint, then check that the rest fits."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
-        saved_weights = state_dict.get(f"{prefix}loss_weights._extra_state")
-        if saved_weights is not None and self.loss_weights is None:
-            self.loss_weights = LossWeights.from_extra_state(saved_weights).to(self.training_stage.device)
+        old_weights = [k for k in state_dict if k.startswith(f"{prefix}loss_weights.")]
+        if old_weights:  # checkpoints of versions that kept LeeBERT's weights in the model
+            logger.warning("checkpoint holds learned loss weights in the model (an older leebert-plugin): "
+                           "they are dropped; the task keeps them now")
+            for k in old_weights:
+                del state_dict[k]
         for module_name in self.injected_modules:
             module_prefix = f"{prefix}{module_name}."
             module = getattr(self, module_name)

@@ -5,7 +5,7 @@
 * ``deebert``: every exit has its own pooler, then its own linear layer (DeeBERT's highways).
 * ``smartbert``: SmartBERT's (and FastBERT's) small head: tanh into 128 dims, 4-head attention
   queried by [CLS], tanh, linear (methods.md §3.2); each exit also owns the projector its
-  stage-2 contrastive loss uses.
+  stage-2 contrastive loss uses. Its attention dropout is the model's ``attention_dropout``.
 
 Every head maps the hidden states ``T x B x C`` of one exit layer to logits ``B x num_classes``.
 """
@@ -55,6 +55,7 @@ class PoolerExits(nn.Module):
         pooler_dropout: float = 0.0,
         shared_pooler: bool = True,
         pooling: str = "cls",
+        attention_dropout: float = 0.0,  # every head takes it; these have no attention
     ):
         super().__init__()
         if pooling not in POOLINGS:

@@ -1,9 +1,8 @@
 """Learned loss-term weights (LeeBERT): one positive weight per named term, initially uniform.
 
-The weights are a parameter of the model, not of the criterion: fairseq restores criterion
-parameters strictly, and a plain RoBERTa checkpoint has none. The term names travel with the
-state dict (``_extra_state``), so a checkpoint rebuilds the module even where the criterion that
-declared the terms has not been built yet (``fairseq-validate`` loads the model first).
+The module belongs to LeeBERT's bi-level training (``optim/bilevel.py``), beside the model: DDP
+and fairseq's optimizers never see it. The term names travel with its state dict
+(``_extra_state``), so a checkpoint made for other terms is refused in one line.
 
 Parametrisations (``methods.md`` §6.3; the paper's is not public):
 
@@ -22,7 +21,6 @@ from torch import Tensor
 from leebert_plugin.errors import UsageError
 
 PARAMETRIZATIONS = ("group_softmax", "global_softmax")
-PARAM_GROUP = "loss_weights"  # tag read by the clo optimizer to keep these out of the model's optimizer
 
 
 def term_group(name: str) -> str:
@@ -40,7 +38,6 @@ class LossWeights(nn.Module):
         self.parametrization = parametrization
         self.group_scales = dict(group_scales or {})
         self.logits = nn.Parameter(torch.zeros(len(self.names)))
-        self.logits.param_group = PARAM_GROUP
         self._index()
 
     def _index(self) -> None:
@@ -85,7 +82,3 @@ class LossWeights(nn.Module):
             )
         self.parametrization = state["parametrization"]
         self.group_scales = dict(state["group_scales"])
-
-    @classmethod
-    def from_extra_state(cls, state) -> "LossWeights":
-        return cls(state["names"], state["parametrization"], state["group_scales"])

@@ -18,12 +18,11 @@ from typing import Dict, Iterator, List, Sequence
 import torch
 from torch import Tensor
 
-from leebert_plugin.modules.loss_weights import PARAM_GROUP
 
 
 def model_params(model: torch.nn.Module) -> List[Tensor]:
-    """theta: every trainable parameter except the loss weights."""
-    return [p for p in model.parameters() if p.requires_grad and getattr(p, "param_group", None) != PARAM_GROUP]
+    """theta: every trainable parameter of the model (the loss weights are not the model's)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 @contextlib.contextmanager
@@ -37,7 +36,7 @@ def fixed_rng(seed: int, params: Sequence[Tensor]) -> Iterator[None]:
 
 def term_vector(model, criterion, sample, names: Sequence[str], teacher=None) -> Tensor:
     """The loss terms on ``sample``, per sentence, in ``names`` order."""
-    terms, _, targets = criterion.compute_terms(model, sample, teacher)
+    terms, _, targets = criterion.compute_terms(model, sample, teacher=teacher)
     return torch.stack([terms[n] for n in names]) / targets.numel()
 
 
@@ -57,21 +56,22 @@ def _grads(loss: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
 
 
 def hypergradient(
-    model, criterion, b_inner, b_outer, xi: float, eps: float = 0.01,
+    model, criterion, weights: Dict[str, Tensor], b_inner, b_outer, xi: float, eps: float = 0.01,
     virtual_step: bool = True, seed: int = 0,
 ) -> Tensor:
-    """dL_outer(b_outer) / dw_k for every term weight w_k, by central finite differences on b_inner.
+    """dL_outer(b_outer) / dw_k for every term weight w_k (``weights``: their current values, by
+    name), by central finite differences on b_inner.
 
+    ``model`` is the bare model, never a DDP wrapper: these passes are not training steps.
     ``virtual_step=False`` is the first-order variant (darts1): v is the outer gradient at theta itself.
     theta is restored bit for bit afterwards.
     """
     params = model_params(model)
-    names = criterion.term_names(model.exit_layers)
+    names = list(weights)
     backup = [p.detach().clone() for p in params]
     try:
         with fixed_rng(seed, params):
             if virtual_step:
-                weights = criterion.term_weights(model, names)
                 grads = _grads(weighted_loss(model, criterion, b_inner, weights), params)
                 with torch.no_grad():
                     for p, g in zip(params, grads):

@@ -6,25 +6,27 @@ histogram. The exit settings are task fields, so ``fairseq-validate --exit-thres
 the value saved in the checkpoint.
 """
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from fairseq import checkpoint_utils, distributed_utils
+from fairseq import distributed_utils
 from fairseq.logging import metrics
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, OmegaConf, open_dict
 
+from leebert_plugin import ddp
 from leebert_plugin.data import checks
-from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.tasks.nonfinite import check_finite
+from leebert_plugin.tasks.two_stage import TwoStageTraining
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,10 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     load_checkpoint_on_all_dp_ranks: bool = II("checkpoint.load_checkpoint_on_all_dp_ranks")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
+    # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
+    optimizer_settings: Any = II("optimizer")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -78,9 +84,9 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
 class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def __init__(self, cfg, data_dictionary, label_dictionary):
         super().__init__(cfg, data_dictionary, label_dictionary)
-        self._model = None
-        self._split_checked = False
-        self._last_meta_update = -1
+        self.bilevel: Optional[BilevelTraining] = None  # LeeBERT's learned loss weights (clo): bilevel_for
+        self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
+        self.two_stage = TwoStageTraining(cfg) if cfg.stage1_epochs > 0 else None
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
         self.never_exit = build_policy("none", cfg.num_classes)
 
@@ -94,6 +100,9 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if not kwargs.get("from_checkpoint", False):  # training, not evaluation of a saved model
             # the running process group (fairseq initialises it before setting up the task)
             world = distributed_utils.get_data_parallel_world_size()
+            # a task config built alone in Python has no distributed_training group to interpolate
+            ddp.check_backend(_outer(cfg, "ddp_backend", "pytorch_ddp"), _outer(cfg, "find_unused_parameters", True),
+                              world)
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
@@ -105,22 +114,43 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         checks.check_split(self.cfg.data, split, self.cfg.regression_target)
         return super().load_dataset(split, combine=combine, **kwargs)
 
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        self._model = model  # build_criterion attaches the criterion's learned loss weights to it
-        return model
-
     def build_criterion(self, cfg, from_checkpoint=False):
-        """Hand the head name and target type to the criterion; refuse contradicting values.
-
-        A criterion that learns its term weights gets them on the model here: fairseq builds the
-        model, then the criterion, then (lazily) the optimizer, which so sees the weights.
-        """
+        """Hand the head name and target type to the criterion; refuse contradicting values."""
         criterion = self._build_criterion(cfg, from_checkpoint)
-        spec = getattr(criterion, "loss_weight_spec", lambda model: None)(self._model)
-        if spec is not None and self._model is not None:
-            self._model.attach_loss_weights(**spec)
+        learns = getattr(getattr(criterion, "cfg", None), "learn_weights", False)
+        if from_checkpoint:
+            return criterion
+        if learns and self._bilevel_settings() is None:
+            logger.warning("criterion.learn_weights=true without the clo optimizer: the loss-term weights stay "
+                           "fixed at their start")
+        if not learns and self._bilevel_settings() is not None:
+            raise UsageError(f"the clo optimizer learns loss-term weights, and criterion {cfg._name} has none to learn",
+                             "use a criterion with criterion.learn_weights=true (leebert has it by default), "
+                             "or optimizer._name=exit_adam")
         return criterion
+
+    def _bilevel_settings(self):
+        """The clo optimizer's settings, which configure bi-level training (None: another optimizer)."""
+        settings = _outer(self.cfg, "optimizer_settings", None)
+        return settings if settings is not None and settings.get("_name") == "clo" else None
+
+    def bilevel_for(self, criterion, model) -> Optional[BilevelTraining]:
+        """LeeBERT's bi-level training, when the criterion learns its term weights under ``clo``.
+
+        The task owns it (the weights, their AdamW, the meta step), beside the model and
+        fairseq's optimizer, and saves it in the checkpoint's ``task_state``. It is built on first
+        use, when the model's exits (the terms' names) are known; a state restored before that
+        (resume, ``fairseq-validate``) is applied then.
+        """
+        if self.bilevel is None and self._bilevel_settings() is not None and hasattr(criterion, "loss_weight_spec"):
+            spec = criterion.loss_weight_spec(model.exit_layers)
+            if spec is not None:
+                self.bilevel = BilevelTraining(self._bilevel_settings(), spec["names"], spec["parametrization"],
+                                               spec["group_scales"], self.cfg.d2_ratio, self.cfg.seed,
+                                               next(model.parameters()).device)
+                if self._bilevel_state is not None:
+                    self.bilevel.load_state_dict(*self._bilevel_state)
+        return self.bilevel
 
     def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
@@ -137,108 +167,35 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                     cfg[key] = mine
         return super().build_criterion(cfg, from_checkpoint)
 
-    def _check_split(self) -> None:
-        """Both D1 and D2 must hold examples; checked once, on the first bi-level update."""
-        if self._split_checked:
-            return
-        split = next((name for name in self.datasets if name.startswith("train")), None)
-        if split is None:
-            return
-        n = len(self.datasets[split])
-        d2 = int(in_d2(torch.arange(n), self.cfg.seed, self.cfg.d2_ratio).sum())
-        if d2 == 0 or d2 == n:
-            empty = "D2" if d2 == 0 else "D1"
-            raise UsageError(
-                f"{empty} is empty: d2_ratio={self.cfg.d2_ratio} puts {d2} of the {n} training examples in D2",
-                "use more training data or a d2_ratio nearer 0.5",
-            )
-        logger.info(f"bi-level split: {n - d2} examples in D1, {d2} in D2 (d2_ratio={self.cfg.d2_ratio})")
-        self._split_checked = True
-
     def begin_epoch(self, epoch, model):
-        """Two-stage training: set the gate mode, and switch to stage 2 after ``stage1_epochs``."""
         super().begin_epoch(epoch, model)
-        if self.cfg.stage1_epochs <= 0:
-            return
-        in_stage1 = epoch <= self.cfg.stage1_epochs
-        model.gate_mode = "soft" if in_stage1 and epoch <= self.cfg.soft_gate_epochs else "hard"
-        if not in_stage1 and model.stage == 1:
-            self._enter_stage2(model)
+        if self.two_stage is not None:
+            self.two_stage.begin_epoch(epoch, model)
 
-    def _read_stage1(self, path: str, default: str) -> dict:
-        """The stage-1 checkpoint's model weights (kept as checkpoint_stage1_best.pt)."""
-        if not os.path.isfile(path):
-            raise UsageError(f"stage 2 needs a stage-1 checkpoint, and {path} does not exist",
-                             "let stage 1 validate and save (task.stage1_epochs > 0, checkpoint.no_save=false) "
-                             "or point task.stage1_checkpoint at one")
-        kept = os.path.join(self.cfg.save_dir, "checkpoint_stage1_best.pt")
-        if path == default and not os.path.exists(kept):
-            shutil.copyfile(path, kept)
-        return checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    def stage(self, model) -> int:
+        return self.two_stage.stage(model) if self.two_stage is not None else 1
 
-    def _enter_stage2(self, model) -> None:
-        default = os.path.join(self.cfg.save_dir, "checkpoint_best.pt")
-        path = self.cfg.stage1_checkpoint or default
-        # rank 0 wrote the checkpoint and reads it; the other ranks may have raced ahead of its
-        # save, or not see its disk: they get the weights from rank 0 (only the weights: the
-        # broadcast unpickles weights-only, and the saved cfg is an omegaconf object)
-        distributed = distributed_utils.get_data_parallel_world_size() > 1
-        first = not distributed or distributed_utils.get_data_parallel_rank() == 0
-        weights = self._read_stage1(path, default) if first else None
-        if distributed:
-            weights = distributed_utils.broadcast_object(weights, src_rank=0,
-                                                         group=distributed_utils.get_data_parallel_group())
-        model.load_state_dict(weights, strict=True)
-        model.enter_stage2(self.cfg.classification_head_name)
-        # stage 2's best checkpoint is chosen among stage-2 epochs only
-        if hasattr(checkpoint_utils.save_checkpoint, "best"):
-            del checkpoint_utils.save_checkpoint.best
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info(f"stage 2: restored {path}; training the intermediate exits only ({trainable} parameters)")
-
-    @staticmethod
-    def _drop_frozen(optimizer) -> None:
-        """Stage 2 leaves the frozen parameters out of the optimizer (and their state with them)."""
-        inner = getattr(optimizer, "optimizer", None)
-        for group in getattr(inner, "param_groups", []):
-            frozen = [p for p in group["params"] if not p.requires_grad]
-            if frozen:
-                for p in frozen:
-                    inner.state.pop(p, None)
-                group["params"] = [p for p in group["params"] if p.requires_grad]
+    def learned_weights(self, criterion, model, stage: int):
+        """The learned term weights the criterion is to use (None: its fixed ones)."""
+        bilevel = self.bilevel_for(criterion, model)
+        return None if bilevel is None else bilevel.current(criterion.term_names(model.exit_layers, stage=stage))
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if getattr(model, "stage", 1) == 2:
-            self._drop_frozen(optimizer)
-        loss, sample_size, logging_output = self._train_step(sample, model, criterion, optimizer, update_num,
-                                                             ignore_grad)
-        check_finite(loss, model, optimizer, update_num)  # before fairseq's step: nothing is overwritten
-        return loss, sample_size, logging_output
-
-    def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """With the clo optimizer: split the batch into D1/D2, run the meta step when due, then
-        train the model (on both splits for clo, on D1 for darts). Otherwise the parent's step."""
-        clo = _find_clo(optimizer)
-        if clo is None:
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-        clo.driven_by_task = True
-        self._check_split()
+        """One micro-batch: the stage's loss (on the D1/D2 batch the bi-level training asks for,
+        after its meta step when due), ``backward``, and the check for non-finite values."""
         model.train()
         model.set_num_updates(update_num)
-        d2 = in_d2(sample["id"], self.cfg.seed, self.cfg.d2_ratio)
-        b1, b2 = subset_sample(sample, ~d2), subset_sample(sample, d2)
-        stats = {"meta_steps": 0, "hypergrad_norm": 0.0}  # the same keys on every worker
-        # decided by the update number alone, so every worker joins the meta step's all-reduce;
-        # once per update, however many micro-batches (update_freq) it has
-        if clo.meta_due(update_num) and update_num != self._last_meta_update:
-            self._last_meta_update = update_num
-            with torch.autograd.profiler.record_function("clo-meta-step"):
-                meta_batches = (None, None) if ignore_grad else (b1, b2)
-                stats = clo.meta_step(model, criterion, *meta_batches, seed=self.cfg.seed * 1_000_003 + update_num)
-        batch = sample if clo.trains_on_both_splits() else b1
+        stage = self.two_stage.before_step(model, optimizer) if self.two_stage is not None else 1
+        batch, stats = sample, {}
+        if self.bilevel_for(criterion, model) is not None:
+            batch, stats = self._bilevel_update(sample, model, criterion, optimizer, update_num, ignore_grad)
         nothing_to_train = batch is None  # a darts batch without D1 examples
-        with torch.autograd.profiler.record_function("forward"):
-            loss, sample_size, logging_output = criterion(model, sample if nothing_to_train else batch)
+        device = sample["net_input"]["src_tokens"].device.type
+        # fairseq's --amp: the forward under autocast, as fairseq's own train_step runs it
+        with torch.autograd.profiler.record_function("forward"), \
+                torch.autocast(device, enabled=isinstance(optimizer, AMPOptimizer)):
+            loss, sample_size, logging_output = criterion(model, sample if nothing_to_train else batch, stage=stage,
+                                                          learned=self.learned_weights(criterion, model, stage))
         if ignore_grad or nothing_to_train:
             loss *= 0
         with torch.autograd.profiler.record_function("backward"):
@@ -247,15 +204,62 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             sample_size = 0
             logging_output = {k: v * 0 if torch.is_tensor(v) else 0 for k, v in logging_output.items()}
         logging_output.update(stats)
+        check_finite(loss, model, optimizer, update_num)  # before fairseq's step: nothing is overwritten
         return loss, sample_size, logging_output
+
+    def _bilevel_update(self, sample, model, criterion, optimizer, update_num, ignore_grad):
+        """Split the batch into D1/D2 and run the meta step when due (on the bare model: DDP must
+        not see these passes). Returns the batch the model trains on and the meta-step figures."""
+        if isinstance(optimizer, (FP16Optimizer, MemoryEfficientFP16Optimizer, AMPOptimizer)):
+            raise UsageError("the clo optimizer runs in fp32 only: its finite differences are below fp16/bf16 "
+                             "resolution", "set common.fp16=false common.bf16=false common.amp=false")
+        split = next((name for name in self.datasets if name.startswith("train")), None)
+        if split is not None:
+            self.bilevel.check_split(len(self.datasets[split]))
+        bare = _unwrapped(model)
+        self.bilevel.to(next(bare.parameters()).device)
+        b1, b2 = self.bilevel.split(sample)
+        stats = {"meta_steps": 0, "hypergrad_norm": 0.0}  # the same keys on every worker
+        if self.bilevel.meta_due(update_num):
+            with torch.autograd.profiler.record_function("clo-meta-step"):
+                meta_batches = (None, None) if ignore_grad else (b1, b2)
+                stats = self.bilevel.meta_step(bare, criterion, *meta_batches, update_num, optimizer.get_lr())
+        return self.bilevel.training_batch(sample, b1), stats
+
+    def state_dict(self):
+        state = dict(super().state_dict())
+        if self.bilevel is not None:
+            state["bilevel"] = self.bilevel.state_dict()
+        elif self._bilevel_state is not None:  # restored, not used yet: passed on unchanged
+            state["bilevel"] = self._bilevel_state[0]
+        return state
+
+    def load_state_dict(self, state_dict):
+        self.restore_training_state(state_dict)
+
+    def restore_training_state(self, state_dict, reset_optimizer: bool = False) -> None:
+        """The saved bi-level state (weights, and their optimizer unless ``reset_optimizer``)."""
+        state = dict(state_dict or {})
+        bilevel = state.pop("bilevel", None)
+        super().load_state_dict(state)
+        if bilevel is None:
+            return
+        if self.bilevel is not None:
+            self.bilevel.load_state_dict(bilevel, reset_optimizer)
+        else:  # restored before the first step built the object
+            self._bilevel_state = (bilevel, reset_optimizer)
 
     def valid_step(self, sample, model, criterion):
         """Full-depth pass (criterion: every exit's accuracy), then the policy's batched pass."""
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        model.eval()
+        stage = self.stage(model)
+        with torch.no_grad():
+            loss, sample_size, logging_output = criterion(model, sample, stage=stage,
+                                                          learned=self.learned_weights(criterion, model, stage))
         nsentences = sample["target"].numel()
         num_layers = model.num_layers
         # before stage 2 has trained the intermediate exits, a policy would only measure noise
-        policy = self.policy if (self.cfg.stage1_epochs <= 0 or model.stage == 2) else self.never_exit
+        policy = self.policy if (self.two_stage is None or self.two_stage.exits_trained(model)) else self.never_exit
         lengths = sample["net_input"]["src_tokens"].ne(self.source_dictionary.pad()).sum(-1)
         if policy.name == "none" and model.skip_gates is None:
             exit_layer = torch.full((nsentences,), num_layers, dtype=torch.long)
@@ -327,17 +331,18 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                 metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
 
 
-def _find_clo(optimizer):
-    """The CLOOptimizer, or None; refused under fp16/bf16/AMP wrappers."""
-    from leebert_plugin.optim.clo import CLOOptimizer
+def _unwrapped(model):
+    """The model inside fairseq's DDP wrappers (ModuleProxyWrapper -> DistributedDataParallel ->
+    model), where bi-level passes must run."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
-    if isinstance(optimizer, CLOOptimizer):
-        return optimizer
-    for attr in ("fp32_optimizer", "wrapped_optimizer", "optimizer"):
-        if isinstance(getattr(optimizer, attr, None), CLOOptimizer):
-            raise UsageError(
-                "the clo optimizer runs in fp32 only: its finite differences and its separate "
-                "loss-weight optimizer do not survive fairseq's fp16/bf16/AMP wrappers",
-                "set common.fp16=false common.bf16=false common.amp=false",
-            )
-    return None
+
+def _outer(cfg, key: str, default):
+    """A task field interpolated from another config group, or ``default`` when the task config
+    stands alone (built in Python rather than by fairseq's full config)."""
+    if not OmegaConf.is_config(cfg):
+        return getattr(cfg, key, default)
+    value = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+    return default if value is None else value
