@@ -78,6 +78,9 @@ CATALOGUE: Dict[str, Case] = {
                               "mr_leebert"),
     "leebert: distillation variant typo": Case("train", [*LEEBERT_SHORT, "criterion.distill=lea"],
                                                ["unknown distillation variant 'lea'"], "mr_leebert"),
+    "smartbert: learned weights (clo) with two stages": Case(
+        "train", [*SMARTBERT, "+criterion.learn_weights=true", "optimizer._name=clo"],
+        ["for one-stage training", "task.stage1_epochs=0"], "mr_smartbert"),
     "leebert: clo with a criterion that learns no weights": Case(
         "train", [*LEEBERT_SHORT, "criterion.learn_weights=false"], ["clo optimizer learns loss-term weights",
                                                                      "criterion.learn_weights=true"], "mr_leebert"),

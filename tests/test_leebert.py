@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from helpers import bilevel_training, leebert, sample_for, tiny_model
+from helpers import HEAD, bilevel_training, leebert, random_batch, sample_for, tiny_model
 from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion, distill_pairs
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.errors import UsageError
@@ -156,3 +156,15 @@ def test_bad_leebert_settings():
         CLOOptimizer(OmegaConf.structured(CLOConfig(lr=[1e-3], mode="darts3", tpu=False)), tiny_model().parameters())
     with pytest.raises(UsageError, match="unknown clo mode 'darts3'"):
         bilevel_training(tiny_model(), leebert(), mode="darts3")
+
+
+def test_an_older_clo_optimizer_state_loads_its_model_part():
+    """Checkpoints before the bi-level object kept both Adams in clo's state: the model's loads."""
+    model = tiny_model()
+    cfg = OmegaConf.structured(CLOConfig(lr=[1e-3], tpu=False))
+    old = CLOOptimizer(cfg, model.parameters())
+    model(random_batch(model, 4), classification_head_name=HEAD)[0].sum().backward()
+    old.step()
+    fresh = CLOOptimizer(cfg, model.parameters())
+    fresh.load_state_dict({"inner": old.state_dict(), "weights": {"state": {}, "param_groups": []}})
+    assert torch.equal(fresh.optimizer.state_dict()["state"][0]["exp_avg"], old.optimizer.state_dict()["state"][0]["exp_avg"])

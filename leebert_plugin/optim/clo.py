@@ -14,6 +14,7 @@ public):
   the current parameters instead of after a virtual step (the plain first-order DARTS gradient
   is zero here, since the outer objective does not contain the weights); the model trains on D1.
 """
+import logging
 from dataclasses import dataclass, field
 
 from fairseq.optim import register_optimizer
@@ -21,6 +22,8 @@ from fairseq.optim import register_optimizer
 from leebert_plugin.errors import UsageError
 from leebert_plugin.optim.bilevel import MODES
 from leebert_plugin.optim.exit_adam import ExitAdam, ExitAdamConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,3 +48,11 @@ class CLOOptimizer(ExitAdam):
         if cfg.mode not in MODES:  # the task checks it too, but a bare optimizer must not accept it either
             raise UsageError(f"unknown clo mode {cfg.mode!r}", f"set optimizer.mode to one of {', '.join(MODES)}")
         super().__init__(cfg, params)
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        """Checkpoints of earlier versions hold ``{"inner": model's Adam, "weights": the weights' AdamW}``;
+        the model's part loads, the weights' optimizer state is left behind (the task keeps it now)."""
+        if isinstance(state_dict, dict) and set(state_dict) == {"inner", "weights"}:
+            logger.warning("optimizer state of an older leebert-plugin clo: the loss weights' AdamW state is dropped")
+            state_dict = state_dict["inner"]
+        super().load_state_dict(state_dict, optimizer_overrides)

@@ -123,6 +123,9 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if learns and self._bilevel_settings() is None:
             logger.warning("criterion.learn_weights=true without the clo optimizer: the loss-term weights stay "
                            "fixed at their start")
+        if learns and self._bilevel_settings() is not None and self.cfg.stage1_epochs > 0:
+            raise UsageError("learned loss-term weights (clo) are for one-stage training; with task.stage1_epochs > 0 "
+                             "the terms change at the switch", "set criterion.learn_weights=false, or task.stage1_epochs=0")
         if not learns and self._bilevel_settings() is not None:
             raise UsageError(f"the clo optimizer learns loss-term weights, and criterion {cfg._name} has none to learn",
                              "use a criterion with criterion.learn_weights=true (leebert has it by default), "
@@ -172,8 +175,11 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if self.two_stage is not None:
             self.two_stage.begin_epoch(epoch, model)
 
-    def stage(self, model) -> int:
-        return self.two_stage.stage(model) if self.two_stage is not None else 1
+    @staticmethod
+    def stage(model) -> int:
+        """The training stage, as the model records it (a stage-2 checkpoint fine-tuned further
+        without task.stage1_epochs is still frozen as stage 2)."""
+        return model.stage
 
     def learned_weights(self, criterion, model, stage: int):
         """The learned term weights the criterion is to use (None: its fixed ones)."""
@@ -185,7 +191,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         after its meta step when due), ``backward``, and the check for non-finite values."""
         model.train()
         model.set_num_updates(update_num)
-        stage = self.two_stage.before_step(model, optimizer) if self.two_stage is not None else 1
+        stage = self.two_stage.before_step(model, optimizer) if self.two_stage is not None else self.stage(model)
         batch, stats = sample, {}
         if self.bilevel_for(criterion, model) is not None:
             batch, stats = self._bilevel_update(sample, model, criterion, optimizer, update_num, ignore_grad)

@@ -27,10 +27,6 @@ class TwoStageTraining:
     def __init__(self, cfg):
         self.cfg = cfg  # the task's config: stage1_epochs, soft_gate_epochs, stage1_checkpoint, save_dir
 
-    @staticmethod
-    def stage(model) -> int:
-        return model.stage
-
     def begin_epoch(self, epoch: int, model) -> None:
         """Gate mode of the epoch; the switch to stage 2 after ``stage1_epochs``."""
         in_stage1 = epoch <= self.cfg.stage1_epochs
