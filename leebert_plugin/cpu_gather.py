@@ -14,6 +14,8 @@ import torch
 from fairseq import utils
 from fairseq.distributed import utils as distributed_utils
 
+from leebert_plugin.patching import wrap_once
+
 
 def on_cpu(gather: Callable) -> Callable:
     """``gather`` (fairseq's ``all_gather_list``) with a path for CPU backends (gloo): one object
@@ -32,11 +34,9 @@ def on_cpu(gather: Callable) -> Callable:
         torch.distributed.all_gather_object(out, data, group=group)
         return out
 
-    all_gather_list.leebert_cpu = True
     return all_gather_list
 
 
 def install() -> None:
     """Route fairseq's ``all_gather_list`` through :func:`on_cpu` (once per process)."""
-    if not getattr(distributed_utils.all_gather_list, "leebert_cpu", False):
-        distributed_utils.all_gather_list = on_cpu(distributed_utils.all_gather_list)
+    wrap_once(distributed_utils, "all_gather_list", on_cpu)

@@ -17,6 +17,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from leebert_plugin.errors import UsageError
+from leebert_plugin.patching import wrap_once
 
 TRUST_FIX = ("load only checkpoints you trust; if you trust this one, allow-list those classes with "
              "torch.serialization.add_safe_globals in your user dir")
@@ -64,7 +65,6 @@ def safe_loader(load: Callable) -> Callable:
                 raise _untrusted(path, refused.group(1)) from None
             raise _unreadable(path, "torch's weights-only loader cannot parse it") from None
 
-    load_checkpoint_to_cpu.leebert_safe = True
     return load_checkpoint_to_cpu
 
 
@@ -80,13 +80,10 @@ def existing_paths(load: Callable) -> Callable:
                 raise UsageError(f"checkpoint {name} does not exist", "fix the path given to --path")
         return load(filenames, *args, **kwargs)
 
-    load_model_ensemble_and_task.leebert_safe = True
     return load_model_ensemble_and_task
 
 
 def install() -> None:
     """Route fairseq's checkpoint loading through :func:`safe_loader` (once per process)."""
-    if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "leebert_safe", False):
-        checkpoint_utils.load_checkpoint_to_cpu = safe_loader(checkpoint_utils.load_checkpoint_to_cpu)
-    if not getattr(checkpoint_utils.load_model_ensemble_and_task, "leebert_safe", False):
-        checkpoint_utils.load_model_ensemble_and_task = existing_paths(checkpoint_utils.load_model_ensemble_and_task)
+    wrap_once(checkpoint_utils, "load_checkpoint_to_cpu", safe_loader)
+    wrap_once(checkpoint_utils, "load_model_ensemble_and_task", existing_paths)

@@ -14,6 +14,8 @@ import functools
 from fairseq import checkpoint_utils
 from fairseq.trainer import Trainer
 
+from leebert_plugin.patching import wrap_once
+
 
 def restoring_task_state(load_checkpoint):
     @functools.wraps(load_checkpoint)
@@ -38,11 +40,9 @@ def restoring_task_state(load_checkpoint):
             restore(seen[-1], reset_optimizer=reset_optimizer)
         return extra_state
 
-    wrapped.leebert_task_state = True
     return wrapped
 
 
 def install() -> None:
     """Wrap ``Trainer.load_checkpoint`` (once per process)."""
-    if not getattr(Trainer.load_checkpoint, "leebert_task_state", False):
-        Trainer.load_checkpoint = restoring_task_state(Trainer.load_checkpoint)
+    wrap_once(Trainer, "load_checkpoint", restoring_task_state)
