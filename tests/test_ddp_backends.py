@@ -7,9 +7,9 @@ stages) and the hidden_mse extension (a user criterion under clo):
 - both ranks stay bit-identical at every update: the model, and LeeBERT's learned weights, which
   the task owns beside the DDP-wrapped model;
 - the run equals 1 process x update_freq 2 within rounding. Before a meta step, the two runs
-  differ only in the order in which the two micro-batches' gradients are summed (measured: below
-  1e-5 after 8 updates; asserted: 1e-4, a fifth of one Adam step at the configs' lr of 5e-4; a lost
-  micro-batch or a stale rank changes whole steps). The meta step's estimate differs by design
+  differ only in the order in which the two micro-batches' gradients are summed (asserted: 1e-4,
+  a fifth of one Adam step at the configs' lr of 5e-4; a lost micro-batch or a stale rank changes
+  whole steps). The meta step's estimate differs by design
   (2 ranks average both batches' hypergradients, 1 process uses the update's first micro-batch),
   so the comparison stops at the first meta step that moves the weights (there is none in warm-up,
   at lr 0: update 0; the next is update 6 here);
