@@ -16,6 +16,7 @@ if hasattr(torch.serialization, "add_safe_globals"):
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
 from leebert_plugin import cpu_gather, ddp, safe_loading, task_state  # noqa: E402
+from leebert_plugin.optim import precision  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
 
 # fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
@@ -27,3 +28,5 @@ cpu_gather.install()
 ddp.install()
 # resuming restores the task's state (LeeBERT's learned loss weights), which fairseq's trainer drops
 task_state.install()
+# --bf16 / --fp16 without flat grads: fairseq's fp32 master copies carry the exit heads' tag (exit_lr_scale)
+precision.install()

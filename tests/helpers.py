@@ -241,3 +241,48 @@ def mixed_gates_model():
             gate.out.weight.mul_(30.0)
             gate.out.bias.zero_()
     return model
+
+
+# ---- fairseq's precision wrappers, built around a CPU model as fairseq's trainer builds them ----
+PRECISIONS = {  # name -> the common.* settings of the command line
+    "fp32": {},
+    "amp": {"amp": True},
+    "bf16": {"bf16": True},
+    "fp16": {"fp16": True},  # flat fp32 master copy
+    "fp16_no_flatten": {"fp16": True, "fp16_no_flatten_grads": True},
+    "memory_efficient_bf16": {"bf16": True, "memory_efficient_bf16": True},
+    "memory_efficient_fp16": {"fp16": True, "memory_efficient_fp16": True},
+}
+
+
+def precision_optimizer(model, precision: str, optimizer: str = "exit_adam", **settings):
+    """Cast ``model`` as fairseq's trainer does for ``precision`` and build fairseq's optimizer
+    (``optimizer`` with ``settings``) around its trainable parameters, as ``Trainer._build_optimizer``.
+
+    The flat fp16 copy lives on ``torch.cuda.current_device()``; on CPU the caller monkeypatches
+    that to return None (the CPU tensors' device index) so that fairseq's copies line up."""
+    from fairseq import optim
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+    from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
+    from fairseq.registry import REGISTRIES
+
+    common = PRECISIONS[precision]
+    cfg = OmegaConf.structured(FairseqConfig)
+    OmegaConf.set_struct(cfg, False)
+    cfg.optimizer = OmegaConf.structured(REGISTRIES["optimizer"]["dataclass_registry"][optimizer](**settings))
+    cfg.optimizer._name = optimizer
+    for key, value in common.items():
+        cfg.common[key] = value
+    if common.get("fp16"):
+        model.half()
+    elif common.get("bf16"):
+        model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if common.get("memory_efficient_fp16") or common.get("memory_efficient_bf16"):
+        return MemoryEfficientFP16Optimizer.build_optimizer(cfg, params)
+    if common.get("amp"):
+        return AMPOptimizer.build_optimizer(cfg, params)
+    if common.get("fp16") or common.get("bf16"):
+        return FP16Optimizer.build_optimizer(cfg, params)
+    return optim.build_optimizer(cfg.optimizer, params)

@@ -94,6 +94,12 @@ CATALOGUE: Dict[str, Case] = {
     "smartbert: negative eta": Case("train", [*SMARTBERT, "criterion.eta2=-1"], ["eta2=-1.0 is negative"], "mr_smartbert"),
     "smartbert: non-positive temperature": Case("train", [*SMARTBERT, "criterion.t1=0"], ["t1=0.0 must be positive"],
                                                 "mr_smartbert"),
+    # precision
+    "train: --fp16 without a GPU (flat master copy)": Case("train", ["common.fp16=true"],
+                                                          ["--fp16 without a GPU", "fp16_no_flatten_grads=true"]),
+    "train: amp with bf16": Case("train", ["common.amp=true", "common.bf16=true"], ["common.amp=true with", "choose one"]),
+    "train: memory-efficient bf16 alone": Case("train", ["common.memory_efficient_bf16=true"],
+                                               ["trains in fp32", "common.bf16=true"]),
     # checkpoints
     "train: restore file of another architecture": Case(
         "train", ["checkpoint.restore_file={plain}", "+model.encoder_layers=2"],

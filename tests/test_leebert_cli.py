@@ -14,10 +14,11 @@ from helpers import BIN, LEEBERT_SHORT as SHORT, ROOT, json_records, run
 from helpers import assert_one_clear_error
 
 
-@pytest.mark.parametrize("mode", ["clo", "darts2", "darts1"])
-def test_each_meta_mode_trains_end_to_end(mode, mr_bin, tmp_path):
+@pytest.mark.parametrize("mode,precision", [("clo", []), ("darts2", []), ("darts1", []), ("clo", ["common.bf16=true"])])
+def test_each_meta_mode_trains_end_to_end(mode, precision, mr_bin, tmp_path):
+    """Also under --bf16 (the meta step on an fp32 replica of the bf16 model)."""
     proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}",
-                       f"optimizer.mode={mode}", *SHORT)
+                       f"optimizer.mode={mode}", *SHORT, *precision)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json_records(proc.stdout, "train_inner")
     assert len(records) == 6 and all("hypergrad_norm" in r for r in records)

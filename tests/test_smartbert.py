@@ -69,6 +69,29 @@ def test_stage_2_leaves_backbone_gates_and_last_exit_bit_identical(two_stage):
     assert trained and any(not torch.equal(stage1[k], stage2[k]) for k in trained)
 
 
+def test_bf16_stage_2_starts_from_the_given_checkpoint_and_keeps_its_frozen_part(two_stage, mr_bin, tmp_path):
+    """--bf16 --cpu: fairseq's fp32 masters, built in stage 1, must not overwrite the reload."""
+    save, _ = two_stage
+    given = torch.load(save / "checkpoint_last.pt", map_location="cpu")
+    exits = [k for k in given["model"] if k not in frozen_part(given["model"])]
+    for k in exits:  # far from anything this run's stage 1 could hold
+        given["model"][k] = given["model"][k] + 0.5
+    torch.save(given, tmp_path / "given.pt")
+    run = tmp_path / "run"
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={run}", "common.bf16=true",
+                       f"task.stage1_checkpoint={tmp_path / 'given.pt'}", "optimization.max_epoch=2",
+                       "optimization.max_update=15", *SHORT)  # 13 stage-1 updates, then 2 in stage 2
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 2: fairseq's FP16Optimizer now updates" in proc.stdout + proc.stderr
+    after = torch.load(run / "checkpoint_last.pt", map_location="cpu")["model"]
+    for k, v in frozen_part(given["model"]).items():
+        if k != "training_stage":
+            # the run's bf16 weights, saved as fp32: the given values rounded to bf16
+            assert torch.equal(after[k], v.to(torch.bfloat16).to(after[k].dtype) if v.is_floating_point() else v), k
+    for k in exits:  # two small Adam steps from the given exits
+        assert float((after[k].float() - given["model"][k]).abs().max()) < 0.05, k
+
+
 def test_resuming_in_stage_2_stays_in_stage_2(two_stage, mr_bin, tmp_path):
     save, _ = two_stage
     resumed = tmp_path / "resumed"

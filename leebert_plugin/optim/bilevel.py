@@ -19,6 +19,8 @@ holds these settings), hands its weights to the criterion, and saves it in the c
 ``task_state``.
 """
 import ast
+import contextlib
+import copy
 import logging
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -53,6 +55,7 @@ class BilevelTraining:
                                            weight_decay=cfg.w_weight_decay)
         self._last_meta_update = -1
         self._split_checked = False
+        self._replica: Optional[torch.nn.Module] = None  # fp32 copy of a model trained in fp16/bf16
 
     # ---- what the training step asks ------------------------------------------------------
     def current(self, names: Sequence[str]) -> Dict[str, Tensor]:
@@ -103,9 +106,11 @@ class BilevelTraining:
         if b1 is not None and b2 is not None:
             xi = self.cfg.xi if self.cfg.xi > 0 else lr
             weights = self.current(names)
-            g = hypergradient(model, criterion, weights, b1, b2, xi, self.cfg.fd_eps, self.cfg.mode != "darts1", seed)
-            if self.cfg.mode == "clo":
-                g = 0.5 * (g + hypergradient(model, criterion, weights, b2, b1, xi, self.cfg.fd_eps, True, seed + 7))
+            fp32 = self._in_fp32(model)
+            with _no_autocast(g.device.type):
+                g = hypergradient(fp32, criterion, weights, b1, b2, xi, self.cfg.fd_eps, self.cfg.mode != "darts1", seed)
+                if self.cfg.mode == "clo":
+                    g = 0.5 * (g + hypergradient(fp32, criterion, weights, b2, b1, xi, self.cfg.fd_eps, True, seed + 7))
             count += 1
         if distributed_utils.get_data_parallel_world_size() > 1:
             group = distributed_utils.get_data_parallel_group()
@@ -118,11 +123,32 @@ class BilevelTraining:
         self.optimizer.step()
         return {"meta_steps": 1, "hypergrad_norm": float(g.norm())}
 
+    def _in_fp32(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the meta step differentiates, in fp32 whatever precision it trains in.
+
+        Its finite differences move every parameter by about ``fd_eps / sqrt(#params)``, far
+        below the resolution of fp16/bf16 weights (the moves would round away). A model trained in
+        fp32 (or under --amp, whose weights are fp32) is used as it is; otherwise an fp32 replica,
+        kept between meta steps and refreshed from the model's current values each time.
+        """
+        if all(p.dtype == torch.float32 for p in model.parameters()):
+            return model
+        if self._replica is None:
+            self._replica = copy.deepcopy(model).float()
+        with torch.no_grad():
+            for mine, theirs in zip(self._replica.parameters(), model.parameters()):
+                mine.copy_(theirs)
+                mine.requires_grad_(theirs.requires_grad)
+            for mine, theirs in zip(self._replica.buffers(), model.buffers()):
+                mine.copy_(theirs)
+        return self._replica.train(model.training)
+
     def to(self, device: torch.device) -> None:
         """Follow the model onto its device (the weights and their optimizer's state)."""
         if self.weights.logits.device == device:
             return
         self.weights.to(device)
+        self._replica = None
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if torch.is_tensor(value) and key != "step":
@@ -137,3 +163,8 @@ class BilevelTraining:
         self.weights.load_state_dict(state["weights"])
         if not reset_optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _no_autocast(device_type: str):
+    """The meta step's passes in the weights' own precision, also inside an --amp training step."""
+    return torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else contextlib.nullcontext()

@@ -33,6 +33,13 @@ def exit_param_groups(params: Iterable[torch.nn.Parameter], scale: float, lr: fl
         return params
     exits = [p for p in params if getattr(p, EXIT_PARAM, False)]
     rest = [p for p in params if not getattr(p, EXIT_PARAM, False)]
+    if not exits:
+        # fairseq's --fp16 hands the optimizer one flat fp32 copy of every parameter, which
+        # cannot carry the tag; a scale that reaches nothing must not pass silently
+        raise UsageError(f"exit_lr_scale={scale} applies to the exit heads' parameters, and none of the {len(params)} "
+                         "tensors the optimizer got is one (under --fp16, fairseq gives it one flat copy of all)",
+                         "with --fp16 set common.fp16_no_flatten_grads=true (or use --amp, --bf16 or "
+                         "--memory-efficient-fp16); else optimizer.exit_lr_scale=1")
     return [{"params": rest, "lr_scale": 1.0}, {"params": exits, "lr": lr * scale, "lr_scale": scale}]
 
 

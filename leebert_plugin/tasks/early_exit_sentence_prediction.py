@@ -13,7 +13,6 @@ import torch
 from fairseq import distributed_utils
 from fairseq.logging import metrics
 from fairseq.optim.amp_optimizer import AMPOptimizer
-from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, OmegaConf, open_dict
@@ -24,6 +23,7 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.tasks.nonfinite import check_finite
 from leebert_plugin.tasks.two_stage import TwoStageTraining
@@ -73,6 +73,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
+    # the precision settings, checked before fairseq builds its optimizer wrapper (optim/precision.py)
+    common_settings: Any = II("common")
     d2_ratio: float = field(
         default=0.5,
         metadata={"help": "bi-level training (optimizer clo): share of the training set in D2, the "
@@ -103,6 +105,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             # a task config built alone in Python has no distributed_training group to interpolate
             ddp.check_backend(_outer(cfg, "ddp_backend", "pytorch_ddp"), _outer(cfg, "find_unused_parameters", True),
                               world)
+            precision.check_precision(_outer(cfg, "common_settings", None), torch.cuda.is_available())
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
@@ -216,9 +219,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def _bilevel_update(self, sample, model, criterion, optimizer, update_num, ignore_grad):
         """Split the batch into D1/D2 and run the meta step when due (on the bare model: DDP must
         not see these passes). Returns the batch the model trains on and the meta-step figures."""
-        if isinstance(optimizer, (FP16Optimizer, MemoryEfficientFP16Optimizer, AMPOptimizer)):
-            raise UsageError("the clo optimizer runs in fp32 only: its finite differences are below fp16/bf16 "
-                             "resolution", "set common.fp16=false common.bf16=false common.amp=false")
         split = next((name for name in self.datasets if name.startswith("train")), None)
         if split is not None:
             self.bilevel.check_split(len(self.datasets[split]))

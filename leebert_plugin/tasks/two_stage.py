@@ -1,5 +1,5 @@
 """Two-stage training (SmartBERT, DeeBERT) as one object: the switch, the freezing, the reload,
-checkpoint selection and the optimizer without the frozen part.
+checkpoint selection and fairseq's optimizer over the trainable part (whatever its precision wrapper).
 
 Stage 1 trains the backbone, the gates and the last exit for ``task.stage1_epochs`` epochs (soft
 gate weights for the first ``task.soft_gate_epochs``, straight-through hard ones after). At the
@@ -19,6 +19,7 @@ import shutil
 from fairseq import checkpoint_utils, distributed_utils
 
 from leebert_plugin.errors import UsageError
+from leebert_plugin.optim.precision import optimized_params, restrict_to
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,15 @@ class TwoStageTraining:
         return model.stage == 2
 
     def before_step(self, model, optimizer) -> int:
-        """The stage of this training step; in stage 2 the optimizer holds no frozen parameter."""
-        if model.stage == 2:
-            _drop_frozen(optimizer)
+        """The stage of this training step. In stage 2, fairseq's optimizer must update exactly the
+        trainable parameters, from their current (reloaded) values: one built in stage 1 (its fp32
+        masters under --fp16/--bf16 hold stage-1 values of every parameter) is replaced, once, by a
+        fresh one over the intermediate exits. A resumed stage-2 run builds it that way already."""
+        if model.stage == 2 and any(not p.requires_grad for p in optimized_params(optimizer)):
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            restrict_to(optimizer, trainable)
+            logger.info(f"stage 2: fairseq's {type(optimizer).__name__} now updates the {len(trainable)} tensors of "
+                        "the intermediate exits, with fresh state")
         return model.stage
 
     def _read_stage1(self, path: str, default: str) -> dict:
@@ -76,14 +83,3 @@ class TwoStageTraining:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"stage 2: restored {path}; training the intermediate exits only ({trainable} parameters)")
 
-
-def _drop_frozen(optimizer) -> None:
-    """Leave the frozen parameters (and their state) out of the torch optimizer under fairseq's
-    (``optimizer.optimizer``, which every fairseq optimizer exposes)."""
-    inner = getattr(optimizer, "optimizer", None)
-    for group in getattr(inner, "param_groups", []):
-        frozen = [p for p in group["params"] if not p.requires_grad]
-        if frozen:
-            for p in frozen:
-                inner.state.pop(p, None)
-            group["params"] = [p for p in group["params"] if p.requires_grad]
