@@ -8,6 +8,9 @@
 Sentences are encoded as fairseq-preprocess and the task encoded the training data (bpe pieces,
 dictionary ids, ``</s>``, the task's init token; a pair joins with its separator token), batched,
 and run through the same batched early-exit loop as validation.
+
+The model runs on the device ``from_pretrained`` put it on (default: CUDA if available, else the
+CPU); ``predict(..., device=...)`` moves it for that call and later ones.
 """
 from argparse import Namespace
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import torch
 from fairseq.data import data_utils
 
 from leebert_plugin.data.bpe_encode import build as build_bpe, encode_text
+from leebert_plugin.devices import DeviceLike, model_device, place
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.policies import build_policy
@@ -47,13 +51,19 @@ class EarlyExitClassifier:
     def head(self) -> str:
         return self.task.cfg.classification_head_name
 
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on (fairseq's hub interfaces have the same property)."""
+        return model_device(self.model)
+
     @classmethod
     def from_pretrained(cls, checkpoint: str, data: Optional[str] = None, bpe: Optional[str] = None,
-                        **bpe_args) -> "EarlyExitClassifier":
+                        device: DeviceLike = None, **bpe_args) -> "EarlyExitClassifier":
         """``data``: the preprocessed data folder (for its dictionaries); ``bpe``: fairseq's bpe name
         (``wordpiece``, ``sentencepiece``, ``gpt2``, ...) with its options (``wordpiece_vocab=...``),
-        or None if sentences come pre-encoded."""
-        model, task = load(checkpoint, data)
+        or None if sentences come pre-encoded; ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``
+        (default: CUDA if available, else the CPU)."""
+        model, task = load(checkpoint, data, device)
         coder = build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
         return cls(model, task, coder)
 
@@ -70,12 +80,13 @@ class EarlyExitClassifier:
 
     @torch.no_grad()
     def predict(self, sentences: Sequence[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
-                patience: int = 1, batch_size: int = 32) -> List[Prediction]:
-        """Classify ``sentences`` in batches, each sentence leaving at the exit the policy picks."""
+                patience: int = 1, batch_size: int = 32, device: DeviceLike = None) -> List[Prediction]:
+        """Classify ``sentences`` in batches, each sentence leaving at the exit the policy picks;
+        on ``device`` when given (the model moves there and stays), else where the model is."""
         if batch_size < 1:
             raise UsageError(f"batch_size={batch_size}", "use a batch size of 1 or more")
         policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience)
-        device = next(self.model.parameters()).device
+        device = place(self.model, device)
         pad = self.task.source_dictionary.pad()
         out: List[Prediction] = []
         for start in range(0, len(sentences), batch_size):

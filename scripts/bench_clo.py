@@ -2,16 +2,17 @@
 """Cost of a LeeBERT/CLO update against a plain multi_exit update, same batch, same process.
 
     python scripts/bench_clo.py [--layers 6 --dim 384 --heads 6 --ffn 1536] [--batch 16 --length 64]
-                                [--updates 40] [--interval 10] [--mode clo] [--threads 2]
+                                [--updates 40] [--interval 10] [--mode clo] [--threads 2] [--device cuda]
 
 Each variant runs the plugin's real training step (the task's ``train_step``: forward, backward,
 and for clo the D1/D2 split and, every ``--interval`` updates, the meta step) plus the optimizer
 step, on one fixed random batch. The variants are interleaved in rounds so that machine noise hits
 them alike; the median per-update time of each is reported, and the ratios to multi_exit + adam.
+Runs on ``--device`` (default: CUDA if available, else the CPU); each update's time is read after
+the GPU's queued kernels finish (``leebert_plugin.devices.Stopwatch``).
 """
 import argparse
 import statistics
-import time
 
 import torch
 from fairseq.data import Dictionary
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 import leebert_plugin  # noqa: F401
 from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
+from leebert_plugin.devices import add_device_argument, model_device, resolve_device, seconds, to_device
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
 from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
 from leebert_plugin.tasks.early_exit_sentence_prediction import (
@@ -50,7 +52,8 @@ def build(args, criterion_cls, criterion_cfg, optimizer: str):
     exit_base_architecture(margs)
     model = ExitRobertaModel.build_model(margs, task)
     model.register_classification_head(HEAD, num_classes=2)
-    criterion = task.build_criterion(OmegaConf.structured(criterion_cfg))
+    model.to(args.device)  # before the optimizer takes the parameters, as fairseq's trainer does
+    criterion = task.build_criterion(OmegaConf.structured(criterion_cfg)).to(args.device)
     assert isinstance(criterion, criterion_cls)
     if optimizer == "clo":
         opt = CLOOptimizer(clo_cfg, model.parameters())
@@ -63,21 +66,21 @@ def batch(args):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(4, 1000, (args.batch, args.length), generator=g)
     tokens[:, 0] = 0
-    return {"id": torch.arange(args.batch), "nsentences": args.batch, "ntokens": tokens.numel(),
-            "net_input": {"src_tokens": tokens, "src_lengths": torch.full((args.batch,), args.length)},
-            "target": torch.randint(0, 2, (args.batch,), generator=g)}
+    sample = {"id": torch.arange(args.batch), "nsentences": args.batch, "ntokens": tokens.numel(),
+              "net_input": {"src_tokens": tokens, "src_lengths": torch.full((args.batch,), args.length)},
+              "target": torch.randint(0, 2, (args.batch,), generator=g)}
+    return to_device(sample, args.device)
 
 
 def run_updates(variant, sample, start: int, n: int) -> list:
     task, model, criterion, opt = variant
-    times = []
-    for update in range(start, start + n):
-        t0 = time.perf_counter()
+
+    def update(number: int) -> None:
         opt.zero_grad()
-        task.train_step(sample, model, criterion, opt, update)
+        task.train_step(sample, model, criterion, opt, number)
         opt.step()
-        times.append(time.perf_counter() - t0)
-    return times
+
+    return [seconds(lambda: update(number), model_device(model)) for number in range(start, start + n)]
 
 
 def main() -> None:
@@ -93,7 +96,9 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=10, help="w_update_interval of clo")
     p.add_argument("--mode", default="clo", choices=["clo", "darts2", "darts1"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_device_argument(p)
     args = p.parse_args()
+    args.device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     sample = batch(args)
@@ -111,7 +116,8 @@ def main() -> None:
             times[name] += run_updates(v, sample, r * per_round, per_round)
     base = statistics.mean(times["multi_exit + adam"])
     print(f"model: {args.layers} layers, dim {args.dim}, ffn {args.ffn}; batch {args.batch} x {args.length} tokens; "
-          f"{len(next(iter(times.values())))} updates per variant; torch threads {torch.get_num_threads()}")
+          f"{len(next(iter(times.values())))} updates per variant; device {args.device}; "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'variant':44} {'mean ms/update':>15} {'median ms':>10} {'ratio (mean)':>13}")
     for name, t in times.items():
         mean = statistics.mean(t)

@@ -2,7 +2,7 @@
 """Is the batched early exit really faster? Wall-clock against the plain full-depth forward.
 
     python scripts/bench_speed.py [--layers 6 --dim 384 --heads 6 --ffn 1536] [--batch-sizes 1 8 32 128]
-                                  [--min-len 16 --max-len 64] [--repeats 5] [--threads 0]
+                                  [--min-len 16 --max-len 64] [--repeats 5] [--threads 0] [--device cuda]
     python scripts/bench_speed.py --checkpoint CKPT --data DATA --policy normalized_entropy --threshold 0.3 \
                                   [--subset test] [--samples 256] [--batch-sizes 1 8 32 128]
 
@@ -20,11 +20,12 @@ executed exit). Per batch size, in the same process, interleaved:
 Reported: the layer speed-up (L / mean executed layers), the wall-clock speed-up (plain / early
 exit, medians), their ratio, the exit heads' cost as a share of the plain forward, and, on the
 first batch, the median cost of one transformer layer and of one exit check (head + policy step).
+Everything runs on ``--device`` (default: CUDA if available, else the CPU); every clock read waits
+for the GPU's queued kernels (``leebert_plugin.devices.Stopwatch``).
 """
 import argparse
 import math
 import statistics
-import time
 from typing import Callable, List, Tuple
 
 import torch
@@ -33,6 +34,7 @@ from torch import Tensor
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin.data.synthetic import random_token_batch
+from leebert_plugin.devices import add_device_argument, resolve_device, seconds
 from leebert_plugin.exits.evaluate import batches, load, plain_forward
 from leebert_plugin.exits.policies import ExitPolicy, build_policy
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
@@ -63,7 +65,7 @@ class _Task:
 
 
 def synthetic(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
-    """A random-weight model, random sentences and assigned exits."""
+    """A random-weight model, random sentences and assigned exits, on ``args.device``."""
     d = Dictionary()
     for i in range(1000):
         d.add_symbol(f"w{i}")
@@ -78,22 +80,23 @@ def synthetic(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
 
     def plan(bsz: int) -> Plan:
         tokens = [random_token_batch(d, bsz, args.min_len, args.max_len, seed) for seed in range(args.samples // bsz)]
-        return [(t, AssignedExit(torch.multinomial(probs, t.size(0), replacement=True, generator=g))) for t in tokens]
+        return [(t.to(args.device), AssignedExit(torch.multinomial(probs, t.size(0), replacement=True, generator=g)))
+                for t in tokens]
 
     about = (f"random weights: {args.layers} layers, dim {args.dim}, ffn {args.ffn}, {args.exit_head} exits; "
              f"{args.samples} sentences of {args.min_len}-{args.max_len} tokens, assigned exits")
-    return model.eval(), HEAD, plan, about
+    return model.eval().to(args.device), HEAD, plan, about
 
 
 def trained(args) -> Tuple[torch.nn.Module, str, Callable[[int], Plan], str]:
-    """A trained checkpoint, a real split and the model's own exit policy."""
-    model, task = load(args.checkpoint, args.data)
+    """A trained checkpoint, a real split and the model's own exit policy, on ``args.device``."""
+    model, task = load(args.checkpoint, args.data, args.device)
     head = task.cfg.classification_head_name
     policy = build_policy(args.policy, model.exit_heads[head].num_classes, args.threshold, args.exit_patience)
 
     def plan(bsz: int) -> Plan:
         data = batches(task, args.subset, bsz)[: math.ceil(args.samples / bsz)]
-        return [(s["net_input"]["src_tokens"], policy) for s in data]
+        return [(s["net_input"]["src_tokens"].to(args.device), policy) for s in data]
 
     task.load_dataset(args.subset)
     n = min(args.samples, len(task.dataset(args.subset)))
@@ -111,18 +114,9 @@ def per_call_ms(model, head: str, tokens: Tensor, policy: ExitPolicy, repeats: i
     pad = tokens.eq(encoder.padding_idx)
     x = encoder.forward_embedding(tokens)[0].transpose(0, 1)
     heads, state = model.exit_heads[head], policy.init_state(tokens.size(0), tokens.device)
-    layer = [seconds(lambda: encoder.layers[0](x, encoder_padding_mask=pad), 1)[0] for _ in range(repeats)]
-    check = [seconds(lambda: policy.step(heads(0, x, pad), state), 1)[0] for _ in range(repeats)]
+    layer = [seconds(lambda: encoder.layers[0](x, encoder_padding_mask=pad), tokens.device) for _ in range(repeats)]
+    check = [seconds(lambda: policy.step(heads(0, x, pad), state), tokens.device) for _ in range(repeats)]
     return 1000 * statistics.median(layer), 1000 * statistics.median(check)
-
-
-def seconds(fn: Callable[[], None], repeats: int) -> List[float]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main():
@@ -145,13 +139,15 @@ def main():
     p.add_argument("--samples", type=int, default=256, help="sentences per measurement (split into batches)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    add_device_argument(p)
     args = p.parse_args()
+    args.device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint and not args.data:
         p.error("--checkpoint needs --data (the preprocessed data folder)")
     model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
-    print(f"{about}; median of {args.repeats}; torch threads {torch.get_num_threads()}")
+    print(f"{about}; median of {args.repeats}; device {args.device}; torch threads {torch.get_num_threads()}")
     print(f"{'batch':>5} {'plain ms':>9} {'early ms':>9} {'all-exits ms':>12} {'layer x':>8} {'wall x':>7} "
           f"{'wall/layer':>10} {'heads %':>8} {'1 layer ms':>10} {'1 exit ms':>9}")
     never = build_policy("none", model.exit_heads[head].num_classes)
@@ -177,9 +173,9 @@ def main():
             plain(), early(), all_exits()  # warm-up
             t = {"plain": [], "early": [], "all": []}
             for _ in range(args.repeats):  # interleaved, so that noise hits all three alike
-                t["plain"] += seconds(plain, 1)
-                t["early"] += seconds(early, 1)
-                t["all"] += seconds(all_exits, 1)
+                t["plain"].append(seconds(plain, args.device))
+                t["early"].append(seconds(early, args.device))
+                t["all"].append(seconds(all_exits, args.device))
             med = {k: statistics.median(v) for k, v in t.items()}
             layer_x = model.num_layers / float(torch.cat(layers).float().mean())
             wall_x = med["plain"] / med["early"]

@@ -17,6 +17,8 @@ figure (thresholds are never chosen on test). Runs already finished (``result.js
 
 Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json), ``OUT/points.tsv``,
 ``OUT/summary.md`` (mean and standard deviation over seeds, target verdicts) and ``OUT/pareto.png``.
+Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU
+at most: fairseq-train on several would multiply the batch, and with it the shared budget.
 """
 import argparse
 import csv
@@ -25,12 +27,12 @@ import math
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
 import torch
 import leebert_plugin  # noqa: F401
+from leebert_plugin.devices import Stopwatch, add_device_argument, fairseq_device_args, fairseq_env, resolve_device
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
 from leebert_plugin.exits.pareto import at_speedup, front
 from leebert_plugin.exits.plotting import new_axes, save_plot
@@ -59,7 +61,8 @@ def train(method: str, seed: int, args, save: Path) -> float:
     spec = METHODS[method]
     n_train = int(args.train_size)
     updates = args.epochs * math.ceil(n_train / args.batch_size)
-    o = [f"task.data={args.data}", f"checkpoint.save_dir={save}", f"common.seed={seed}", "common.cpu=true",
+    o = [f"task.data={args.data}", f"checkpoint.save_dir={save}", f"common.seed={seed}",
+         *fairseq_device_args(args.device, hydra=True),
          f"model._name={args.arch}", f"dataset.batch_size={args.batch_size}", "dataset.max_tokens=null",
          f"optimization.lr=[{args.lr}]",
          f"optimization.max_epoch={args.epochs}", f"optimization.max_update={updates}",
@@ -83,13 +86,12 @@ def train(method: str, seed: int, args, save: Path) -> float:
         o += [f"task.stage1_epochs={stage1}", f"task.soft_gate_epochs={stage1 // 2 if method == 'smartbert' else 0}"]
     o = with_overrides(o, overrides_for(method, args.override))
     cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", spec["config"], *o]
-    t0 = time.perf_counter()
-    with open(save / "train.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with open(save / "train.log", "w") as log, Stopwatch() as watch:  # a subprocess: nothing here to synchronise
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=fairseq_env(args.device))
     if proc.returncode != 0:
         tail = (save / "train.log").read_text().splitlines()[-15:]
         sys.exit("\n".join(tail) + f"\nbenchmark: training {method} seed {seed} failed (log: {save / 'train.log'})")
-    return time.perf_counter() - t0
+    return watch.seconds
 
 
 def overrides_for(method: str, overrides: List[str]) -> List[str]:
@@ -116,7 +118,7 @@ def with_overrides(base: List[str], extra: List[str]) -> List[str]:
 def evaluate(save: Path, args) -> Dict:
     """Full depth, oracle and every policy point, on dev and test, for the last checkpoint (the same
     budget for every method; no selection on dev, which stage 2 of the two-stage methods would skew)."""
-    model, task = load(save / "checkpoint_last.pt", args.data)
+    model, task = load(save / "checkpoint_last.pt", args.data, args.device)
     head = task.cfg.classification_head_name
     data = {s: batches(task, s, 64) for s in ("valid", "test")}
     traces = {s: trace(model, task, d) for s, d in data.items()}
@@ -250,7 +252,9 @@ def main() -> None:
                    help="an extra hydra override for every run (or METHOD's runs only), replacing the "
                         "benchmark's own value of KEY, e.g. smartbert:+model.skip_gate_bias=-3; repeatable")
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<setting>")
+    add_device_argument(p)
     args = p.parse_args()
+    args.device = resolve_device(args.device)
     setting = SETTINGS[args.setting]
     args.data = (args.data or args.offline / setting["data"]).resolve()
     args.epochs = args.epochs or setting["epochs"]

@@ -2,7 +2,8 @@
 """Sweep an exit policy's threshold on dev, pick one there, report it on test; draw the Pareto plot.
 
     python scripts/sweep_thresholds.py CHECKPOINT DATA --policy entropy --thresholds 0.1 0.2 0.3 0.4 0.5 \
-        [--dev valid --test test] [--target-speedup 2.0 | --max-drop 1.0] [--batch-size 32] [--out DIR]
+        [--dev valid --test test] [--target-speedup 2.0 | --max-drop 1.0] [--batch-size 32] [--out DIR] \
+        [--device cuda]
 
 Every point is a real batched early-exit pass of the plugin (the same code as fairseq-validate).
 Per threshold and split: the metric (accuracy; F1 and MCC too for binary tasks), the layer
@@ -14,6 +15,7 @@ the ceiling.
 Selection uses dev only: ``--target-speedup S`` takes the most accurate threshold whose dev layer
 speed-up is at least S; ``--max-drop D`` the fastest whose dev accuracy is within D points of
 full depth. The chosen threshold is then reported on test. Writes ``sweep.tsv`` and ``pareto.png``.
+Runs on ``--device`` (default: CUDA if available, else the CPU); GPU timings are synchronised.
 """
 import argparse
 import csv
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import leebert_plugin  # noqa: F401
+from leebert_plugin.devices import add_device_argument, resolve_device
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
@@ -63,8 +66,9 @@ def main() -> None:
     group.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("."))
+    add_device_argument(p)
     args = p.parse_args()
-    model, task = load(args.checkpoint, args.data)
+    model, task = load(args.checkpoint, args.data, resolve_device(args.device))
     C = model.exit_heads[task.cfg.classification_head_name].num_classes
     dev, test = batches(task, args.dev, args.batch_size), batches(task, args.test, args.batch_size)
     never = build_policy("none", C)

@@ -2,12 +2,14 @@
 """Validate a checkpoint under an exit policy at several thresholds and print one table.
 
     python scripts/validate_thresholds.py CHECKPOINT DATA --policy normalized_entropy \
-        --thresholds 0.3 0.6 [--subset valid] [--batch-size 32] [--exit-patience N]
+        --thresholds 0.3 0.6 [--subset valid] [--batch-size 32] [--exit-patience N] [--device cuda]
 
 Each row is one real ``fairseq-validate`` run (batched early exit at the given batch size).
 Columns: the accuracy under the policy, the mean number of executed layers, the layer speed-up
 (L / mean layers), the share of samples leaving at each exit, and, last, the full-depth accuracy
-of every exit (the same for all rows: it does not depend on the policy).
+of every exit (the same for all rows: it does not depend on the policy). fairseq-validate runs on
+``--device`` (default: CUDA if available, else the CPU): ``--cpu`` for the CPU, only that GPU
+visible for CUDA.
 """
 import argparse
 import json
@@ -17,21 +19,24 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
+
+from leebert_plugin.devices import add_device_argument, fairseq_device_args, fairseq_env, resolve_device
 from leebert_plugin.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], subset: str,
-             batch_size: int, patience: int) -> Dict[str, str]:
+             batch_size: int, patience: int, device: torch.device) -> Dict[str, str]:
     exe = shutil.which("fairseq-validate") or str(Path(sys.executable).parent / "fairseq-validate")
     cmd = [exe, str(data), "--path", str(ckpt), "--user-dir", str(ROOT / "user_dir"),
            "--task", "early_exit_sentence_prediction", "--exit-policy", policy,
            "--exit-patience", str(patience), "--valid-subset", subset, "--batch-size", str(batch_size),
-           "--cpu", "--log-format", "json"]
+           "--log-format", "json", *fairseq_device_args(device)]
     if threshold is not None:
         cmd += ["--exit-threshold", str(threshold)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(device))
     if proc.returncode != 0:
         errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
         sys.exit(errors[-1] if errors else proc.stderr[-2000:])
@@ -63,13 +68,15 @@ def main() -> None:
     p.add_argument("--exit-patience", dest="patience", type=int, default=1)
     p.add_argument("--subset", default="valid")
     p.add_argument("--batch-size", type=int, default=32)
+    add_device_argument(p)
     args = p.parse_args()
+    device = resolve_device(args.device)
     if not args.checkpoint.is_file():
         raise UsageError(f"checkpoint {args.checkpoint} does not exist", "pass the path of a checkpoint_*.pt file")
     thresholds = args.thresholds or [None]
-    rows = [validate(args.checkpoint, args.data, args.policy, t, args.subset, args.batch_size, args.patience)
+    rows = [validate(args.checkpoint, args.data, args.policy, t, args.subset, args.batch_size, args.patience, device)
             for t in thresholds]
-    print(f"policy {args.policy} on '{args.subset}', batch size {args.batch_size}")
+    print(f"policy {args.policy} on '{args.subset}', batch size {args.batch_size}, device {device}")
     print(table(rows, thresholds))
 
 

@@ -10,7 +10,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     out = tmp_path / "bench"
     cmd = [str(BIN / "python"), "scripts/benchmark.py", "--data", str(mr_bin), "--restore", "none",
            "--arch", "exit_roberta_tiny", "--methods", "full_ft", "pabee", "smartbert", "--seeds", "1",
-           "--epochs", "2", "--exit-pooling", "cls", "--out", str(out),
+           "--epochs", "2", "--exit-pooling", "cls", "--out", str(out), "--device", "cpu",
            "--override", "smartbert:+model.skip_gate_bias=-1"]
     proc = run(cmd, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -36,6 +36,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     model_cfg = {m: checkpoint_utils.load_checkpoint_to_cpu(str(out / m / "seed1" / "checkpoint_last.pt"))["cfg"].model
                  for m in ("pabee", "smartbert")}
     assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias is None
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))["cfg"].common.cpu  # --device cpu
     # SmartBERT without an exit policy: its gates' layer speed-up, as fairseq-validate measures it
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")

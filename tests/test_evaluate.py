@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
+from leebert_plugin.errors import UsageError
+from leebert_plugin.exits import evaluate
+from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, replay, run, score, trace
 from leebert_plugin.exits.policies import build_policy
 
 POLICIES = [("entropy", 0.3, 1), ("normalized_entropy", 0.6, 1), ("max_prob", 0.8, 1), ("patience", None, 1),
@@ -11,7 +13,7 @@ POLICIES = [("entropy", 0.3, 1), ("normalized_entropy", 0.6, 1), ("max_prob", 0.
 
 @pytest.fixture(scope="module")
 def loaded(trained, mr_bin):
-    model, task = load(trained / "checkpoint_best.pt", mr_bin)
+    model, task = load(trained / "checkpoint_best.pt", mr_bin, device="cpu")
     return model, task, batches(task, "valid", 16)
 
 
@@ -25,11 +27,11 @@ def test_replay_takes_the_exits_of_real_early_exit(name, threshold, patience, lo
             _, extra = model(sample["net_input"]["src_tokens"], classification_head_name=task.cfg.classification_head_name,
                              exit_policy=policy)
             real.append(extra["exits"].exit_layer)
-    t = trace(model, task, data)
+    t = trace(model, task, data, device="cpu")
     exit_at = replay(policy, t)
     assert torch.equal(torch.tensor(t.exit_layers)[exit_at], torch.cat(real))
     replayed = score(t, exit_at, model, task.cfg.classification_head_name)
-    measured = run(model, task, data, policy)
+    measured = run(model, task, data, policy, device="cpu")
     for key in ("accuracy", "f1", "mcc", "layer_speedup", "flops_speedup"):
         assert replayed[key] == pytest.approx(measured[key], abs=1e-9), key
 
@@ -45,3 +47,32 @@ def test_some_policy_mixes_exits_and_the_oracle_bounds_them(loaded):
     for n, th, p in POLICIES:  # at the oracle's accuracy or better, nothing is faster than it
         row = score(t, replay(build_policy(n, 2, th, p), t))
         assert row["accuracy"] < oracle["accuracy"] or row["layer_speedup"] <= oracle["layer_speedup"]
+
+
+def test_every_batch_goes_to_the_device_and_the_figures_do_not_depend_on_who_chose_it(loaded, monkeypatch):
+    """device="cpu" moves every batch (counted); it gives what the model's own device gives."""
+    model, task, data = loaded
+    policy = build_policy("normalized_entropy", 2, 0.98, 1)
+    default, default_trace = run(model, task, data, policy), trace(model, task, data)
+    moved = []
+
+    def counting(sample, device):
+        moved.append(device)
+        return to_device(sample, device)
+
+    to_device = evaluate.to_device
+    monkeypatch.setattr(evaluate, "to_device", counting)
+    explicit = run(model, task, data, policy, device="cpu")
+    assert moved == [torch.device("cpu")] * len(data)
+    assert {k: v for k, v in explicit.items() if k != "seconds"} == {k: v for k, v in default.items() if k != "seconds"}
+    moved.clear()
+    assert plain_seconds(model, task, data, device="cpu") > 0 and len(moved) == len(data)
+    moved.clear()
+    assert torch.equal(trace(model, task, data, device="cpu").logits, default_trace.logits)
+    assert len(moved) == len(data)
+
+
+def test_loading_onto_a_missing_gpu_is_refused_before_reading_the_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="finds no CUDA device"):
+        load(tmp_path / "not-there.pt", device="cuda")

@@ -2,9 +2,13 @@
 import shutil
 
 import pytest
+import yaml
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, json_records, run
+
+GLUE = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if not p.name.startswith("mr_")]
+DEMO = sorted((ROOT / "configs").glob("mr_*.yaml"))
 
 
 def test_committed_configs_match_the_generator():
@@ -12,14 +16,23 @@ def test_committed_configs_match_the_generator():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_glue_configs_train_where_fairseq_finds_and_only_the_demos_force_the_cpu():
+    assert GLUE and DEMO
+    for path in GLUE:
+        assert "cpu" not in yaml.safe_load(path.read_text())["common"], path.name
+    for path in DEMO:
+        assert yaml.safe_load(path.read_text())["common"]["cpu"] is True, path.name
+
+
 @pytest.mark.parametrize("name", ["rte_leebert", "sts_b_multi_exit", "mrpc_smartbert"])
 def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, tmp_path):
-    """The user's own command, shrunk to the tiny model and a few updates on the bundled data."""
+    """The user's own command, shrunk to the tiny model and a few updates on the bundled data, on
+    the device fairseq finds (one worker: several GPUs would start one process each)."""
     regression = name.startswith("sts_b")
     data = tmp_path / "data"
     shutil.copytree(mr_bin, data)
     overrides = [f"task.data={data}", f"checkpoint.save_dir={tmp_path}",
-                 "checkpoint.restore_file=checkpoint_last.pt", "common.cpu=true",
+                 "checkpoint.restore_file=checkpoint_last.pt", "distributed_training.distributed_world_size=1",
                  "model._name=exit_roberta_tiny", "task.max_positions=256", "optimization.max_update=3",
                  "lr_scheduler.warmup_updates=1", "common.log_interval=1", "dataset.num_workers=0"]
     if regression:  # the bundled labels are 0/1 numbers: a fine regression target

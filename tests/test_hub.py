@@ -1,5 +1,6 @@
 """The Python API: batched predictions that agree with fairseq-validate and with batch size 1."""
 import pytest
+import torch
 
 from helpers import ROOT, validate
 from leebert_plugin.data.sentencepiece_glue import read_tsv
@@ -9,8 +10,9 @@ from leebert_plugin.hub import EarlyExitClassifier
 
 @pytest.fixture(scope="module")
 def classifier(trained, mr_bin):
-    return EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin),
-                                               bpe="sentencepiece", sentencepiece_model=str(mr_bin / "raw" / "spm.model"))
+    return EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu",
+                                               bpe="sentencepiece",
+                                               sentencepiece_model=str(mr_bin / "raw" / "spm.model"))
 
 
 def dev_rows():
@@ -40,3 +42,24 @@ def test_batched_predictions_equal_one_at_a_time(classifier):
 def test_bad_policy_in_the_api(classifier):
     with pytest.raises(UsageError, match="unknown exit policy"):
         classifier.predict(["fine"], exit_policy="fastest")
+
+
+def test_predict_on_a_named_device_is_predict_where_the_model_is(classifier):
+    sentences = [s for s, _ in dev_rows()[:16]]
+    assert classifier.device == torch.device("cpu")
+    here = classifier.predict(sentences, exit_policy="patience", patience=1)
+    named = classifier.predict(sentences, exit_policy="patience", patience=1, device="cpu")
+    def where(preds):
+        return [(p.label, p.exit_layer, p.layers_run) for p in preds]
+
+    assert where(named) == where(here)
+    assert torch.equal(torch.tensor([p.probs for p in named]), torch.tensor([p.probs for p in here]))
+
+
+def test_a_missing_gpu_is_refused_in_the_api(classifier, trained, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="finds no CUDA device"):
+        classifier.predict(["fine"], device="cuda")
+    assert classifier.device == torch.device("cpu")  # refused before the model moved
+    with pytest.raises(UsageError, match="finds no CUDA device"):
+        EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), device="cuda")

@@ -10,7 +10,7 @@ def test_sweep_chooses_on_dev_and_matches_fairseq_validate_on_test(trained, mr_b
     thresholds = ["0.9", "0.98", "0.995", "0.999"]
     proc = run([str(BIN / "python"), "scripts/sweep_thresholds.py", str(trained / "checkpoint_best.pt"), str(mr_bin),
                 "--policy", "normalized_entropy", "--thresholds", *thresholds, "--max-drop", "5",
-                "--out", str(tmp_path)])
+                "--out", str(tmp_path), "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "sweep.tsv"), delimiter="\t"))
     dev = [r for r in rows if r["split"] == "valid"]

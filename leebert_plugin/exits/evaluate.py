@@ -6,8 +6,12 @@ then gives, for any policy and threshold, the exit each sample would take. For m
 skip gates the replay is exact: an exit's decision depends only on that exit's logits, which do
 not depend on which other samples are still in the batch (tests/test_evaluate.py checks it
 against real passes). Sweeps over many thresholds cost one pass instead of one per threshold.
+
+Every function runs on one device: ``device`` when given (the model is moved there and every batch
+is moved there as it runs; the batches stay where :func:`batches` made them, on the CPU, as
+fairseq's loaders do), else the device the model is on. Wall-clock is read through
+:class:`~leebert_plugin.devices.Stopwatch`, which waits for a GPU's queued kernels.
 """
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
@@ -16,17 +20,21 @@ import torch
 from fairseq import checkpoint_utils
 from torch import Tensor
 
+from leebert_plugin.devices import DeviceLike, Stopwatch, place, resolve_device, to_device
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import ExitPolicy
 
 
-def load(checkpoint: Union[str, Path], data: Union[str, Path, None] = None) -> Tuple[torch.nn.Module, object]:
-    """A trained checkpoint in eval mode and its task; ``data`` replaces the data folder it was
-    trained on (for its dictionaries and splits)."""
+def load(checkpoint: Union[str, Path], data: Union[str, Path, None] = None,
+         device: DeviceLike = None) -> Tuple[torch.nn.Module, object]:
+    """A trained checkpoint in eval mode on ``device`` (default: CUDA if available, else the CPU)
+    and its task; ``data`` replaces the data folder it was trained on (for its dictionaries and
+    splits). The device is checked before the checkpoint is read, so a refused one costs nothing."""
+    target = resolve_device(device)
     overrides = {"data": str(data)} if data else None
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides)
-    return models[0].eval(), task
+    return models[0].eval().to(target), task
 
 
 def batches(task, subset: str, batch_size: int) -> List[dict]:
@@ -46,18 +54,20 @@ def classification_metrics(pred: Tensor, target: Tensor, num_classes: int, posit
     return row
 
 
-def run(model, task, data, policy: ExitPolicy) -> Dict[str, float]:
-    """One real pass over ``data`` under ``policy``: metrics, speed-ups, seconds in the model."""
+def run(model, task, data, policy: ExitPolicy, device: DeviceLike = None) -> Dict[str, float]:
+    """One real pass over ``data`` under ``policy``: metrics, speed-ups, seconds in the model
+    (the forward only: moving a batch to the device is not the model's time)."""
+    target = place(model, device)
     head = task.cfg.classification_head_name
     pad = task.source_dictionary.pad()
     preds, targets, layers, flops, full_flops = [], [], [], [], []
-    elapsed = 0.0
+    watch = Stopwatch(target)
     with torch.no_grad():
         for sample in data:
+            sample = to_device(sample, target)
             tokens = sample["net_input"]["src_tokens"]
-            t0 = time.perf_counter()
-            logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
-            elapsed += time.perf_counter() - t0
+            with watch:
+                logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
             out = extra["exits"]
             lengths = tokens.ne(pad).sum(-1)
             preds.append(logits.argmax(-1))
@@ -69,7 +79,7 @@ def run(model, task, data, policy: ExitPolicy) -> Dict[str, float]:
                                  glue_metrics.positive_class(task.label_dictionary))
     row.update(layer_speedup=model.num_layers / max(float(torch.cat(layers).float().mean()), 1e-9),
                flops_speedup=float(torch.cat(full_flops).sum()) / max(float(torch.cat(flops).sum()), 1e-9),
-               seconds=elapsed)
+               seconds=watch.seconds)
     return row
 
 
@@ -81,14 +91,17 @@ def plain_forward(model, head: str, tokens: Tensor) -> Tensor:
     return model.exit_heads[head](len(model.exit_layers) - 1, features.transpose(0, 1), padding_mask)
 
 
-def plain_seconds(model, task, data) -> float:
-    """Seconds of ``plain_forward`` over ``data``."""
+def plain_seconds(model, task, data, device: DeviceLike = None) -> float:
+    """Seconds of ``plain_forward`` over ``data`` (the forwards only, as in :func:`run`)."""
+    target = place(model, device)
     head = task.cfg.classification_head_name
-    t0 = time.perf_counter()
+    watch = Stopwatch(target)
     with torch.no_grad():
         for sample in data:
-            plain_forward(model, head, sample["net_input"]["src_tokens"])
-    return time.perf_counter() - t0
+            tokens = to_device(sample["net_input"]["src_tokens"], target)
+            with watch:
+                plain_forward(model, head, tokens)
+    return watch.seconds
 
 
 @dataclass
@@ -104,16 +117,19 @@ class ExitTrace:
     gated: bool  # with skip gates, early exit checks no exit at a skipped layer: no exact replay
 
 
-def trace(model, task, data) -> ExitTrace:
+def trace(model, task, data, device: DeviceLike = None) -> ExitTrace:
+    """Every exit's logits at full depth over ``data``, computed on ``device`` and kept on the CPU:
+    replays and scores then run the same whatever the device, and hold no GPU memory."""
+    target = place(model, device)
     head = task.cfg.classification_head_name
     per_batch, targets, lengths = [], [], []
     with torch.no_grad():
         for sample in data:
-            tokens = sample["net_input"]["src_tokens"]
+            tokens = to_device(sample["net_input"]["src_tokens"], target)
             _, extra = model(tokens, classification_head_name=head)
-            per_batch.append(torch.stack(extra["exits"].exit_logits))
-            targets.append(sample["target"].view(-1))
-            lengths.append(tokens.ne(task.source_dictionary.pad()).sum(-1))
+            per_batch.append(torch.stack(extra["exits"].exit_logits).cpu())
+            targets.append(sample["target"].view(-1).cpu())
+            lengths.append(tokens.ne(task.source_dictionary.pad()).sum(-1).cpu())
     return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), torch.cat(lengths), list(model.exit_layers),
                      model.num_layers,
                      glue_metrics.positive_class(task.label_dictionary), model.skip_gates is not None)
