@@ -20,7 +20,7 @@ import torch
 from conftest import hydra_train
 from helpers import BIN, LEEBERT_SHORT, ROOT, SMARTBERT_SHORT, assert_refused, digest, guarded_dir, run
 
-SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=1"]
+SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=2"]  # refused before training: no epoch runs
 
 
 @dataclass
@@ -87,6 +87,9 @@ CATALOGUE: Dict[str, Case] = {
     "smartbert: stage 2 without a stage-1 checkpoint": Case(
         "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
         ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),
+    "smartbert: stage 2 would never run (stage1_epochs >= max_epoch)": Case(
+        "train", [*SMARTBERT_SHORT, "optimization.max_epoch=1"], ["stage1_epochs=1", "would never run",
+                                                                  "max_epoch above 1"], "mr_smartbert"),
     "smartbert: skip threshold outside (0, 1)": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
                                                      ["skip_threshold=1.5 is outside (0, 1)"], "mr_smartbert"),
     "smartbert: negative lambda": Case("train", [*SMARTBERT, "criterion.gate_lambda=-0.1"],

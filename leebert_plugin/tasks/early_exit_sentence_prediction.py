@@ -73,6 +73,7 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
+    max_epoch: int = II("optimization.max_epoch")
     # the precision settings, checked before fairseq builds its optimizer wrapper (optim/precision.py)
     common_settings: Any = II("common")
     d2_ratio: float = field(
@@ -105,6 +106,11 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             # a task config built alone in Python has no distributed_training group to interpolate
             ddp.check_backend(_outer(cfg, "ddp_backend", "pytorch_ddp"), _outer(cfg, "find_unused_parameters", True),
                               world)
+            max_epoch = _outer(cfg, "max_epoch", 0)
+            if cfg.stage1_epochs > 0 and 0 < max_epoch <= cfg.stage1_epochs:
+                raise UsageError(f"task.stage1_epochs={cfg.stage1_epochs} with optimization.max_epoch={max_epoch}: "
+                                 "stage 2 (the intermediate exits) would never run",
+                                 f"set optimization.max_epoch above {cfg.stage1_epochs}, e.g. {cfg.stage1_epochs * 2}")
             precision.check_precision(_outer(cfg, "common_settings", None), torch.cuda.is_available())
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
