@@ -4,8 +4,8 @@
 #   bash scripts/gpu_setup.sh WHEELHOUSE            then  .venv/bin/python scripts/gpu_check.py
 #   PYTHON=/path/to/python VENV=/path/to/venv bash scripts/gpu_setup.sh WHEELHOUSE
 # Builds VENV (default .venv beside the checkout) on the machine's Python and lets it see that
-# Python's packages (its CUDA torch above all): a .pth file in the venv lists the machine Python's
-# site-packages, which works where that Python is itself a venv (--system-site-packages would show
+# Python's packages (its CUDA torch above all): a .pth file in the venv lists the folders of the machine
+# Python's path, which works where that Python is itself a venv (--system-site-packages would show
 # only the base interpreter's). VENV=none installs into the machine's Python itself instead.
 # What the machine already has is used as it is (its versions win); the rest comes from the
 # wheelhouse with `pip install --no-index`; fairseq-fixed is built from its source against the torch
@@ -26,7 +26,9 @@ else
   if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
     site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    "$PYTHON" -c "import site, sys; print('\n'.join(p for p in site.getsitepackages() + [site.getusersitepackages()] if p))" \
+    # every folder on the machine Python's path but its standard library (folders its own .pth files add too)
+    "$PYTHON" -c "import os, sys, sysconfig; std = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib')}
+print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and p not in std and not p.endswith('lib-dynload')))" \
       > "$site/machine-site-packages.pth"
   fi
   PY=$VENV/bin/python
