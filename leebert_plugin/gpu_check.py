@@ -56,7 +56,9 @@ DDP_ATOL = 1e-5  # a few Adam steps of lr <= 5e-4 from the same start; GPU sums 
 # decay moves it there, while pytorch_ddp leaves it without a gradient and Adam skips it (seen: 1e-5 after 4 updates)
 DDP_UNCOMPARED = ("encoder.lm_head.",)
 DECISION_TOL = 1e-4  # |criterion - threshold| under which a decision may tip between devices
-BUDGETS = {"data": 30, "train": 150, "ddp": 90, "exits": 90, "bench": 90}  # seconds on one GPU; 450 in all
+# seconds on one GPU: data + all training runs + ddp per method (2) + exits + bench = 420 of the 480 allowed.
+# On 2 CPU cores the self-test took 0 + 123 + 11 and 12 + 16 + 5 (tiny bench): the GPU's startup and steps are faster
+BUDGETS = {"data": 30, "train": 150, "ddp": 60, "exits": 60, "bench": 60}
 
 
 @dataclass
