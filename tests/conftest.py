@@ -9,19 +9,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import BIN, ROOT, run  # noqa: E402
 
-from leebert_plugin.data import rotten_tomatoes as rt  # noqa: E402
-from leebert_plugin.data.sentencepiece_glue import preprocess, read_tsv  # noqa: E402
+from leebert_plugin.data.sentencepiece_glue import preprocess_subset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def mr_bin(tmp_path_factory) -> Path:
     """400/80/80 bundled movie-review snippets, sentencepiece + fairseq-preprocess."""
-    tsv = tmp_path_factory.mktemp("mr-tsv")
-    sizes = {"train": 400, "dev": 80, "test": 80}
-    rt.write_sst2_layout(tsv, {name: read_tsv(ROOT / "data" / "mr" / f"{name}.tsv")[:n]
-                               for name, n in sizes.items()})
     out = tmp_path_factory.mktemp("mr-bin")
-    preprocess(tsv, out, vocab_size=600, workers=1)
+    preprocess_subset(ROOT / "data" / "mr", out, {"train": 400, "dev": 80, "test": 80}, vocab_size=600)
     return out
 
 

@@ -1,11 +1,7 @@
 """Shared builders for the tests: a tiny exit model in-process, and CLI runners."""
 import argparse
 import hashlib
-import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -14,11 +10,11 @@ from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
 import leebert_plugin  # noqa: F401  (registers everything)
+from leebert_plugin import launch
+from leebert_plugin.launch import BIN, ROOT, free_port, json_records, run  # noqa: F401  (the tests' names)
 from leebert_plugin.data.synthetic import random_token_batch
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 HEAD = "sentence_classification_head"
 
 
@@ -50,20 +46,6 @@ def tiny_model(num_classes: int = 3, seed: int = 0, **overrides) -> ExitRobertaM
 def random_batch(model: ExitRobertaModel, bsz: int, seed: int = 1, min_len: int = 3, max_len: int = 20):
     """Right-padded token batch with varied lengths, first token <s>."""
     return random_token_batch(model.encoder.dictionary, bsz, min_len, max_len, seed)
-
-
-def run(cmd: List[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def json_records(stdout: str, tag: str) -> List[Dict[str, str]]:
-    """The JSON stat lines fairseq prints with --log-format json for one subset tag."""
-    out = []
-    for line in stdout.splitlines():
-        if (f"| {tag} |" in line or f"][{tag}][" in line) and "{" in line:
-            out.append(json.loads(line[line.index("{"):]))
-    return out
 
 
 def validate(trained: Path, data: Path, *flags: str, subset: str = "valid", ckpt: str = "checkpoint_best.pt"):
@@ -117,42 +99,16 @@ QUIET = ["dataset.disable_validation=true", "checkpoint.no_save=true", "model.dr
          "model.attention_dropout=0.0", "common.log_interval=1", "optimization.max_epoch=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def hydra_command(config: str, save: Path, *overrides: str, probe: bool = True) -> List[str]:
-    return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", config,
-            f"checkpoint.save_dir={save}", *(PROBE if probe else []), *overrides]
+    return launch.hydra_command(config, save, *(PROBE if probe else []), *overrides)
 
 
 def launch_two_processes(config: str, save: Path, *overrides: str, logs: Optional[Path] = None,
                          probe: bool = True, backend: str = "pytorch_ddp",
                          env: Optional[Dict[str, str]] = None) -> List[subprocess.CompletedProcess]:
-    """One process per rank, tcp init, gloo, DDP ``backend`` (hydra's run folders under ``logs``,
-    by default the save dir; ``probe``: with the rank-probe task; ``env``: per-rank additions,
-    keyed ``"<rank>:NAME"``)."""
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = []
-    for r in (0, 1):
-        rank_env = dict(os.environ, PYTHONWARNINGS="ignore")
-        rank_env.update({k.split(":", 1)[1]: v for k, v in (env or {}).items() if k.startswith(f"{r}:")})
-        procs.append(subprocess.Popen(
-            hydra_command(config, save, *overrides, "distributed_training.distributed_world_size=2",
-                          "distributed_training.distributed_backend=gloo",
-                          f"distributed_training.ddp_backend={backend}",
-                          f"distributed_training.distributed_init_method={init}",
-                          "distributed_training.distributed_no_spawn=true", f"distributed_training.distributed_rank={r}",
-                          f"hydra.run.dir={logs or save}/hydra-rank{r}", probe=probe),
-            cwd=ROOT, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:  # a rank that hangs (e.g. waiting for its peer) must not outlive the test
-        for p in procs:
-            p.kill()
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+    """The package's two-rank launch (``probe``: with the rank-probe task)."""
+    return launch.launch_two_processes(config, save, *(PROBE if probe else []), *overrides, logs=logs,
+                                       backend=backend, env=env)
 
 
 def train_two_processes(config: str, save: Path, *overrides: str, probe: bool = True,

@@ -66,6 +66,16 @@ def preprocess(tsv_dir: Path, out: Path, vocab_size: int, workers: int) -> None:
         fairseq_preprocess(out / key, {kind: [raw / f"{kind}.{key}"] for kind in SPLITS.values()}, srcdict, workers)
 
 
+def preprocess_subset(tsv_dir: Path, out: Path, sizes: Dict[str, int], vocab_size: int, workers: int = 1) -> None:
+    """:func:`preprocess` of the first ``sizes[name]`` rows of each ``tsv_dir/<name>.tsv`` (their
+    copies go to ``out/tsv``): a small, fixed slice of the bundled data for quick runs (the tests'
+    data, the GPU check's)."""
+    from leebert_plugin.data.rotten_tomatoes import write_sst2_layout
+
+    write_sst2_layout(out / "tsv", {name: read_tsv(Path(tsv_dir) / f"{name}.tsv")[:n] for name, n in sizes.items()})
+    preprocess(out / "tsv", out, vocab_size=vocab_size, workers=workers)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tsv_dir", type=Path, help="folder with train.tsv, dev.tsv, test.tsv")

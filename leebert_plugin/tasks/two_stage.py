@@ -15,6 +15,7 @@ the criterion is told the stage on every call.
 import logging
 import os
 import shutil
+from typing import List
 
 from fairseq import checkpoint_utils, distributed_utils
 
@@ -22,6 +23,14 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.optim.precision import optimized_params, restrict_to
 
 logger = logging.getLogger(__name__)
+
+
+def frozen_in_stage2(model, head_name: str) -> List[str]:
+    """The names, as in ``model.state_dict()``, of the tensors stage 2 must leave as the stage-1
+    checkpoint had them: every parameter but the intermediate exits' (the backbone, gates,
+    projectors, the last exit). What a check of a two-stage run compares."""
+    trained = {id(p) for p in model.stage2_parameters(head_name)}
+    return [name for name, p in model.named_parameters() if id(p) not in trained]
 
 
 class TwoStageTraining:
