@@ -59,7 +59,8 @@ def test_batch_of_32_decides_like_batch_of_1(name, patience, head):
         for i in range(32):
             one = tokens[i : i + 1, : int(tokens[i].ne(model.encoder.dictionary.pad()).sum())]
             single_logits, single = model(one, classification_head_name=HEAD, exit_policy=policy)
-            assert int(single["exits"].exit_layer) == int(batched.exit_layer[i]), f"sample {i}"
+            for name in ("exit_layer", "layers_run", "exits_run"):
+                assert int(getattr(single["exits"], name)) == int(getattr(batched, name)[i]), f"{name}, sample {i}"
             # the widened weights amplify float noise between padded and unpadded batches
             torch.testing.assert_close(single_logits[0], logits[i], rtol=2e-3, atol=2e-3)
     assert len(set(batched.exit_layer.tolist())) > 1, "decisions should be mixed for this test to bite"
@@ -97,6 +98,8 @@ def test_later_layers_run_only_on_samples_still_in_the_batch():
     assert seen == expected
     assert seen[-1][1] < 32
     assert torch.equal(extra["exits"].layers_run, exit_layer)
+    exit_no = torch.tensor([model.exit_layers.index(layer) + 1 for layer in exit_layer.tolist()])
+    assert torch.equal(extra["exits"].exits_run, exit_no)  # every exit up to its own was checked
 
 
 def test_never_exit_policy_equals_last_exit_at_full_depth():

@@ -67,6 +67,7 @@ def test_skip_and_exit_decisions_at_batch_32_equal_batch_1(policy_name, threshol
     tokens = random_batch(model, 32, seed=6)
     policy = build_policy(policy_name, 3, threshold, 1)
     pad = model.encoder.dictionary.pad()
+    skipped_per_layer = torch.zeros(model.num_layers, dtype=torch.long)
     with torch.no_grad():
         logits, extra = model(tokens, classification_head_name=HEAD, exit_policy=policy)
         batched = extra["exits"]
@@ -74,10 +75,11 @@ def test_skip_and_exit_decisions_at_batch_32_equal_batch_1(policy_name, threshol
             one = tokens[i : i + 1, : int(tokens[i].ne(pad).sum())]
             single_logits, single = model(one, classification_head_name=HEAD, exit_policy=policy)
             s = single["exits"]
-            assert int(s.exit_layer) == int(batched.exit_layer[i]), f"sample {i}"
-            assert int(s.layers_skipped) == int(batched.layers_skipped[i]), f"sample {i}"
-            assert int(s.layers_run) == int(batched.layers_run[i]), f"sample {i}"
+            for name in ("exit_layer", "layers_skipped", "layers_run", "gates_run", "exits_run"):
+                assert int(getattr(s, name)) == int(getattr(batched, name)[i]), f"{name}, sample {i}"
+            skipped_per_layer += s.skipped_per_layer
             torch.testing.assert_close(single_logits[0], logits[i], rtol=2e-3, atol=2e-3)
+    assert torch.equal(batched.skipped_per_layer, skipped_per_layer)
     skipped = batched.layers_skipped
     assert 0 < int((skipped > 0).sum()) < 32, "some samples, not all, should skip a layer"
     assert torch.equal(batched.layers_run + batched.layers_skipped, batched.gates_run)

@@ -13,7 +13,7 @@ a sample whose gate says skip (g >= skip_threshold) keeps its state and gets no 
 layer; the layer runs on the other samples only.
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -141,13 +141,69 @@ def full_depth_pass(
     return out
 
 
-def _compact(keep: Tensor, active: Tensor, x: Tensor, pad: Tensor, state: dict):
-    """The samples still running (``keep``), with the trailing columns only padding fills dropped
-    (right padding, as fairseq batches): the batch shrinks, and so does its padded length."""
-    active, x, pad = active[keep], x[:, keep], pad[keep]
-    state = {name: value[keep] for name, value in state.items()}
-    length = int((~pad).any(0).nonzero()[-1]) + 1
-    return active, x[:length], pad[:, :length], state
+@dataclass
+class _Running:
+    """The samples still in the early-exit loop, one row (or column of ``x``) each.
+
+    ``slot``: each row's index in the output; ``x``: ``T x n x C``; ``pad``: ``n x T``, and
+    ``pad_arg``, the same or None where no row has padding (the form layers and heads take);
+    ``span``: ``2 x n``, :func:`_span`; ``state``: the policy's; ``tally``: ``2 x n``, the layers
+    each row skipped and the exit checks it missed by skipping an exit layer.
+    """
+
+    slot: Tensor
+    x: Tensor
+    pad: Tensor
+    pad_arg: Optional[Tensor]
+    span: Tensor
+    state: dict
+    tally: Tensor
+
+    def select(self, rows: Tensor, length: int, has_padding: bool) -> "_Running":
+        """The rows ``rows`` (integer indices), trimmed to ``length`` positions: index tensors and a
+        Python slice, so no host sync (a boolean mask would need one to size its result)."""
+        pad = self.pad[:, :length].index_select(0, rows)
+        return _Running(slot=self.slot.index_select(0, rows), x=self.x[:length].index_select(1, rows), pad=pad,
+                        pad_arg=pad if has_padding else None, span=self.span.index_select(1, rows),
+                        state={name: value.index_select(0, rows) for name, value in self.state.items()},
+                        tally=self.tally.index_select(1, rows))
+
+
+def _span(padding_mask: Tensor) -> Tensor:
+    """Per sample ``(end, -first_pad)``, ``2 x B``: one past its last real token, and minus the
+    position of its first padding (``T`` if none). The longest end among some samples is the
+    padded length they need; they have padding within it iff some first pad lies before it.
+    This holds for any padding; with fairseq's right padding ``end == first_pad``. The sign makes
+    both answers maxima, so one reduction gives them (:func:`_census`)."""
+    length = padding_mask.size(1)
+    positions = torch.arange(length, device=padding_mask.device)
+    end = ((positions + 1) * ~padding_mask).amax(1)
+    first_pad = torch.where(padding_mask, positions, length).amin(1)
+    return torch.stack((end, -first_pad))
+
+
+def _census(outside: Tensor, span: Tensor) -> Tuple[int, int, int]:
+    """How many rows ``outside`` (bool: leaving, or skipping a layer) marks, and the padded length
+    the other rows need and the first padding position among them, as Python ints: the loop's one
+    host sync per decision, the three scalars fetched together by one ``tolist``."""
+    extent = span.masked_fill(outside, torch.iinfo(span.dtype).min).amax(1)
+    count, length, neg_first_pad = torch.cat((outside.sum(0, keepdim=True), extent)).tolist()
+    return count, length, -neg_first_pad
+
+
+def _leave(out: ExitOutput, tally: Tensor, run: _Running, rows: Optional[Tensor], logits: Tensor,
+           layer_no: int, exits_passed: int) -> None:
+    """Write the results of the rows ``rows`` of ``run`` (None: all of them) to their output slots:
+    their ``logits``, exit layer, ``exits_passed`` (the skipped checks are subtracted at the end)
+    and their ``tally`` columns."""
+    if rows is not None:
+        logits, slots, counts = logits.index_select(0, rows), run.slot.index_select(0, rows), run.tally.index_select(1, rows)
+    else:
+        slots, counts = run.slot, run.tally
+    out.logits.index_copy_(0, slots, logits)
+    out.exit_layer.index_fill_(0, slots, layer_no)
+    out.exits_run.index_fill_(0, slots, exits_passed)
+    tally.index_copy_(1, slots, counts)
 
 
 def early_exit_pass(
@@ -161,62 +217,75 @@ def early_exit_pass(
 ) -> ExitOutput:
     """Inference: after each exit the policy marks the confident samples done; their logits go to
     their slots and the remaining layers run on the other samples only. A sample whose gate says
-    skip keeps its state and gets no exit check at that layer."""
+    skip keeps its state and gets no exit check at that layer.
+
+    Host syncs: one per forward (is there padding at all), one per exit but the last (who leaves,
+    how long the rest still are, whether they still have padding: :func:`_census`) and one per
+    gated layer (who runs it). Rows are then picked with integer indices (a stable sort puts the
+    kept rows first, in their order, so results do not change), which need none. Per-sample
+    counters are not updated layer by layer: they follow from the exit layer and the skips,
+    written once when a sample leaves, at the cost of no torch call per layer.
+    """
     num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
     x, padding_mask = _embed(encoder, src_tokens)
-    bsz = src_tokens.size(0)
+    bsz, device = src_tokens.size(0), src_tokens.device
     out = _new_output(x, padding_mask, num_layers)
-    active = torch.arange(bsz, device=src_tokens.device)  # original slot of every sample still running
-    state = policy.init_state(bsz, src_tokens.device)
-    pad = padding_mask
-    pad_arg = _mask_or_none(pad)
-    out.layers_run.zero_()
+    tally = torch.zeros(2, bsz, dtype=torch.long, device=device)  # layers skipped, exit checks missed
+    run = _Running(slot=torch.arange(bsz, device=device), x=x, pad=padding_mask, pad_arg=_mask_or_none(padding_mask),
+                   span=_span(padding_mask), state=policy.init_state(bsz, device), tally=tally.clone())
+    n, first_check = bsz, True  # rows still running; no exit checked yet
     for i in range(num_layers):
         layer_no = i + 1
-        ran = None  # indices of the active samples that run this layer; None: all of them
-        if gates is not None:
-            run = gates(i, x, pad_arg) < skip_threshold
-            out.gates_run[active] += 1
-            out.layers_skipped[active[~run]] += 1
-            out.skipped_per_layer[i] = (~run).sum()
-            if not bool(run.all()):
-                ran = run.nonzero().squeeze(1)
-        if ran is None:
-            x = encoder.layers[i](x, encoder_padding_mask=pad_arg)
-            out.layers_run[active] += 1
-        elif ran.numel():
-            x = x.index_copy(1, ran, encoder.layers[i](x[:, ran], encoder_padding_mask=_mask_or_none(pad[ran])))
-            out.layers_run[active[ran]] += 1
         k = exit_index.get(layer_no)
-        if k is None:
+        ran, n_run = None, n  # rows that run this layer (None: all) and how many
+        if gates is not None:
+            skip = ~(gates(i, run.x, run.pad_arg) < skip_threshold)
+            n_skip, _, first_pad = _census(skip, run.span)
+            out.skipped_per_layer[i] = n_skip
+            n_run = n - n_skip
+            if n_skip:
+                if k is not None and layer_no < num_layers:  # a skipped exit layer: no check there
+                    run.tally += skip
+                else:
+                    run.tally[0].add_(skip)
+                ran = torch.argsort(skip, stable=True)[:n_run]  # the running rows, in order
+                sub_pad = run.pad.index_select(0, ran) if first_pad < run.x.size(0) else None
+        if ran is None:
+            run.x = encoder.layers[i](run.x, encoder_padding_mask=run.pad_arg)
+        elif n_run:
+            run.x = run.x.index_copy(1, ran, encoder.layers[i](run.x.index_select(1, ran), encoder_padding_mask=sub_pad))
+        if k is None or (layer_no < num_layers and not n_run):
             continue
+        if layer_no == num_layers or ran is None:
+            logits = heads(k, _normed(encoder, run.x), run.pad_arg)
+        else:  # only the rows that ran this layer get an exit check
+            sub_logits = heads(k, _normed(encoder, run.x.index_select(1, ran)), sub_pad)
+            logits = sub_logits.new_zeros(n, sub_logits.size(-1)).index_copy(0, ran, sub_logits)
+        if first_check:
+            out.logits, first_check = logits.new_zeros(bsz, logits.size(-1)), False
         if layer_no == num_layers:  # everyone left leaves here, skipped or not
-            logits = heads(k, _normed(encoder, x), pad_arg)
-            done = torch.ones_like(active, dtype=torch.bool)
-            out.exits_run[active] += 1
-        elif ran is None:
-            logits = heads(k, _normed(encoder, x), pad_arg)
-            out.exits_run[active] += 1
-            done, state = policy.step(logits, state)
-        elif ran.numel():  # only the samples that ran this layer get an exit check
-            sub_logits = heads(k, _normed(encoder, x[:, ran]), _mask_or_none(pad[ran]))
-            out.exits_run[active[ran]] += 1
-            sub_done, sub_state = policy.step(sub_logits, {n: v[ran] for n, v in state.items()})
-            state = {n: v.index_copy(0, ran, sub_state[n]) for n, v in state.items()}
-            logits = sub_logits.new_zeros(active.numel(), sub_logits.size(-1)).index_copy(0, ran, sub_logits)
-            done = torch.zeros_like(active, dtype=torch.bool).index_copy(0, ran, sub_done)
+            n_keep = 0
         else:
-            continue
-        if not out.logits.numel():
-            out.logits = logits.new_zeros(bsz, logits.size(-1))
-        if bool(done.any()):
-            slots = active[done]
-            out.logits[slots] = logits[done]
-            out.exit_layer[slots] = layer_no
-            keep = ~done
-            if not bool(keep.any()):
-                break
-            active, x, pad, state = _compact(keep, active, x, pad, state)
-            pad_arg = _mask_or_none(pad)
+            if ran is None:
+                done, run.state = policy.step(logits, run.state)
+            else:
+                sub_done, sub_state = policy.step(sub_logits, {name: v.index_select(0, ran) for name, v in run.state.items()})
+                run.state = {name: v.index_copy(0, ran, sub_state[name]) for name, v in run.state.items()}
+                done = sub_done.new_zeros(n).index_copy(0, ran, sub_done)
+            n_done, length, first_pad = _census(done, run.span)
+            if not n_done:
+                continue
+            n_keep = n - n_done
+        if not n_keep:
+            _leave(out, tally, run, None, logits, layer_no, k + 1)
+            break
+        order = torch.argsort(done, stable=True)  # kept rows first, each group in its order
+        _leave(out, tally, run, order[n_keep:], logits, layer_no, k + 1)
+        run, n = run.select(order[:n_keep], length, first_pad < length), n_keep
+    out.layers_skipped, missed_checks = tally
+    out.exits_run -= missed_checks
+    out.layers_run = out.exit_layer - out.layers_skipped
+    if gates is not None:
+        out.gates_run = out.exit_layer.clone()  # a gate before every layer a sample reaches
     return out
