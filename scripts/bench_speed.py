@@ -3,7 +3,7 @@
 
     python scripts/bench_speed.py [--layers 6 --dim 384 --heads 6 --ffn 1536] [--batch-sizes 1 8 32 128]
                                   [--min-len 16 --max-len 64] [--repeats 5] [--threads 0] [--device cuda]
-    python scripts/bench_speed.py --checkpoint CKPT --data DATA --policy normalized_entropy --threshold 0.3 \
+    python scripts/bench_speed.py --checkpoint CKPT --data DATA --policy normalized_entropy --threshold 0.3
                                   [--subset test] [--samples 256] [--batch-sizes 1 8 32 128]
 
 Without ``--checkpoint`` the model has random weights and the exit decisions come from a fixed
@@ -36,27 +36,11 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin.data.synthetic import random_token_batch
 from leebert_plugin.devices import add_device_argument, resolve_device, seconds
 from leebert_plugin.exits.evaluate import batches, load, plain_forward
-from leebert_plugin.exits.policies import ExitPolicy, build_policy
+from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
 
 HEAD = "sentence_classification_head"
 Plan = List[Tuple[Tensor, ExitPolicy]]  # (tokens, the policy that decides their exits) per batch
-
-
-class AssignedExit(ExitPolicy):
-    """Each sample leaves at its pre-assigned exit (state: exits still to pass)."""
-
-    name = "assigned"
-
-    def __init__(self, exit_index):
-        super().__init__(num_classes=2)
-        self.exit_index = exit_index
-
-    def init_state(self, batch_size, device):
-        return {"left": self.exit_index.clone().to(device)}
-
-    def step(self, logits, state):
-        return state["left"] <= 0, {"left": state["left"] - 1}
 
 
 class _Task:

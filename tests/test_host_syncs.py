@@ -3,24 +3,10 @@ decide who runs it, a constant few per forward, and none per plain layer."""
 import torch
 
 from helpers import HEAD, mixed_gates_model, random_batch, spread_model
-from leebert_plugin.exits.policies import ExitPolicy
+from leebert_plugin.exits.policies import AssignedExit
 from leebert_plugin.modules.host_syncs import HostSyncCounter
 
 PER_FORWARD = 2  # the constant allowance: the initial padding check, and one spare
-
-
-class AssignedExit(ExitPolicy):
-    """Each sample leaves at its pre-assigned exit (0-based; state: exits still to pass)."""
-
-    def __init__(self, exit_index: torch.Tensor):
-        super().__init__(num_classes=3)
-        self.exit_index = exit_index
-
-    def init_state(self, batch_size, device):
-        return {"left": self.exit_index.clone().to(device)}
-
-    def step(self, logits, state):
-        return state["left"] <= 0, {"left": state["left"] - 1}
 
 
 def spread_exits(bsz: int, num_exits: int) -> torch.Tensor:

@@ -163,6 +163,24 @@ class RegressionPatienceExit(ExitPolicy):
         return count >= self.patience, {"count": count, "prev": pred}
 
 
+class AssignedExit(ExitPolicy):
+    """Each sample leaves at a pre-assigned exit (0-based among the exits; state: exits still to
+    pass). Not registered: it decides nothing from the logits, so it measures the loop itself
+    (``scripts/bench_speed.py`` without a checkpoint, the host-sync tests)."""
+
+    name = "assigned"
+
+    def __init__(self, exit_index: Tensor, num_classes: int = 2):
+        super().__init__(num_classes)
+        self.exit_index = exit_index
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        return {"left": self.exit_index.clone().to(device)}
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        return state["left"] <= 0, {"left": state["left"] - 1}
+
+
 def build_policy(
     name: str, num_classes: int, threshold: Optional[float] = None, patience: int = 1
 ) -> ExitPolicy:
