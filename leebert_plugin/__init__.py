@@ -18,6 +18,7 @@ from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F
 from leebert_plugin import cpu_gather, ddp, safe_loading, task_state  # noqa: E402
 from leebert_plugin.optim import precision  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
+from leebert_plugin import cli  # noqa: E402
 
 # fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
 # an untrusted or damaged checkpoint instead of torch's traceback
@@ -30,3 +31,6 @@ ddp.install()
 task_state.install()
 # --bf16 / --fp16 without flat grads: fairseq's fp32 master copies carry the exit heads' tag (exit_lr_scale)
 precision.install()
+# fairseq-validate / fairseq-train: an uncaught UsageError ends the command in its one line
+if cli.under_fairseq_command():
+    cli.install_excepthook()

@@ -1,19 +1,43 @@
 """One error type for every input a user can fix.
 
-fairseq's trainer and hydra's launcher both catch ``Exception`` and re-raise it wrapped in a long
-traceback ("Cannot load model parameters ..."). A :class:`UsageError` derives from ``SystemExit``
-instead, so it passes through both untouched: the command ends with exactly one line on stderr,
-naming the problem and the fix, and exit status 1. Library callers catch it as ``UsageError``.
+A :class:`UsageError` is a ``ValueError``: a library caller (a service calling ``predict``, a
+notebook building a policy) catches it with ``except ValueError`` and carries on. The command
+lines turn it into exactly one line on stderr and exit status 1 (:mod:`leebert_plugin.cli`).
+
+fairseq sometimes re-raises what it catches: its trainer turns any failure while loading a
+checkpoint into ``Exception("Cannot load model parameters ...")`` inside the ``except`` block, and
+``torch.multiprocessing.spawn`` sends a worker's traceback to the parent as text.
+:func:`usage_error_line` finds the plugin's line behind both.
 """
+from typing import Optional
+
+PREFIX = "leebert-plugin: error:"
 
 
-class UsageError(SystemExit):
+class UsageError(ValueError):
     """A bad input, reported as ``leebert-plugin: error: <problem>. Fix: <fix>``."""
 
     def __init__(self, problem: str, fix: str):
         self.problem = problem
         self.fix = fix
-        super().__init__(f"leebert-plugin: error: {problem}. Fix: {fix}")
+        super().__init__(f"{PREFIX} {problem}. Fix: {fix}")
 
-    def __str__(self) -> str:  # SystemExit's str() is its code; keep the message
-        return str(self.code)
+
+def usage_error_line(exc: Optional[BaseException]) -> Optional[str]:
+    """The one-line report of the :class:`UsageError` behind ``exc``, or None if there is none.
+
+    Walks ``exc``'s causes (``__cause__``, else ``__context__``), so a UsageError that fairseq
+    re-raised as another exception is still found; a worker's traceback passed on as text is
+    searched for the plugin's line.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UsageError):
+            return str(exc)
+        for line in reversed(str(exc).splitlines()):  # a traceback passed on as text
+            at = line.find(PREFIX)
+            if at >= 0:
+                return line[at:]
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -20,6 +20,7 @@ from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
 
 import leebert_plugin  # noqa: F401
+from leebert_plugin import cli
 from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.devices import add_device_argument, model_device, resolve_device, seconds, to_device
@@ -131,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -33,6 +33,7 @@ from fairseq.data import Dictionary
 from torch import Tensor
 
 import leebert_plugin  # noqa: F401
+from leebert_plugin import cli
 from leebert_plugin.data.synthetic import random_token_batch
 from leebert_plugin.devices import add_device_argument, resolve_device, seconds
 from leebert_plugin.exits.evaluate import batches, load, plain_forward
@@ -170,4 +171,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

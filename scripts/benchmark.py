@@ -32,6 +32,7 @@ from typing import Dict, List
 
 import torch
 import leebert_plugin  # noqa: F401
+from leebert_plugin import cli
 from leebert_plugin.devices import Stopwatch, add_device_argument, fairseq_device_args, fairseq_env, resolve_device
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
 from leebert_plugin.exits.pareto import at_speedup, front
@@ -304,4 +305,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

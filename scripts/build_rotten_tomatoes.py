@@ -6,6 +6,7 @@
 import argparse
 from pathlib import Path
 
+from leebert_plugin import cli
 from leebert_plugin.data import rotten_tomatoes as rt
 
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

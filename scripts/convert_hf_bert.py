@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from leebert_plugin import cli
 from leebert_plugin.models.hf_bert_import import convert
 
 
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import leebert_plugin  # noqa: F401  (registers everything)
-from leebert_plugin import gpu_check as gc
+from leebert_plugin import cli, gpu_check as gc
 from leebert_plugin.devices import resolve_device
 from leebert_plugin.errors import UsageError
 
@@ -66,4 +66,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import leebert_plugin  # noqa: F401
+from leebert_plugin import cli
 from leebert_plugin.devices import add_device_argument, resolve_device
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.plotting import new_axes, save_plot
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

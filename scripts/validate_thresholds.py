@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from leebert_plugin import cli
 from leebert_plugin.devices import add_device_argument, fairseq_device_args, fairseq_env, resolve_device
 from leebert_plugin.errors import UsageError
 
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

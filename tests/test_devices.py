@@ -60,7 +60,7 @@ def test_the_cpu_is_accepted(name):
 def test_cuda_without_cuda_is_refused_with_the_fix(name, no_cuda):
     with pytest.raises(UsageError, match="finds no CUDA device") as error:
         resolve_device(name)
-    assert error.value.code.startswith("leebert-plugin: error: ") and "\n" not in error.value.code
+    assert str(error.value).startswith("leebert-plugin: error: ") and "\n" not in str(error.value)
     assert "--device cpu" in error.value.fix
 
 

@@ -44,6 +44,16 @@ def test_bad_policy_in_the_api(classifier):
         classifier.predict(["fine"], exit_policy="fastest")
 
 
+def test_a_service_catches_a_bad_threshold_as_a_value_error_and_carries_on(classifier):
+    try:
+        classifier.predict(["fine"], exit_policy="max_prob", threshold=1.5)
+    except ValueError as err:  # what a service writes: no SystemExit, no process exit
+        assert "1.5 is out of range" in str(err) and "Fix:" in str(err)
+    else:
+        raise AssertionError("a threshold of 1.5 was accepted")
+    assert len(classifier.predict(["fine"], exit_policy="max_prob", threshold=0.9)) == 1
+
+
 def test_predict_on_a_named_device_is_predict_where_the_model_is(classifier):
     sentences = [s for s, _ in dev_rows()[:16]]
     assert classifier.device == torch.device("cpu")

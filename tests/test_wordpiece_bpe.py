@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 import leebert_plugin  # noqa: F401  (registers the bpe)
 from leebert_plugin.data.registry_wheel import fetch_wheel_file
 from leebert_plugin.data.wordpiece_vocab import load_vocab, write_dict
+from leebert_plugin.errors import UsageError
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
 
 HAND_VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "The", "movie", "##s", "was",
@@ -58,7 +59,7 @@ def test_decode_joins_pieces_and_word_starts(tmp_path):
 
 
 def test_missing_vocab_is_one_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"WordPiece vocabulary .*nope.txt does not exist.*Fix:"):
+    with pytest.raises(UsageError, match=r"WordPiece vocabulary .*nope.txt does not exist.*Fix:"):
         wordpiece(str(tmp_path / "nope.txt"))
 
 

@@ -3,6 +3,7 @@ import pytest
 from fairseq.data import Dictionary
 
 from leebert_plugin.data.wordpiece_vocab import dict_symbols, fairseq_order, load_vocab, write_dict
+from leebert_plugin.errors import UsageError
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
 
 VOCAB = ["[PAD]", "[unused0]", "the", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "movie", "##s", "!"]
@@ -24,7 +25,7 @@ def test_task_dictionary_index_i_is_wordpiece_id_fairseq_order_i(tmp_path):
 
 def test_vocab_without_bert_specials_is_refused(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n[PAD]\n")
-    with pytest.raises(SystemExit, match=r"lacks the WordPiece special tokens.*Fix: use a BERT vocab.txt"):
+    with pytest.raises(UsageError, match=r"lacks the WordPiece special tokens.*Fix: use a BERT vocab.txt"):
         load_vocab(tmp_path / "vocab.txt")
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         load_vocab(tmp_path / "nope.txt")

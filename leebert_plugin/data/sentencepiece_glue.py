@@ -13,6 +13,7 @@ from typing import Dict, List, Tuple
 
 import sentencepiece as spm
 
+from leebert_plugin import cli
 from leebert_plugin.data.binarize import fairseq_preprocess
 from leebert_plugin.data.bpe_encode import encode_lines, write_lines
 from leebert_plugin.data.glue_tsv import read_rows
@@ -92,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -197,7 +197,18 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One micro-batch: the stage's loss (on the D1/D2 batch the bi-level training asks for,
-        after its meta step when due), ``backward``, and the check for non-finite values."""
+        after its meta step when due), ``backward``, and the check for non-finite values.
+
+        Only fairseq's trainer calls this, and it answers any ``Exception`` from a train step by
+        writing ``crash.pt`` into the save dir: a bad input found here (an empty D2, a NaN loss)
+        leaves as ``SystemExit(line)``, so the command ends in its one line with nothing written.
+        """
+        try:
+            return self._train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        except UsageError as err:
+            raise SystemExit(str(err)) from err
+
+    def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad):
         model.train()
         model.set_num_updates(update_num)
         stage = self.two_stage.before_step(model, optimizer) if self.two_stage is not None else self.stage(model)

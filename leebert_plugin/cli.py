@@ -1,0 +1,76 @@
+"""The command-line boundary: a :class:`~leebert_plugin.errors.UsageError` raised anywhere below a
+command ends it in exactly one line on stderr and exit status 1, never a traceback.
+
+Three doors, one rule (:func:`~leebert_plugin.errors.usage_error_line`):
+
+- the plugin's scripts and ``python -m`` modules: ``cli.run(main)``;
+- fairseq's argparse commands (``fairseq-validate``, ``fairseq-train``): the exception reaches the
+  interpreter's top level, where :func:`install_excepthook` (installed when the plugin is imported
+  by one of them) prints the line;
+- ``fairseq-hydra-train``: hydra catches every ``Exception`` of the job and prints a traceback, so
+  the configs name :class:`UsageErrorInOneLine` as a hydra callback
+  (``hydra.callbacks.usage_errors._target_``), which sees the failed job first.
+
+The library itself never exits: from Python a UsageError is a ``ValueError`` to catch.
+"""
+import os
+import sys
+from typing import Any, Callable
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+
+from leebert_plugin.errors import usage_error_line
+from leebert_plugin.patching import MARK
+
+FAIRSEQ_COMMANDS = ("fairseq-train", "fairseq-validate", "fairseq-hydra-train", "fairseq-generate")
+
+
+def run(main: Callable[[], Any]) -> Any:
+    """Call ``main()``; a UsageError behind any exception it raises becomes ``SystemExit(line)``."""
+    try:
+        return main()
+    except Exception as exc:
+        line = usage_error_line(exc)
+        if line is None:
+            raise
+        raise SystemExit(line) from None
+
+
+def _one_line_hook(previous: Callable) -> Callable:
+    def hook(kind, value, tb):
+        line = usage_error_line(value)
+        if line is None:
+            previous(kind, value, tb)
+        else:  # the interpreter exits with status 1 after an uncaught exception
+            sys.stderr.write(line + "\n")
+    setattr(hook, MARK, True)
+    return hook
+
+
+def under_fairseq_command() -> bool:
+    """Whether this process is one of fairseq's console commands (or ``python -m fairseq_cli.x``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return (os.path.basename(sys.argv[0] if sys.argv else "") in FAIRSEQ_COMMANDS
+            or (spec is not None and spec.name.startswith("fairseq_cli.")))
+
+
+def install_excepthook() -> None:
+    """Print an uncaught UsageError as its one line (once per process; other errors untouched)."""
+    if not getattr(sys.excepthook, MARK, False):
+        sys.excepthook = _one_line_hook(sys.excepthook)
+
+
+class UsageErrorInOneLine(Callback):
+    """Hydra callback: a job that failed with a UsageError ends the command with its one line.
+
+    hydra's ``run_job`` stores the job's exception and calls ``on_job_end`` before re-raising it
+    inside its ``run_and_report``, which would print a traceback; a ``SystemExit`` raised here
+    passes through both (they catch ``Exception``) and exits with status 1 after printing the line.
+    """
+
+    def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED:
+            line = usage_error_line(job_return._return_value)
+            if line is not None:
+                raise SystemExit(line)

@@ -1,0 +1,82 @@
+"""The command-line boundary: a UsageError is a ValueError in the library and one line at a command."""
+import subprocess
+import sys
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+
+from helpers import ROOT, assert_one_clear_error
+from leebert_plugin import cli
+from leebert_plugin.errors import UsageError, usage_error_line
+
+BAD = UsageError("exit_threshold=1.5 is out of range", "pass a value in [0, 1]")
+
+
+def test_a_usage_error_is_a_value_error_with_one_line():
+    assert isinstance(BAD, ValueError) and not isinstance(BAD, SystemExit)
+    assert str(BAD) == "leebert-plugin: error: exit_threshold=1.5 is out of range. Fix: pass a value in [0, 1]"
+    assert (BAD.problem, BAD.fix) == ("exit_threshold=1.5 is out of range", "pass a value in [0, 1]")
+
+
+def _rewrapped() -> Exception:
+    """What fairseq's trainer does with a failure while loading a checkpoint."""
+    try:
+        try:
+            raise BAD
+        except Exception:
+            raise Exception("Cannot load model parameters from checkpoint x.pt")
+    except Exception as err:
+        return err
+
+
+def test_the_line_is_found_behind_a_re_raise_and_in_a_workers_traceback_text():
+    assert usage_error_line(BAD) == str(BAD)
+    assert usage_error_line(_rewrapped()) == str(BAD)
+    explicit = RuntimeError("wrapped")
+    explicit.__cause__ = BAD
+    assert usage_error_line(explicit) == str(BAD)
+    spawned = RuntimeError(f"\n\n-- Process 1 terminated with the following error:\nTraceback ...\n"
+                           f"leebert_plugin.errors.UsageError: {BAD}\n")
+    assert usage_error_line(spawned) == str(BAD)
+    assert usage_error_line(RuntimeError("out of memory")) is None
+    assert usage_error_line(None) is None
+
+
+def test_run_turns_a_usage_error_into_its_line_and_leaves_other_errors_alone():
+    def bad():
+        raise _rewrapped()
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(bad)
+    assert exit_.value.code == str(BAD)
+    assert cli.run(lambda: 3) == 3
+
+    def broken():
+        raise KeyError("a bug, not a bad input")
+
+    with pytest.raises(KeyError):
+        cli.run(broken)
+
+
+def test_the_hydra_callback_ends_a_failed_job_in_the_line_and_ignores_others():
+    callback = cli.UsageErrorInOneLine()
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=_rewrapped())
+    with pytest.raises(SystemExit) as exit_:
+        callback.on_job_end(config=None, job_return=failed)
+    assert exit_.value.code == str(BAD)
+    callback.on_job_end(config=None, job_return=JobReturn(status=JobStatus.FAILED, _return_value=KeyError("bug")))
+    callback.on_job_end(config=None, job_return=JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
+
+
+def test_an_uncaught_usage_error_under_a_fairseq_command_is_one_line_and_status_1():
+    code = ("import sys; sys.argv[0] = 'fairseq-validate'; import leebert_plugin\n"
+            "from leebert_plugin.errors import UsageError\n"
+            "try:\n    raise UsageError('the problem', 'the fix')\nexcept Exception:\n    raise Exception('wrapped')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert_one_clear_error(proc, "the problem", "the fix")
+
+
+def test_outside_a_fairseq_command_the_library_leaves_the_excepthook_alone():
+    code = "import sys; hook = sys.excepthook; import leebert_plugin; print(sys.excepthook is hook)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.strip() == "True", proc.stderr
