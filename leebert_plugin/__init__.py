@@ -15,7 +15,7 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
-from leebert_plugin import cpu_gather, ddp, safe_loading, task_state  # noqa: E402
+from leebert_plugin import checkpoint_files, cpu_gather, ddp, safe_loading, task_state  # noqa: E402
 from leebert_plugin.optim import precision  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
 from leebert_plugin import cli  # noqa: E402
@@ -23,6 +23,8 @@ from leebert_plugin import cli  # noqa: E402
 # fairseq-validate --path, resume and the hub load through fairseq's loader: one clear line for
 # an untrusted or damaged checkpoint instead of torch's traceback
 safe_loading.install()
+# checkpoint files are whole or absent: fairseq's saves and its last/best copies are atomic and synced
+checkpoint_files.install()
 # multi-process CPU runs: fairseq's gather of non-summable logging outputs needs CUDA
 cpu_gather.install()
 # fairseq's default DDP backend (pytorch_ddp) on CPU: fairseq passes device_ids=[0] for a CPU module

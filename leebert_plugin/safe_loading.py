@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from fairseq import checkpoint_utils
 
+from leebert_plugin.checkpoint_files import damaged_fix
 from leebert_plugin.errors import UsageError
 from leebert_plugin.patching import wrap_once
 
@@ -25,7 +26,7 @@ DAMAGED_FIX = "use an intact checkpoint (a copy, or an earlier checkpoint_*.pt)"
 
 
 def _unreadable(path: str, reason: str) -> UsageError:
-    return UsageError(f"{path} is not a readable checkpoint ({reason[:80]})", DAMAGED_FIX)
+    return UsageError(f"{path} is not a readable checkpoint ({reason[:80]})", damaged_fix(path) or DAMAGED_FIX)
 
 
 def _untrusted(path: str, names: str) -> UsageError:
@@ -39,8 +40,10 @@ def check_checkpoint_file(path: str) -> None:
     weights-only loader, which :func:`safe_loader` reports the same way.
     """
     with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if not is_zip:
+        head = f.read(4)
+    if not head:
+        raise _unreadable(path, "the file is empty")
+    if head != b"PK\x03\x04":
         return
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
