@@ -15,7 +15,7 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
 
 from leebert_plugin import bpe, criterions, models, optim, tasks  # noqa: E402,F401
-from leebert_plugin import checkpoint_files, cpu_gather, ddp, safe_loading, task_state  # noqa: E402
+from leebert_plugin import checkpoint_files, cpu_gather, ddp, safe_loading, save_dir_lock, task_state  # noqa: E402
 from leebert_plugin.optim import precision  # noqa: E402
 from leebert_plugin.errors import UsageError  # noqa: E402,F401
 from leebert_plugin import cli  # noqa: E402
@@ -25,6 +25,8 @@ from leebert_plugin import cli  # noqa: E402
 safe_loading.install()
 # checkpoint files are whole or absent: fairseq's saves and its last/best copies are atomic and synced
 checkpoint_files.install()
+# one run per save dir: a lock the job's rank 0 holds (pid, host; a dead holder's lock is taken over)
+save_dir_lock.install()
 # multi-process CPU runs: fairseq's gather of non-summable logging outputs needs CUDA
 cpu_gather.install()
 # fairseq's default DDP backend (pytorch_ddp) on CPU: fairseq passes device_ids=[0] for a CPU module

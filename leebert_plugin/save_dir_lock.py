@@ -1,0 +1,117 @@
+"""One run per save dir: a lock file the job's rank 0 holds for the run's lifetime.
+
+Two runs on one ``checkpoint.save_dir`` overwrite each other's checkpoints, and fairseq says
+nothing. Before a training run reads or writes a checkpoint (fairseq's
+``checkpoint_utils.load_checkpoint``, the resume, which only training calls), rank 0 creates
+``SAVE_DIR/leebert.lock`` with ``O_CREAT | O_EXCL`` and writes its pid, host and start time into
+it; the file is removed when the process exits. The workers of the same job share it: rank 0's
+verdict is broadcast, so every rank of a refused job stops with the same line instead of waiting
+at the next collective.
+
+A lock whose process is gone (same host, no such pid: a run killed with SIGKILL) is stale: it is
+taken over after one warning line. A lock from another host cannot be checked from here and is
+refused; the line says which file to delete if that run is really gone.
+"""
+import atexit
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from fairseq import checkpoint_utils, distributed_utils
+
+from leebert_plugin.errors import UsageError
+from leebert_plugin.patching import wrap_once
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "leebert.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        holder = json.loads(path.read_text())
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _release(path: Path, pid: int) -> None:
+    holder = _read(path)
+    if holder is not None and holder["pid"] == pid and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
+def acquire(save_dir: str) -> Optional[UsageError]:
+    """Take ``save_dir``'s lock for this process. Returns None, or the refusal when another live
+    run holds it."""
+    path = Path(save_dir) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read(path)
+            if holder is not None and (holder["pid"], holder.get("host")) == (me["pid"], me["host"]):
+                return None  # this process holds it already
+            if holder is not None and holder.get("host") != me["host"]:
+                return UsageError(
+                    f"{save_dir} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
+                    f"{holder.get('started')})", f"wait for it, or pass another checkpoint.save_dir; if that run is "
+                    f"gone, delete {path}")
+            if holder is not None and _alive(holder["pid"]):
+                return UsageError(
+                    f"{save_dir} is in use by another run (pid {holder['pid']} on this host, started "
+                    f"{holder.get('started')})", "wait for it to finish (or stop it), or pass another "
+                    "checkpoint.save_dir")
+            logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        atexit.register(_release, path, me["pid"])
+        return None
+    return UsageError(f"could not take the lock {path}: other runs keep taking it",
+                      "start one run per checkpoint.save_dir")
+
+
+def hold_save_dir(save_dir: str) -> None:
+    """Rank 0 takes the lock; every rank of the job raises the same UsageError if it is refused."""
+    world = distributed_utils.get_data_parallel_world_size()
+    refused = acquire(save_dir) if distributed_utils.get_global_rank() == 0 else None
+    verdict = None if refused is None else (refused.problem, refused.fix)
+    if world > 1:
+        verdict = distributed_utils.broadcast_object(verdict, src_rank=0, group=distributed_utils.get_global_group())
+    if verdict is not None:
+        raise UsageError(*verdict)
+
+
+def locked(load: Callable) -> Callable:
+    """Wrap fairseq's ``checkpoint_utils.load_checkpoint`` (training's resume): lock first."""
+
+    def load_checkpoint(cfg, trainer, **passthrough_args):
+        if not cfg.no_save:
+            hold_save_dir(cfg.save_dir)
+        return load(cfg, trainer, **passthrough_args)
+
+    return load_checkpoint
+
+
+def install() -> None:
+    wrap_once(checkpoint_utils, "load_checkpoint", locked)

@@ -1,0 +1,73 @@
+"""One run per save dir: a second run on a save dir in use is refused in one line naming the first;
+the lock of a run that was killed is taken over."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from helpers import BIN, ROOT, assert_one_clear_error, launch_two_processes, run
+from leebert_plugin import save_dir_lock
+from leebert_plugin.launch import quiet_env
+
+
+def _command(mr_bin, save, updates):
+    return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", "mr_multi_exit",
+            f"task.data={mr_bin}", f"checkpoint.save_dir={save}", "optimization.max_epoch=50",
+            f"optimization.max_update={updates}", "lr_scheduler.warmup_updates=2", "dataset.batch_size=16",
+            "checkpoint.save_interval_updates=5", "dataset.disable_validation=true"]
+
+
+def test_a_second_run_on_a_save_dir_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(mr_bin, tmp_path):
+    save = tmp_path / "save"
+    first = subprocess.Popen(_command(mr_bin, save, 100_000), cwd=ROOT, env=quiet_env(None),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = save / save_dir_lock.LOCK_NAME
+        deadline = time.time() + 120
+        while not list(save.glob("checkpoint_*_*.pt")) and time.time() < deadline:
+            time.sleep(0.5)
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        second = run(_command(mr_bin, save, 10))
+        assert_one_clear_error(second, f"{save} is in use by another run", f"pid {first.pid} on this host",
+                               "another checkpoint.save_dir")
+        assert "Saved checkpoint" not in second.stdout + second.stderr and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert json.loads(lock.read_text())["pid"] == first.pid  # a SIGKILL leaves it behind
+    third = run(_command(mr_bin, save, 10))  # resumes from the killed run's last checkpoint
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "is gone; taking it over" in third.stdout + third.stderr
+    assert not lock.exists()  # released at exit
+
+
+def test_the_lock_is_released_at_exit_and_a_foreign_hosts_lock_is_refused(tmp_path):
+    code = ("import os, sys; from leebert_plugin import save_dir_lock as L; "
+            "assert L.acquire(sys.argv[1]) is None; assert L.acquire(sys.argv[1]) is None; "
+            "print(os.getpid(), open(sys.argv[1] + '/leebert.lock').read())")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pid, held = proc.stdout.split(" ", 1)
+    assert json.loads(held)["pid"] == int(pid)  # held while it ran (twice: the same process)
+    assert not (tmp_path / save_dir_lock.LOCK_NAME).exists()
+    (tmp_path / save_dir_lock.LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+    refused = save_dir_lock.acquire(str(tmp_path))
+    assert refused is not None and "pid 1 on elsewhere" in str(refused)
+    assert f"delete {tmp_path / save_dir_lock.LOCK_NAME}" in refused.fix
+
+
+def test_both_ranks_of_a_job_on_a_save_dir_in_use_stop_with_the_same_line(mr_bin, tmp_path):
+    save = tmp_path / "save"
+    save.mkdir()
+    lock = save / save_dir_lock.LOCK_NAME
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}  # a live run: this one
+    lock.write_text(json.dumps(holder))
+    ranks = launch_two_processes("mr_multi_exit", save, f"task.data={mr_bin}", "optimization.max_update=4",
+                                 "dataset.batch_size=16", probe=False)
+    for proc in ranks:
+        assert_one_clear_error(proc, f"{save} is in use by another run", f"pid {os.getpid()} on this host")
+    assert json.loads(lock.read_text()) == holder and not list(save.glob("*.pt"))
