@@ -13,14 +13,17 @@ Three doors, one rule (:func:`~leebert_plugin.errors.usage_error_line`):
 
 The library itself never exits: from Python a UsageError is a ``ValueError`` to catch.
 """
+import argparse
+import math
 import os
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
-from leebert_plugin.errors import usage_error_line
+from leebert_plugin.errors import UsageError, usage_error_line
 from leebert_plugin.patching import MARK
 
 FAIRSEQ_COMMANDS = ("fairseq-train", "fairseq-validate", "fairseq-hydra-train", "fairseq-generate")
@@ -74,3 +77,41 @@ class UsageErrorInOneLine(Callback):
             line = usage_error_line(job_return._return_value)
             if line is not None:
                 raise SystemExit(line)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (a missing argument, a bad number) are one UsageError line, not the
+    usage dump and exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}", f"see {self.prog} --help")
+
+
+def number(kind: Callable = float, low: Optional[float] = None, high: Optional[float] = None,
+           low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` (int or float) in ``[low, high]`` (``(low, high]``
+    with ``low_open``). NaN and infinities are refused, which ``type=float`` lets through."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"{text} is {'at or ' if low_open else ''}below {low:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} is above {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
+    """Before any work: outputs that already exist are refused unless ``overwrite``."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}",
+                         "pass another --out, or --overwrite to replace them")

@@ -85,7 +85,7 @@ def run_updates(variant, sample, start: int, n: int) -> list:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--heads", type=int, default=6)

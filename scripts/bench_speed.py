@@ -105,7 +105,7 @@ def per_call_ms(model, head: str, tokens: Tensor, policy: ExitPolicy, repeats: i
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--heads", type=int, default=6)

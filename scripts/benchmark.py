@@ -235,7 +235,7 @@ def plot(results: Dict[str, List[Dict]], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setting", choices=sorted(SETTINGS), default="reduced")
     p.add_argument("--offline", type=Path, default=ROOT / "runs" / "offline", help="prepare_offline_benchmark.sh's OUT")
     p.add_argument("--data", type=Path, help="preprocessed data (default: the setting's, under --offline)")

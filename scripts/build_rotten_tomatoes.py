@@ -11,7 +11,7 @@ from leebert_plugin.data import rotten_tomatoes as rt
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--sizes", type=int, nargs=3, default=[1600, 200, 200], metavar=("TRAIN", "DEV", "TEST"),
                    help="snippets per split; 0 for TRAIN takes all that the other two leave")

@@ -7,7 +7,6 @@ HF_DIR holds config.json, model.safetensors (or pytorch_model.bin) and vocab.txt
 OUT_DIR receives model.pt (use it as checkpoint.restore_file), dict.txt (fairseq-preprocess
 --srcdict), vocab.txt (the wordpiece bpe's vocabulary) and convert.json (arch and model overrides).
 """
-import argparse
 import logging
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from leebert_plugin.models.hf_bert_import import convert
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hf_dir", type=Path, help="Hugging Face BERT directory")
     parser.add_argument("out_dir", type=Path, help="new output directory (existing outputs are never overwritten)")
     args = parser.parse_args()

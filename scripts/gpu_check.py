@@ -26,7 +26,7 @@ from leebert_plugin.errors import UsageError
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:<index> or cpu (default: cuda)")
     p.add_argument("--quick", action="store_true", help="fewer updates and a tiny benchmark model (the CPU self-test)")
     p.add_argument("--work", type=Path, default=None, help="folder for the data, logs and checkpoints (default: a new "

@@ -54,30 +54,33 @@ def plot(rows, full, test_row, oracle, path: Path, policy: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("data")
     p.add_argument("--policy", default="entropy")
-    p.add_argument("--thresholds", type=float, nargs="+", required=True)
-    p.add_argument("--exit-patience", type=int, default=1)
+    p.add_argument("--thresholds", type=cli.number(float), nargs="+", required=True)
+    p.add_argument("--exit-patience", type=cli.number(int, low=1), default=1)
     p.add_argument("--dev", default="valid")
     p.add_argument("--test", default="test")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--target-speedup", type=float)
-    group.add_argument("--max-drop", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--target-speedup", type=cli.number(float, low=1))
+    group.add_argument("--max-drop", type=cli.number(float, low=0), default=1.0)
+    p.add_argument("--batch-size", type=cli.number(int, low=1), default=32)
     p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep's sweep.tsv and pareto.png in --out")
     add_device_argument(p)
     args = p.parse_args()
+    cli.refuse_existing([args.out / "sweep.tsv", args.out / "pareto.png"], args.overwrite)
     model, task = load(args.checkpoint, args.data, resolve_device(args.device))
     C = model.exit_heads[task.cfg.classification_head_name].num_classes
+    policies = [build_policy(args.policy, C, t, args.exit_patience) for t in args.thresholds]  # all checked first
     dev, test = batches(task, args.dev, args.batch_size), batches(task, args.test, args.batch_size)
     never = build_policy("none", C)
     full = run(model, task, dev, never)
     dev_plain = plain_seconds(model, task, dev)
     rows = []
-    for t in args.thresholds:
-        row = run(model, task, dev, build_policy(args.policy, C, t, args.exit_patience))
+    for t, policy in zip(args.thresholds, policies):
+        row = run(model, task, dev, policy)
         row.update(threshold=t, split=args.dev, wall_speedup=dev_plain / row["seconds"])
         rows.append(row)
     dev_trace = trace(model, task, dev)

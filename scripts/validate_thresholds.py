@@ -61,14 +61,14 @@ def table(rows: List[Dict[str, str]], thresholds: List[Optional[float]]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("data", type=Path)
     p.add_argument("--policy", default="normalized_entropy")
-    p.add_argument("--thresholds", type=float, nargs="*", default=[])
-    p.add_argument("--exit-patience", dest="patience", type=int, default=1)
+    p.add_argument("--thresholds", type=cli.number(float), nargs="*", default=[])
+    p.add_argument("--exit-patience", dest="patience", type=cli.number(int, low=1), default=1)
     p.add_argument("--subset", default="valid")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=cli.number(int, low=1), default=32)
     add_device_argument(p)
     args = p.parse_args()
     device = resolve_device(args.device)

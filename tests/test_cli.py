@@ -80,3 +80,21 @@ def test_outside_a_fairseq_command_the_library_leaves_the_excepthook_alone():
     code = "import sys; hook = sys.excepthook; import leebert_plugin; print(sys.excepthook is hook)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "True", proc.stderr
+
+
+def test_argument_errors_are_usage_errors_and_numbers_are_finite_and_in_range(tmp_path):
+    p = cli.ArgumentParser(prog="sweep")
+    p.add_argument("--batch-size", type=cli.number(int, low=1))
+    p.add_argument("--scale", type=cli.number(float, low=0, high=1, low_open=True))
+    assert p.parse_args(["--batch-size", "3", "--scale", "1"]).batch_size == 3
+    for argv, words in [(["--batch-size", "0"], "0 is below 1"), (["--batch-size", "2.5"], "'2.5' is not an integer"),
+                        (["--scale", "0"], "0 is at or below 0"), (["--scale", "inf"], "'inf' is not a finite"),
+                        (["--scale", "1.5"], "1.5 is above 1"), (["--nope"], "unrecognized arguments: --nope")]:
+        with pytest.raises(UsageError, match=words) as err:
+            p.parse_args(argv)
+        assert str(err.value).startswith("leebert-plugin: error: sweep: ") and "see sweep --help" in err.value.fix
+    (tmp_path / "a.tsv").write_text("x")
+    cli.refuse_existing([tmp_path / "b.tsv"], overwrite=False)
+    cli.refuse_existing([tmp_path / "a.tsv"], overwrite=True)
+    with pytest.raises(UsageError, match="a.tsv already exists"):
+        cli.refuse_existing([tmp_path / "a.tsv", tmp_path / "b.tsv"], overwrite=False)

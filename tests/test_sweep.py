@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from helpers import BIN, run, validate
+from helpers import BIN, assert_refused, run, validate
 
 
 def test_sweep_chooses_on_dev_and_matches_fairseq_validate_on_test(trained, mr_bin, tmp_path):
@@ -28,3 +28,30 @@ def test_sweep_chooses_on_dev_and_matches_fairseq_validate_on_test(trained, mr_b
     assert float(test["accuracy"]) == pytest.approx(cli["accuracy"], abs=0.01)
     assert float(test["layer_speedup"]) == pytest.approx(cli["speedup"], abs=0.002)
     assert float(test["flops_speedup"]) == pytest.approx(cli["flops_speedup"], abs=0.002)
+
+
+def _sweep(trained, mr_bin, out, *args):
+    return [str(BIN / "python"), "scripts/sweep_thresholds.py", str(trained / "checkpoint_best.pt"), str(mr_bin),
+            "--policy", "max_prob", "--out", str(out), "--device", "cpu", *args]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--thresholds", "0.9"], ["sweep.tsv", "already exist", "--overwrite"]),  # an earlier sweep is kept
+    # with --overwrite only the argument is wrong: refused before anything is replaced
+    (["--overwrite", "--thresholds", "0.9", "1.5"], ["1.5 is out of range"]),  # every threshold checked first
+    (["--overwrite", "--thresholds", "nan"], ["--thresholds", "'nan' is not a finite number"]),
+    (["--overwrite", "--thresholds", "0.9", "--batch-size", "0"], ["--batch-size", "0 is below 1"]),
+    (["--overwrite", "--thresholds", "0.9", "--target-speedup", "0.5"], ["--target-speedup", "0.5 is below 1"]),
+    (["--overwrite", "--thresholds"], ["--thresholds", "expected at least one argument"]),  # argparse's, one line
+])
+def test_bad_sweep_arguments_are_one_line_and_an_earlier_sweep_is_untouched(trained, mr_bin, tmp_path, args, words):
+    (tmp_path / "sweep.tsv").write_text("an earlier sweep\n")
+    (tmp_path / "pareto.png").write_bytes(b"an earlier plot")
+    assert_refused(tmp_path, lambda: run(_sweep(trained, mr_bin, tmp_path, *args)), *words)
+
+
+def test_overwrite_replaces_an_earlier_sweep(trained, mr_bin, tmp_path):
+    (tmp_path / "sweep.tsv").write_text("an earlier sweep\n")
+    proc = run(_sweep(trained, mr_bin, tmp_path, "--thresholds", "0.9", "--max-drop", "100", "--overwrite"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "sweep.tsv").read_text().startswith("split\tthreshold")

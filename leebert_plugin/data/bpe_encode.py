@@ -61,7 +61,7 @@ def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     allowed = list(choices or bpe_names())
     parser.add_argument("--bpe", required=True, choices=allowed,
                         help="fairseq bpe to encode with; --bpe NAME --help lists its options")
-    first = argparse.ArgumentParser(add_help=False)  # only --bpe, so that --help can list the bpe's options
+    first = cli.ArgumentParser(add_help=False)  # only --bpe, so that --help can list the bpe's options
     first.add_argument("--bpe")
     name = first.parse_known_args(argv)[0].bpe
     if name in allowed:
@@ -125,7 +125,7 @@ def encode_files(args: Namespace, inputs: Sequence[Path], outputs: Sequence[Path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", nargs="+", type=Path, required=True, help="text files, one sentence a line")
     p.add_argument("--outputs", nargs="+", type=Path, required=True, help="one output per input")
     p.add_argument("--workers", type=int, default=1, help="encoding processes")

@@ -141,7 +141,7 @@ def preprocess_task(name: str, glue_dir: Path, out: Path, args: Namespace) -> Di
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE or WNLI")
     p.add_argument("glue_dir", type=Path, help="GLUE's download folder (holding TASK/) or the task's own folder")
     p.add_argument("out", type=Path, help="output folder: OUT/input0, OUT/input1, OUT/label, OUT/raw")

@@ -78,7 +78,7 @@ def preprocess_subset(tsv_dir: Path, out: Path, sizes: Dict[str, int], vocab_siz
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tsv_dir", type=Path, help="folder with train.tsv, dev.tsv, test.tsv")
     p.add_argument("out", type=Path, help="output folder (OUT/input0, OUT/label, OUT/raw)")
     p.add_argument("--vocab-size", type=int, default=2000)
