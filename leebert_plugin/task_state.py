@@ -7,7 +7,9 @@ loss weights and their optimizer there (``optim/bilevel.py``), so a resumed run 
 back. This wraps ``Trainer.load_checkpoint``: the state the trainer reads (through
 ``checkpoint_utils.load_checkpoint_to_cpu``, on every rank: the configs load on all ranks) is
 noted during the call, and its ``task_state`` goes to a task that has ``restore_training_state``,
-with the trainer's ``reset_optimizer``. Other tasks are left as fairseq leaves them.
+with the trainer's ``reset_optimizer``; the task's ``check_resume`` sees the state first (a criterion
+other than the checkpoint's is refused there in one line, before fairseq asserts on it). Other
+tasks are left as fairseq leaves them.
 """
 import functools
 
@@ -28,6 +30,8 @@ def restoring_task_state(load_checkpoint):
 
         def noting(*a, **k):
             state = loader(*a, **k)
+            if isinstance(state, dict) and hasattr(self.task, "check_resume"):
+                self.task.check_resume(filename, state, self.get_criterion(), reset_optimizer)
             seen.append(state.get("task_state") if isinstance(state, dict) else None)
             return state
 

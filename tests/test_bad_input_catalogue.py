@@ -125,6 +125,25 @@ CATALOGUE: Dict[str, Case] = {
         "train", ["optimization.lr=[1e30]", "dataset.batch_size=16", "optimization.max_epoch=10",
                   "optimization.max_update=200", "lr_scheduler.warmup_updates=10", "{resume_trained}"],
         ["training loss is nan", "lower optimization.lr", "not overwritten"]),
+    # data that does not match itself, the model or the checkpoint (checked before the first batch)
+    "train: fewer labels than inputs": Case("train", ["task.data={short_labels}"],
+                                            ["label/train has 399 rows but", "input0/train has 400", "one line per example"]),
+    "train: an empty label": Case("train", ["task.data={empty_label}"], ["label/train row 3 has an empty label",
+                                                                         "exactly one label"]),
+    "train: a sentence longer than max_positions, not shortened": Case(
+        "train", ["task.data={long_sentence}", "task.shorten_method=none"],
+        ["input0/train row 5 is 301 tokens long", "max_positions=256", "shorten_method=truncate"]),
+    "train: max_tokens below the longest sentence": Case("train", ["dataset.max_tokens=8"],
+                                                         ["dataset.max_tokens=8 is below the longest sentence",
+                                                          "at least"]),
+    "train: heads that do not divide the width": Case("train", ["+model.encoder_attention_heads=3"],
+                                                      ["encoder_embed_dim=64 is not divisible by encoder_attention_heads=3",
+                                                       "the nearest: 2"]),
+    "validate: data binarised with another dictionary of the same size": Case(
+        "validate", ["{swapped_dictionary}"], ["binarised with other dictionaries", "--srcdict"]),
+    "train: resuming a save dir with another criterion": Case(
+        "train", [*LEEBERT_SHORT, "{resume_trained}"], ["trained with criterion multi_exit", "this run asks for leebert",
+                                                        "criterion._name=multi_exit"], "mr_leebert"),
     # hydra typos
     "hydra typo: task.exit_polcy": Case("train", ["task.exit_polcy=entropy"], [], hydra_typo="task.exit_polcy"),
     "hydra typo: optimization.lrr": Case("train", ["optimization.lrr=[1e-3]"], [], hydra_typo="optimization.lrr"),
@@ -156,6 +175,34 @@ def _empty_split_data(tmp: Path, fx: dict) -> Path:
     return data
 
 
+def _edited_split(name: str, sub: str, edit: Callable[[list], list]) -> Callable[[Path, dict], Path]:
+    """A copy of the data whose ``sub/train`` rows are ``edit(rows)`` (token-id tensors, </s> included)."""
+    def build(tmp: Path, fx: dict) -> Path:
+        from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+        data = tmp / name
+        shutil.copytree(fx["data"], data)
+        prefix = str(data / sub / "train")
+        dictionary = Dictionary.load(str(data / sub / "dict.txt"))
+        rows = edit([t.clone() for t in data_utils.load_indexed_dataset(prefix, dictionary)])
+        builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(dictionary))
+        for row in rows:
+            builder.add_item(row)
+        builder.finalize(prefix + ".idx")
+        return data
+    return build
+
+
+def _swapped_dictionary(tmp: Path, fx: dict) -> Path:
+    """The data with two words of input0/dict.txt swapped: the same size, other token ids."""
+    data = tmp / "swapped"
+    shutil.copytree(fx["data"], data)
+    lines = (data / "input0" / "dict.txt").read_text().splitlines()
+    lines[10], lines[11] = lines[11], lines[10]
+    (data / "input0" / "dict.txt").write_text("\n".join(lines) + "\n")
+    return data
+
+
 def _save_to(name: str, obj, legacy: bool = False) -> Callable[[Path, dict], Path]:
     def build(tmp: Path, fx: dict) -> Path:
         torch.save(obj(tmp) if callable(obj) else obj, tmp / name, _use_new_zipfile_serialization=not legacy)
@@ -176,6 +223,11 @@ def _resume_trained(tmp: Path, fx: dict) -> str:
 
 
 FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, made on demand
+    "short_labels": _edited_split("short_labels", "label", lambda rows: rows[:-1]),
+    "empty_label": _edited_split("empty_label", "label", lambda rows: rows[:2] + [rows[2][-1:]] + rows[3:]),
+    "long_sentence": _edited_split("long_sentence", "input0",
+                                   lambda rows: rows[:4] + [torch.cat([rows[4][:1].repeat(299), rows[4][-1:]])] + rows[5:]),
+    "swapped_dictionary": _swapped_dictionary,
     "empty_split_data": _empty_split_data,
     "corrupted": _write("corrupted.pt", lambda fx: b"\x00not a checkpoint" * 100),
     "truncated": _write("truncated.pt", lambda fx: Path(fx["plain"]).read_bytes()[:50_000]),

@@ -132,3 +132,16 @@ def test_full_depth_matches_fairseq_encoder():
         _, extra = model(tokens, classification_head_name=HEAD, return_exit_states=True)
         features, _ = model.encoder.extract_features(tokens)
     torch.testing.assert_close(extra["exits"].exit_states[-1].transpose(0, 1), features)
+
+
+def test_exit_layers_are_sorted_and_deduplicated_with_one_line_and_bad_ones_refused(caplog):
+    from leebert_plugin.errors import UsageError
+    from leebert_plugin.models.exit_roberta import parse_exit_layers
+
+    assert parse_exit_layers("2,4", 4) == [2, 4] and not caplog.records
+    assert parse_exit_layers("4,2,4", 4) == [2, 4]
+    assert [r.getMessage() for r in caplog.records] == ["exit_layers='4,2,4' read as 2,4 (sorted, each layer once)"]
+    with pytest.raises(UsageError, match="no exit at the last layer"):
+        parse_exit_layers("1,2", 4)
+    with pytest.raises(UsageError, match="outside 1..4"):
+        parse_exit_layers("0,4", 4)

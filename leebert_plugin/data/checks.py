@@ -1,8 +1,10 @@
 """Checks on a preprocessed GLUE-layout directory, each ending in one clear :class:`UsageError`."""
+import hashlib
 import os
-from typing import List
+from typing import List, Optional
 
-from fairseq.data import Dictionary
+import numpy as np
+from fairseq.data import Dictionary, data_utils
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.safe_loading import check_checkpoint_file
@@ -74,3 +76,87 @@ def check_restore_file(restore_file: str, save_dir: str, world_size: int = 1, on
         raise UsageError(f"a {world_size}-process run would start from {path} by rank 0 sending it to the "
                          "others, which torch's safe loading refuses (it carries fairseq's config objects)",
                          "set checkpoint.load_checkpoint_on_all_dp_ranks=true (the plugin's configs do)")
+
+
+def _sizes(data: str, sub: str, split: str, dictionary: Optional[Dictionary]):
+    """Token counts per row of ``DATA/sub/split`` (fairseq's binary index only), or None if absent."""
+    prefix = os.path.join(data, sub, split)
+    if dictionary is None or not os.path.isfile(prefix + ".idx"):
+        return None
+    dataset = data_utils.load_indexed_dataset(prefix, dictionary)
+    # a copy: the sizes are a view into the index's mmap, which closes with the dataset
+    return None if dataset is None else np.array(dataset.sizes, copy=True)
+
+
+def _text_rows(path: str) -> Optional[int]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum(1 for _ in f)
+
+
+def check_rows(data: str, split: str, source_dict: Dictionary, label_dict: Optional[Dictionary],
+               regression: bool, init_token: Optional[int], max_positions: int, shorten_method: str,
+               max_tokens: Optional[int]) -> None:
+    """Before any batch: inputs and labels row for row, one label word per row, and every
+    sentence within ``max_positions`` (when nothing shortens it) and within ``max_tokens``.
+
+    fairseq checks none of these up front: a label file with fewer rows fails inside the first
+    batch that reaches past its end, an empty label crashes mid-epoch, a sentence longer than
+    ``max_positions`` is silently dropped in training (and fails validation), and one longer than
+    ``max_tokens`` stops the batching with an assertion.
+    """
+    inputs = _sizes(data, "input0", split, source_dict)
+    if inputs is None:
+        return
+    where = os.path.join(data, "{}", split)
+    second = _sizes(data, "input1", split, source_dict)
+    if second is not None and len(second) != len(inputs):
+        raise UsageError(f"{where.format('input1')} has {len(second)} rows but {where.format('input0')} has "
+                         f"{len(inputs)}", "binarise both sentences of every pair from files of the same length")
+    if regression:
+        labels = _text_rows(where.format("label") + ".label")
+    else:
+        label_sizes = _sizes(data, "label", split, label_dict)
+        labels = None if label_sizes is None else len(label_sizes)
+        if label_sizes is not None:
+            bad = np.flatnonzero(label_sizes != 2)  # one label word and fairseq-preprocess's </s>
+            if len(bad):
+                row = int(bad[0])
+                what = "an empty label" if label_sizes[row] < 2 else f"a label of {label_sizes[row] - 1} words"
+                raise UsageError(f"{where.format('label')} row {row + 1} has {what}",
+                                 f"give line {row + 1} of the raw {split} label file exactly one label and "
+                                 "binarise it again")
+    if labels is not None and labels != len(inputs):
+        raise UsageError(f"{where.format('label')} has {labels} rows but {where.format('input0')} has {len(inputs)}",
+                         "binarise inputs and labels from files with one line per example each (line k of the "
+                         "label file labels line k of the input file)")
+    # what the model reads: <init> + sentence (+ separator + second sentence)
+    lengths = inputs + (1 if init_token is not None else 0) + (0 if second is None else second + 1)
+    longest = int(lengths.argmax())
+    if shorten_method == "none" and lengths[longest] > max_positions:
+        raise UsageError(f"{where.format('input0')} row {longest + 1} is {int(lengths[longest])} tokens long, more "
+                         f"than max_positions={max_positions}, and shorten_method=none",
+                         "set task.shorten_method=truncate (or random_crop), or shorten the sentence")
+    read = min(int(lengths[longest]), max_positions)
+    if max_tokens is not None and 0 < max_tokens < read:
+        raise UsageError(f"dataset.max_tokens={max_tokens} is below the longest sentence of {split} "
+                         f"({read} tokens, {where.format('input0')} row {longest + 1})",
+                         f"set dataset.max_tokens to at least {read} (--max-tokens), or use dataset.batch_size")
+
+
+def dictionaries_sha256(*dictionaries: Optional[Dictionary]) -> str:
+    """A fingerprint of the dictionaries' symbols in order (what every token id means)."""
+    digest = hashlib.sha256()
+    for d in dictionaries:
+        digest.update(b"\x00none\x00" if d is None else "\n".join(d.symbols).encode("utf-8") + b"\x00")
+    return digest.hexdigest()
+
+
+def check_same_dictionaries(saved: Optional[str], current: str, data: str) -> None:
+    """A checkpoint stores :func:`dictionaries_sha256` of its training data; data binarised with
+    other dictionaries would be read with the wrong token ids, even at the same size."""
+    if saved is not None and saved != current:
+        raise UsageError(f"{data} was binarised with other dictionaries (input0/label dict.txt) than the "
+                         "checkpoint was trained on", "binarise the data with the training data's dictionaries "
+                         "(fairseq-preprocess --srcdict TRAIN-BIN/input0/dict.txt; the same for label)")

@@ -29,10 +29,13 @@ def parse_exit_layers(spec: str, num_layers: int) -> List[int]:
     if not str(spec).strip():
         return list(range(1, num_layers + 1))
     try:
-        layers = sorted({int(tok) for tok in str(spec).split(",") if tok.strip()})
+        given = [int(tok) for tok in str(spec).split(",") if tok.strip()]
     except ValueError:
         raise UsageError(f"exit_layers={spec!r} is not a comma-separated list of layer numbers",
                          "write it like --exit-layers 2,4,6")
+    layers = sorted(set(given))
+    if given != layers:  # one line, so that a typo like 4,2,4 is seen
+        logger.warning(f"exit_layers={spec!r} read as {','.join(map(str, layers))} (sorted, each layer once)")
     if not layers or layers[0] < 1 or layers[-1] > num_layers:
         raise UsageError(f"exit_layers={spec!r} names layers outside 1..{num_layers}",
                          f"use layer numbers from 1 to {num_layers}")
@@ -52,6 +55,16 @@ class ExitRobertaModel(RobertaModel):
 
     # modules a plain RoBERTa checkpoint lacks: restoring one injects their fresh weights
     injected_modules = ("exit_heads", "skip_gates", "layer_projectors")
+
+    @classmethod
+    def build_model(cls, args, task):
+        """Refuse widths fairseq's attention would assert on, before it builds the encoder."""
+        dim, heads = safe_getattr(args, "encoder_embed_dim", None), safe_getattr(args, "encoder_attention_heads", None)
+        if dim is not None and heads is not None and (heads < 1 or dim % heads):
+            raise UsageError(f"encoder_embed_dim={dim} is not divisible by encoder_attention_heads={heads}",
+                             "choose a number of heads that divides the width (the nearest: "
+                             f"{min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))})")
+        return super().build_model(args, task)
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)

@@ -6,6 +6,7 @@ histogram. The exit settings are task fields, so ``fairseq-validate --exit-thres
 the value saved in the checkpoint.
 """
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -74,6 +75,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
     max_epoch: int = II("optimization.max_epoch")
+    # checked against the longest sentence of every split before the first batch (data/checks.py)
+    max_tokens: Optional[int] = II("dataset.max_tokens")
     # the precision settings, checked before fairseq builds its optimizer wrapper (optim/precision.py)
     common_settings: Any = II("common")
     d2_ratio: float = field(
@@ -120,7 +123,11 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         return task
 
     def load_dataset(self, split, combine=False, **kwargs):
-        checks.check_split(self.cfg.data, split, self.cfg.regression_target)
+        cfg = self.cfg
+        checks.check_split(cfg.data, split, cfg.regression_target)
+        checks.check_rows(cfg.data, split, self.source_dictionary, getattr(self, "label_dictionary", None),
+                          cfg.regression_target, cfg.init_token, cfg.max_positions, str(cfg.shorten_method),
+                          _outer(cfg, "max_tokens", None))
         return super().load_dataset(split, combine=combine, **kwargs)
 
     def build_criterion(self, cfg, from_checkpoint=False):
@@ -249,8 +256,30 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                 stats = self.bilevel.meta_step(bare, criterion, *meta_batches, update_num, optimizer.get_lr())
         return self.bilevel.training_batch(sample, b1), stats
 
+    def dictionaries_sha256(self) -> str:
+        return checks.dictionaries_sha256(self.source_dictionary, getattr(self, "label_dictionary", None))
+
+    def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool) -> None:
+        """Before fairseq's trainer reads a checkpoint of this save dir it resumes from: the same
+        criterion (fairseq asserts it deep inside, unless the optimizer is reset). A checkpoint from
+        elsewhere (``checkpoint.restore_file``, a pretrained model) is left to the model-fit check."""
+        history = state.get("optimizer_history") or [{}]
+        saved = history[-1].get("criterion_name")
+        in_save_dir = os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cfg.save_dir)
+        if reset_optimizer or not in_save_dir or saved is None or saved == type(criterion).__name__:
+            return
+        cfg = state.get("cfg")  # a dict or DictConfig; None in an argparse-era checkpoint
+        saved_cfg = cfg.get("criterion") if hasattr(cfg, "get") else None
+        saved_name = saved_cfg.get("_name", saved) if hasattr(saved_cfg, "get") else saved
+        name = getattr(getattr(criterion, "cfg", None), "_name", type(criterion).__name__)
+        raise UsageError(f"the checkpoint being resumed in {self.cfg.save_dir} was trained with criterion "
+                         f"{saved_name}, this run asks for {name}",
+                         f"resume with criterion._name={saved_name}, or start in another checkpoint.save_dir (from "
+                         "its weights: checkpoint.restore_file=... checkpoint.reset_optimizer=true)")
+
     def state_dict(self):
         state = dict(super().state_dict())
+        state["dictionaries_sha256"] = self.dictionaries_sha256()
         if self.bilevel is not None:
             state["bilevel"] = self.bilevel.state_dict()
         elif self._bilevel_state is not None:  # restored, not used yet: passed on unchanged
@@ -263,6 +292,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def restore_training_state(self, state_dict, reset_optimizer: bool = False) -> None:
         """The saved bi-level state (weights, and their optimizer unless ``reset_optimizer``)."""
         state = dict(state_dict or {})
+        checks.check_same_dictionaries(state.pop("dictionaries_sha256", None), self.dictionaries_sha256(), self.cfg.data)
         bilevel = state.pop("bilevel", None)
         super().load_state_dict(state)
         if bilevel is None:
