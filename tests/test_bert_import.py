@@ -146,6 +146,30 @@ def test_converted_minilm_matches_the_bert_equations_layer_by_layer(minilm):
                   - bert_reference(weights, config, hf_ids[2], hf_types[2])[-1]).max() > 1e-2
 
 
+def test_the_converted_model_pt_loads_with_fairseqs_own_loaders(minilm):
+    """As roberta.base's model.pt does: load_model_ensemble_and_task and hub-style from_pretrained."""
+    from fairseq import checkpoint_utils
+
+    out = minilm["out"]
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(out / "model.pt")],
+                                                                      arg_overrides={"data": str(out)})
+    reference = build_converted(out)
+    loaded = models[0].eval()
+    assert type(loaded) is ExitRobertaModel and cfg.model._name == "exit_bert_minilm_l6"
+    assert len(task.source_dictionary) == len(reference.encoder.dictionary)
+    tokens = torch.tensor([[0, 1000, 2000, 3000, 2]])
+    with torch.no_grad():
+        got, _ = loaded.encoder.extract_features(tokens)
+        want, _ = reference.encoder.extract_features(tokens)
+    assert torch.equal(got, want)
+    hub = ExitRobertaModel.from_pretrained(str(out), checkpoint_file="model.pt", bpe="wordpiece",
+                                           wordpiece_vocab=str(out / "vocab.txt"))
+    assert hub.encode("A gem of a film.").tolist()[0] == task.source_dictionary.bos()
+    hub.eval()
+    with torch.no_grad():
+        assert torch.equal(hub.model.encoder.extract_features(tokens)[0], want)
+
+
 def hf_variant(minilm, tmp_path: Path, config_change=None, drop_vocab: int = 0) -> Path:
     """A copy of the MiniLM directory (weights linked) with an edited config or a shortened vocab."""
     d = tmp_path / "hf"

@@ -9,9 +9,12 @@ tensors and plain containers, so torch's weights-only loader reads it; it restor
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from leebert_plugin.data.wordpiece_vocab import fairseq_order, load_vocab, write_dict
@@ -171,11 +174,26 @@ def _lm_head(weights: Dict[str, Tensor], embed: Tensor, order: Tensor) -> Dict[s
     return {f"encoder.lm_head.{k}": v for k, v in head.items()}
 
 
-def fairseq_checkpoint(model_state: Dict[str, Tensor]) -> dict:
-    """The smallest checkpoint fairseq's loader and ``checkpoint.restore_file`` accept (weights only)."""
+def fairseq_config(arch: str, overrides: Dict[str, object]) -> dict:
+    """The config fairseq's own loaders need to rebuild the model, as roberta.base's ``model.pt``
+    carries one: fairseq's ``masked_lm`` task over the converted ``dict.txt`` and the arch with its
+    overrides. Its data path is ``.``: the loaders are given the folder (``from_pretrained(DIR)``,
+    or ``arg_overrides={"data": DIR}``), so no path of the converting machine is kept."""
+    positions = str(overrides.get("max_positions", 512))
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [".", "--task", "masked_lm", "--arch", arch, "--criterion", "masked_lm",
+                                                "--max-positions", positions, "--tokens-per-sample", positions])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return OmegaConf.to_container(convert_namespace_to_omegaconf(args))
+
+
+def fairseq_checkpoint(model_state: Dict[str, Tensor], cfg: Optional[dict] = None) -> dict:
+    """A checkpoint of the weights alone that ``checkpoint.restore_file`` accepts and, with ``cfg``
+    (:func:`fairseq_config`), fairseq's ``load_model_ensemble_and_task`` and ``from_pretrained``."""
     return {
         "args": None,
-        "cfg": None,
+        "cfg": cfg,
         "model": model_state,
         "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
@@ -206,7 +224,7 @@ def convert(hf_dir: Path, out_dir: Path) -> dict:
         raise
     arch, overrides = matching_arch(config)
     lowercase = _lowercase(hf_dir)
-    torch.save(fairseq_checkpoint(state), out_dir / "model.pt")
+    torch.save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), out_dir / "model.pt")
     write_dict(vocab, out_dir / "dict.txt")
     vocab_tmp.rename(out_dir / "vocab.txt")
     summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
