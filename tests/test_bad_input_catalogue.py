@@ -144,6 +144,12 @@ CATALOGUE: Dict[str, Case] = {
     "train: resuming a save dir with another criterion": Case(
         "train", [*LEEBERT_SHORT, "{resume_trained}"], ["trained with criterion multi_exit", "this run asks for leebert",
                                                         "criterion._name=multi_exit"], "mr_leebert"),
+    # NaN and infinity, which every "value < low" range check lets through
+    "leebert: kd_weight=nan": Case("train", [*LEEBERT_SHORT, "criterion.kd_weight=nan"],
+                                   ["criterion.kd_weight=nan is not a finite number"], "mr_leebert"),
+    "train: an infinite learning rate": Case("train", ["optimization.lr=[inf]"], ["optimizer.lr=[inf] is not a finite"]),
+    "validate: NaN threshold": Case("validate", ["{data}", "--exit-policy", "max_prob", "--exit-threshold", "nan"],
+                                    ["exit_threshold=nan is not a finite number"]),
     # hydra typos
     "hydra typo: task.exit_polcy": Case("train", ["task.exit_polcy=entropy"], [], hydra_typo="task.exit_polcy"),
     "hydra typo: optimization.lrr": Case("train", ["optimization.lrr=[1e-3]"], [], hydra_typo="optimization.lrr"),

@@ -20,6 +20,7 @@ from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import early_exit_pass, full_depth_pass
 from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
 from leebert_plugin.optim.exit_adam import EXIT_PARAM
+from leebert_plugin.option_checks import check_finite_options
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class ExitRobertaModel(RobertaModel):
 
     @classmethod
     def build_model(cls, args, task):
-        """Refuse widths fairseq's attention would assert on, before it builds the encoder."""
+        """Refuse NaN/inf options and widths fairseq's attention would assert on, before it builds
+        the encoder."""
+        check_finite_options("model", args)
         dim, heads = safe_getattr(args, "encoder_embed_dim", None), safe_getattr(args, "encoder_attention_heads", None)
         if dim is not None and heads is not None and (heads < 1 or dim % heads):
             raise UsageError(f"encoder_embed_dim={dim} is not divisible by encoder_attention_heads={heads}",
