@@ -192,7 +192,13 @@ def bad_hf_dir(case: str, minilm, tmp_path: Path) -> Path:
         hf = hf_variant(minilm, tmp_path)
         (hf / "model.safetensors").unlink()
         return hf
+    if case in CONTRADICTIONS:  # a config.json that contradicts the weights' shapes
+        return hf_variant(minilm, tmp_path, CONTRADICTIONS[case])
     return tmp_path if case == "not_hf" else minilm["hf"]
+
+
+CONTRADICTIONS = {"wider": {"hidden_size": 768, "num_attention_heads": 12}, "ffn": {"intermediate_size": 1024},
+                  "fewer layers": {"num_hidden_layers": 4}, "positions": {"max_position_embeddings": 256}}
 
 
 @pytest.mark.parametrize("case,words", [
@@ -201,6 +207,10 @@ def bad_hf_dir(case: str, minilm, tmp_path: Path) -> Path:
     ("no_weights", ["neither model.safetensors nor pytorch_model.bin"]),
     ("not_hf", ["has no config.json"]),
     ("exists", ["already holds model.pt"]),  # a second conversion into the same folder
+    ("wider", ["does not fit the model", "hidden_size 768", "in the checkpoint but", "came with these weights"]),
+    ("ffn", ["intermediate_size 1024", "fc1.weight is [1536, 384] in the checkpoint but [1024, 384] here"]),
+    ("fewer layers", ["num_hidden_layers=4 but the weights have 6 layers"]),
+    ("positions", ["max_position_embeddings 256", "positions.weight is [514, 384] in the checkpoint"]),
 ])
 def test_converter_refuses_bad_input_in_one_line(case, words, minilm, tmp_path):
     hf = bad_hf_dir(case, minilm, tmp_path)

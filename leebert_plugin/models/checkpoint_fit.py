@@ -12,7 +12,12 @@ def _examples(keys: List[str], most: int = 2) -> str:
     return shown + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
 
-def check_state_dict_fits(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str, what: str) -> None:
+RESTORE_FIX = ("restore it into the architecture it was trained with (same arch, layer count, sizes, "
+               "dictionary, exit layers and exit head), or drop checkpoint.restore_file")
+
+
+def check_state_dict_fits(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str, what: str,
+                          fix: str = RESTORE_FIX) -> None:
     """Raise one :class:`UsageError` listing shape mismatches, missing and unexpected tensors."""
     own = {prefix + k: v for k, v in model.state_dict().items()}
     theirs = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -32,8 +37,4 @@ def check_state_dict_fits(model: nn.Module, state_dict: Dict[str, Tensor], prefi
         parts.append(f"{len(missing)} tensors are missing ({_examples(missing)})")
     if unexpected:
         parts.append(f"{len(unexpected)} tensors are not in this model ({_examples(unexpected)})")
-    raise UsageError(
-        f"the checkpoint does not fit {what}: " + "; ".join(parts),
-        "restore it into the architecture it was trained with (same arch, layer count, sizes, "
-        "dictionary, exit layers and exit head), or drop checkpoint.restore_file",
-    )
+    raise UsageError(f"the checkpoint does not fit {what}: " + "; ".join(parts), fix)

@@ -6,6 +6,7 @@ and the position rows shifted by fairseq's ``padding_idx + 1`` offset. The check
 tensors and plain containers, so torch's weights-only loader reads it; it restores with
 ``checkpoint.restore_file``, which injects fresh exits, like a plain RoBERTa checkpoint.
 """
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import options
+from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.models import ARCH_CONFIG_REGISTRY
 from omegaconf import OmegaConf
 from torch import Tensor
 
 from leebert_plugin.data.wordpiece_vocab import fairseq_order, load_vocab, write_dict
 from leebert_plugin.errors import UsageError
+from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
+from leebert_plugin.models.exit_roberta import ExitRobertaModel
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +179,35 @@ def _lm_head(weights: Dict[str, Tensor], embed: Tensor, order: Tensor) -> Dict[s
     return {f"encoder.lm_head.{k}": v for k, v in head.items()}
 
 
+def check_against_config(state: Dict[str, Tensor], weights: Dict[str, Tensor], config: dict, vocab_size: int,
+                         hf_dir: Path) -> None:
+    """The converted tensors against the model ``config.json`` describes, so that a config that
+    contradicts the weights is refused here rather than trusted. (The model is built on the CPU:
+    fairseq's BERT initialisation copies through the CPU, which the meta device cannot.)"""
+    layers = config["num_hidden_layers"]
+    if any(k.startswith(f"encoder.layer.{layers}.") for k in weights):
+        extra = 1 + max(int(k.split(".")[2]) for k in weights if k.startswith("encoder.layer."))
+        raise UsageError(f"{hf_dir}/config.json says num_hidden_layers={layers} but the weights have {extra} layers",
+                         "use the config.json that came with these weights")
+    arch, overrides = matching_arch(config)
+    args = argparse.Namespace(arch=arch, max_positions=overrides.get("max_positions", 512))
+    ARCH_CONFIG_REGISTRY[arch](args)
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    dictionary = Dictionary()
+    for i in range(vocab_size - len(dictionary)):
+        dictionary.add_symbol(f"t{i}")
+    task = argparse.Namespace(source_dictionary=dictionary, max_positions=lambda: args.max_positions)
+    model = ExitRobertaModel.build_model(args, task)
+    what = (f"the model {hf_dir}/config.json describes ({layers} layers, hidden_size {config['hidden_size']}, "
+            f"intermediate_size {config['intermediate_size']}, max_position_embeddings "
+            f"{config['max_position_embeddings']}, type_vocab_size {config.get('type_vocab_size', 2)})")
+    # fairseq's "version" buffers are bookkeeping, not weights: the converter writes none
+    versions = {"encoder." + k: v for k, v in model.encoder.state_dict().items() if k.endswith("version")}
+    check_state_dict_fits(model.encoder, {**state, **versions}, "encoder.", what,
+                          "use the config.json that came with these weights")
+
+
 def fairseq_config(arch: str, overrides: Dict[str, object]) -> dict:
     """The config fairseq's own loaders need to rebuild the model, as roberta.base's ``model.pt``
     carries one: fairseq's ``masked_lm`` task over the converted ``dict.txt`` and the arch with its
@@ -219,6 +253,7 @@ def convert(hf_dir: Path, out_dir: Path) -> dict:
     try:
         vocab = read_vocab(hf_dir, vocab_tmp)
         state = convert_state_dict(config, weights, vocab, hf_dir)
+        check_against_config(state, weights, config, len(vocab), hf_dir)
     except BaseException:
         vocab_tmp.unlink(missing_ok=True)
         raise
