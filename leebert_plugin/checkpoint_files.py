@@ -23,6 +23,7 @@ from fairseq.file_io import PathManager
 from leebert_plugin.patching import MARK, wrap_once
 
 CHUNK = 1 << 20
+TRAIN_COMMANDS = ("fairseq-hydra-train", "fairseq-train")  # the commands that resume
 
 
 def _local(path) -> bool:
@@ -101,11 +102,14 @@ def intact_siblings(path: str) -> Iterator[Path]:
             yield p
 
 
+def _command(argv) -> str:
+    return os.path.basename(argv[0]) if argv else ""
+
+
 def resume_command(restore: Path, argv=None) -> str:
     """The command line that started this process, told to resume from ``restore``."""
     argv = list(sys.argv if argv is None else argv)
-    hydra = os.path.basename(argv[0]) == "fairseq-hydra-train" if argv else False
-    if hydra:
+    if _command(argv) == "fairseq-hydra-train":
         argv = [a for a in argv if not a.startswith("checkpoint.restore_file=")]
         argv.append(f"checkpoint.restore_file={restore}")
     else:
@@ -116,14 +120,15 @@ def resume_command(restore: Path, argv=None) -> str:
     return shlex.join(argv)
 
 
-def damaged_fix(path: str) -> Optional[str]:
-    """What to do about a damaged ``path``: the newest intact checkpoint beside it, and (for
-    ``checkpoint_last``, the file a resume reads) the exact command that resumes from it."""
+def damaged_fix(path: str, argv=None) -> Optional[str]:
+    """What to do about a damaged ``path``: the newest intact checkpoint beside it, and, when a
+    training command was resuming from ``checkpoint_last``, the exact command that resumes from it."""
     newest = next(intact_siblings(path), None) if _local(path) else None
     if newest is None:
         return None
-    if os.path.basename(path).startswith("checkpoint_last"):
-        return f"the newest intact checkpoint here is {newest}; resume from it: {resume_command(newest)}"
+    argv = sys.argv if argv is None else argv
+    if os.path.basename(path).startswith("checkpoint_last") and _command(argv) in TRAIN_COMMANDS:
+        return f"the newest intact checkpoint here is {newest}; resume from it: {resume_command(newest, argv)}"
     return f"use the newest intact checkpoint here, {newest}"
 
 

@@ -33,11 +33,11 @@ LOCK_NAME = "leebert.lock"
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
-        return True
+    except PermissionError:  # it exists, but belongs to someone else
+        pass
     return True
 
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, assert_refused, json_records, run
-from leebert_plugin.checkpoint_files import atomic_write, is_intact, resume_command
+from leebert_plugin.checkpoint_files import atomic_write, damaged_fix, is_intact, resume_command
 
 UPDATES = 40
 # the first four kill the first save of a fresh run (no progress); each later one kills the
@@ -117,3 +117,12 @@ def test_a_damaged_last_checkpoint_names_the_newest_intact_one_and_the_command_t
     proc = run(shlex.split(fix.split("resume from it: ", 1)[1]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(_losses(proc.stdout)) == [41, 42]
+
+
+def test_a_damaged_checkpoint_outside_a_resume_names_the_intact_one_without_a_resume_command(tmp_path):
+    torch.save({"model": {}}, tmp_path / "checkpoint_1_4.pt")
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"")
+    validate = damaged_fix(str(tmp_path / "checkpoint_last.pt"), ["/x/fairseq-validate", "data", "--path", "p"])
+    assert validate == f"use the newest intact checkpoint here, {tmp_path / 'checkpoint_1_4.pt'}"
+    train = damaged_fix(str(tmp_path / "checkpoint_last.pt"), ["/x/fairseq-train", "data"])
+    assert train.endswith(f"resume from it: /x/fairseq-train data --restore-file {tmp_path / 'checkpoint_1_4.pt'}")
