@@ -12,9 +12,10 @@ and run through the same batched early-exit loop as validation.
 The model runs on the device ``from_pretrained`` put it on (default: CUDA if available, else the
 CPU); ``predict(..., device=...)`` moves it for that call and later ones.
 """
+import itertools
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from fairseq.data import data_utils
@@ -78,26 +79,41 @@ class EarlyExitClassifier:
             tokens.append(d.encode_line(text, append_eos=True, add_if_not_exist=False).long())
         return torch.cat(tokens)[: self.task.max_positions()]
 
-    @torch.no_grad()
-    def predict(self, sentences: Sequence[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
+    def predict(self, sentences: Iterable[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
                 patience: int = 1, batch_size: int = 32, device: DeviceLike = None) -> List[Prediction]:
-        """Classify ``sentences`` in batches, each sentence leaving at the exit the policy picks;
-        on ``device`` when given (the model moves there and stays), else where the model is."""
-        if batch_size < 1:
-            raise UsageError(f"batch_size={batch_size}", "use a batch size of 1 or more")
+        """Classify ``sentences`` (any iterable: a list, a generator, a file's lines) in batches of
+        ``batch_size``, each sentence leaving at the exit the policy picks; on ``device`` when given
+        (the model moves there and stays), else where the model is. :meth:`stream` yields the
+        predictions batch by batch instead of returning them all."""
+        return list(self.stream(sentences, exit_policy, threshold, patience, batch_size, device))
+
+    def stream(self, sentences: Iterable[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
+               patience: int = 1, batch_size: int = 32, device: DeviceLike = None) -> Iterator[Prediction]:
+        """:meth:`predict` as a generator: reads ``batch_size`` sentences, yields their predictions,
+        reads on; the options are checked before the first sentence is read."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size={batch_size!r}", "use a whole batch size of 1 or more")
+        if isinstance(sentences, (str, tuple)):
+            raise UsageError(f"sentences is a single {type(sentences).__name__}, not an iterable of sentences",
+                             "pass a list: predict([sentence]) or predict([(first, second)])")
         policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience)
         device = place(self.model, device)
+        return self._stream(iter(sentences), policy, batch_size, device)
+
+    @torch.no_grad()
+    def _stream(self, sentences: Iterator[Sentence], policy, batch_size: int, device: torch.device) -> Iterator[Prediction]:
         pad = self.task.source_dictionary.pad()
-        out: List[Prediction] = []
-        for start in range(0, len(sentences), batch_size):
-            tokens = data_utils.collate_tokens([self.encode(s) for s in sentences[start:start + batch_size]], pad)
+        while True:
+            batch = list(itertools.islice(sentences, batch_size))
+            if not batch:
+                return
+            tokens = data_utils.collate_tokens([self.encode(s) for s in batch], pad)
             logits, extra = self.model(tokens.to(device), classification_head_name=self.head, exit_policy=policy)
             exits = extra["exits"]
             where = zip(exits.exit_layer.tolist(), exits.layers_run.tolist())
             if self.regression:
-                out += [Prediction(None, [], layer, run, score=v) for v, (layer, run) in zip(logits.view(-1).tolist(), where)]
+                yield from (Prediction(None, [], layer, run, score=v) for v, (layer, run) in zip(logits.view(-1).tolist(), where))
                 continue
             probs = torch.softmax(logits.float(), -1).cpu()
             for p, (layer, run) in zip(probs, where):
-                out.append(Prediction(self.labels[int(p.argmax())], p.tolist(), layer, run))
-        return out
+                yield Prediction(self.labels[int(p.argmax())], p.tolist(), layer, run)

@@ -4,7 +4,7 @@
 #   wordpiece:     --wordpiece-vocab vocab.txt [--wordpiece-lowercase false]   (--dict: the converter's dict.txt)
 #   sentencepiece: --sentencepiece-model spm.model
 #   gpt2:          --gpt2-encoder-json encoder.json --gpt2-vocab-bpe vocab.bpe --dict dict.txt
-# Options: --workers N, --skip-bad-rows. Details: python -m leebert_plugin.data.preprocess_glue --help
+# Options: --workers N, --skip-bad-rows, --overwrite (replace an earlier OUT). Details: python -m leebert_plugin.data.preprocess_glue --help
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}

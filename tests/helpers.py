@@ -58,8 +58,11 @@ def validate(trained: Path, data: Path, *flags: str, subset: str = "valid", ckpt
     return {k[len(subset) + 1:]: float(v) for k, v in record.items()}
 
 
-def digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+def digest(folder: Path, recursive: bool = False) -> dict:
+    """The files of ``folder`` (with ``recursive``, of its subfolders too; not by default: hydra
+    writes its own record into a save dir's ``hydra/``), relative path -> SHA-256 of the bytes."""
+    files = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files) if p.is_file()}
 
 
 def guarded_dir(tmp_path: Path, with_checkpoint: bool = True) -> Path:

@@ -1,0 +1,145 @@
+"""A user's data file as named columns: TSV, CSV or JSON Lines, chosen by the file's extension.
+
+Every format has a header: the first line of a TSV or CSV names its columns, and each JSON Lines
+row is an object whose keys are the column names. TSV and CSV are read with Python's ``csv``
+module (a field may be quoted, ``"a ""quoted"" word"``, as pandas and spreadsheets write them);
+a quoted field that spans lines keeps its first line's number in messages. Every problem is one
+:class:`~leebert_plugin.errors.UsageError` naming ``file:line`` and the fix.
+"""
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from leebert_plugin.errors import UsageError
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class Record:
+    """One row: its fields by column name, and the line it starts on (1-based, header included)."""
+    fields: Dict[str, str]
+    line: int
+
+
+@dataclass
+class Table:
+    path: Path
+    columns: List[str]  # the header's names, in file order (JSON Lines: the first row's keys)
+    records: List[Record]
+
+    def require(self, options: Dict[str, str]) -> None:
+        """Every column of ``options`` (column name -> the option that named it) is in the header,
+        else one line naming the file's columns. A header that names none of them is reported as
+        a missing header (its first line is probably data)."""
+        missing = [n for n in options if n not in self.columns]
+        if not missing:
+            return
+        where, names = f"{self.path}:1", list(options)
+        if len(missing) == len(names) and self.format != "jsonl":
+            flags = " / ".join(sorted(set(options.values())))
+            raise UsageError(f"{where} has no header naming the columns {names}: its first line is "
+                             f"{self.columns}", f"add a header line naming each column (e.g. "
+                             f"{_sep(self.format).join(names)}), or name yours with {flags}")
+        raise UsageError(f"{where} has no column {missing[0]!r} (its columns: {self.columns})",
+                         f"name one of its columns with {options[missing[0]]}")
+
+    @property
+    def format(self) -> str:
+        return file_format(self.path)
+
+
+def _sep(fmt: str) -> str:
+    return "<TAB>" if fmt == "tsv" else ","
+
+
+def file_format(path: Path) -> str:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{path}: cannot tell its format from the extension {Path(path).suffix!r}",
+                         f"name the file {Path(path).stem}.tsv, .csv or .jsonl after its format")
+    return fmt
+
+
+def _text(path: Path, encoding: str) -> str:
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist" + (" (it is a directory)" if path.is_dir() else ""),
+                         "pass a TSV, CSV or JSON Lines file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+    except LookupError:
+        raise UsageError(f"--encoding {encoding} is not an encoding Python knows", "pass e.g. utf-8, latin-1 or cp1252")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line} cannot be decoded as {encoding} (byte 0x{data[err.start]:02x}: {err.reason})",
+                         f"convert the file to UTF-8 (iconv -f cp1252 -t utf-8), or pass its encoding with --encoding")
+    if not text.strip():
+        raise UsageError(f"{path} is empty", "give it a header line and at least one row")
+    return text
+
+
+def _delimited(path: Path, text: str, delimiter: str) -> Table:
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+        records, start = [], reader.line_num + 1
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not row:  # a blank line
+                continue
+            if len(row) != len(header):
+                name = "tab-separated" if delimiter == "\t" else "comma-separated"
+                raise UsageError(f"{path}:{line} has {len(row)} {name} fields, the header {len(header)}",
+                                 "give every row one field per header column (quote a field that holds the "
+                                 "separator)")
+            records.append(Record(dict(zip(header, row)), line))
+    except csv.Error as err:
+        raise UsageError(f"{path}:{reader.line_num} is not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({err})",
+                         "close the quote, or write a quote inside a quoted field as two quotes")
+    header = [h.strip() for h in header]
+    for record in records:
+        record.fields = {k.strip(): v for k, v in record.fields.items()}
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise UsageError(f"{path}:1 names the column {duplicated[0]!r} twice", "give every column its own name")
+    return Table(path, header, records)
+
+
+def _json_lines(path: Path, text: str) -> Table:
+    records, columns = [], None
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}:{line} is not a JSON object ({err.msg})", "write one JSON object per line")
+        if not isinstance(obj, dict):
+            raise UsageError(f"{path}:{line} is a JSON {type(obj).__name__}, not an object",
+                             'write one object per line, e.g. {"text": "...", "label": "..."}')
+        if columns is None:
+            columns = list(obj)
+        records.append(Record({k: v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict))
+                               else "" if v is None else str(v) for k, v in obj.items()}, line))
+    return Table(path, columns or [], records)
+
+
+def read_table(path: Path, encoding: str = "utf-8") -> Table:
+    """The records of a ``.tsv``, ``.csv`` or ``.jsonl`` file (a header or keys, then at least one row)."""
+    path = Path(path)
+    fmt = file_format(path)
+    text = _text(path, encoding)
+    table = _json_lines(path, text) if fmt == "jsonl" else _delimited(path, text, "\t" if fmt == "tsv" else ",")
+    if not table.records:
+        raise UsageError(f"{path} has a header but no rows", "add at least one row below the header")
+    return table
+
+
+def field(table: Table, record: Record, name: str, option: str) -> str:
+    """``record``'s value of column ``name`` (JSON Lines rows may lack a key the first row had)."""
+    if name not in record.fields:
+        raise UsageError(f"{table.path}:{record.line} has no {name!r} key", f"give every row a {name!r}, or set {option}")
+    return record.fields[name]
