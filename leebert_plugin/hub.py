@@ -25,6 +25,7 @@ from leebert_plugin.devices import DeviceLike, model_device, place
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.export import is_export, read_export
 
 Sentence = Union[str, Tuple[str, str]]
 
@@ -60,10 +61,19 @@ class EarlyExitClassifier:
     @classmethod
     def from_pretrained(cls, checkpoint: str, data: Optional[str] = None, bpe: Optional[str] = None,
                         device: DeviceLike = None, **bpe_args) -> "EarlyExitClassifier":
-        """``data``: the preprocessed data folder (for its dictionaries); ``bpe``: fairseq's bpe name
-        (``wordpiece``, ``sentencepiece``, ``gpt2``, ...) with its options (``wordpiece_vocab=...``),
-        or None if sentences come pre-encoded; ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``
+        """``checkpoint``: a folder ``python -m leebert_plugin.export`` wrote (everything comes from
+        it), or a training checkpoint with ``data``, the preprocessed data folder (for its
+        dictionaries). ``bpe``: fairseq's bpe name (``wordpiece``, ``sentencepiece``, ``gpt2``, ...)
+        with its options (``wordpiece_vocab=...``); an export's own bpe when not given; None for a
+        checkpoint whose sentences come pre-encoded. ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``
         (default: CUDA if available, else the CPU)."""
+        if is_export(checkpoint):
+            if data is not None:
+                raise UsageError(f"{checkpoint} is an export folder, which holds its own dictionaries",
+                                 "drop data=... (it is for training checkpoints)")
+            model, task, shipped = read_export(checkpoint, device)
+            options = Namespace(bpe=bpe, **bpe_args) if bpe else shipped
+            return cls(model, task, build_bpe(options) if options is not None else None)
         model, task = load(checkpoint, data, device)
         coder = build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
         return cls(model, task, coder)

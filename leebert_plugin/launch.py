@@ -10,8 +10,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/ and user_dir/ live there
 BIN = Path(sys.executable).parent  # fairseq's console scripts sit beside this Python
@@ -84,3 +85,33 @@ def launch_two_processes(config: str, save: Path, *overrides: str, logs: Optiona
         for p in procs:
             p.kill()
     return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def train_with_progress(cmd: List[str], log: Path, total_updates: int, desc: str,
+                        env: Optional[Dict[str, str]] = None, cwd: Path = ROOT) -> Tuple[int, float]:
+    """Run a fairseq training command with its whole output in ``log`` and a progress bar of its
+    updates on stderr (tqdm over the ``num_updates`` of fairseq's json stat lines, so it needs
+    ``--log-format json``); returns the exit status and the wall-clock seconds."""
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    with open(log, "w") as out, tqdm(total=total_updates, desc=desc, unit="update", leave=True,
+                                     dynamic_ncols=True, file=sys.stderr) as bar:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=quiet_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        for line in proc.stdout:
+            out.write(line)
+            done = _num_updates(line)
+            if done is not None and done > bar.n:
+                bar.update(min(done, total_updates) - bar.n)
+        code = proc.wait()
+    return code, time.monotonic() - start
+
+
+def _num_updates(line: str) -> Optional[int]:
+    """``num_updates`` of a fairseq json stat line, else None."""
+    at = line.find('"num_updates": "')
+    if at < 0:
+        return None
+    digits = line[at + len('"num_updates": "'):].split('"', 1)[0]
+    return int(digits) if digits.isdigit() else None

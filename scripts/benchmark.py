@@ -25,7 +25,6 @@ import csv
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -33,21 +32,16 @@ from typing import Dict, List
 import torch
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
-from leebert_plugin.devices import Stopwatch, add_device_argument, fairseq_device_args, fairseq_env, resolve_device
+from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
+from leebert_plugin.devices import add_device_argument, fairseq_env, resolve_device
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, replay, run, score, trace
 from leebert_plugin.exits.pareto import at_speedup, front
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.launch import train_with_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-METHODS = {
-    "full_ft": {"config": "sst_2_multi_exit", "last_exit_only": True},
-    "pabee": {"config": "sst_2_multi_exit"},
-    "deebert": {"config": "sst_2_deebert", "two_stage": True},
-    "leebert": {"config": "sst_2_leebert"},
-    "smartbert": {"config": "sst_2_smartbert", "two_stage": True},
-}
 SETTINGS = {  # data folder (under --offline), epochs
     "reduced": {"data": "rt-bin-1k", "epochs": 2},
     "full": {"data": "rt-bin", "epochs": 3},
@@ -58,41 +52,18 @@ SPEEDUPS = (1.5, 2.0, 3.0)
 
 
 def train(method: str, seed: int, args, save: Path) -> float:
-    """One fairseq-hydra-train run; returns its wall-clock seconds."""
-    spec = METHODS[method]
-    n_train = int(args.train_size)
-    updates = args.epochs * math.ceil(n_train / args.batch_size)
-    o = [f"task.data={args.data}", f"checkpoint.save_dir={save}", f"common.seed={seed}",
-         *fairseq_device_args(args.device, hydra=True),
-         f"model._name={args.arch}", f"dataset.batch_size={args.batch_size}", "dataset.max_tokens=null",
-         f"optimization.lr=[{args.lr}]",
-         f"optimization.max_epoch={args.epochs}", f"optimization.max_update={updates}",
-         f"lr_scheduler.warmup_updates={max(1, round(0.06 * updates))}", "common.log_interval=20",
-         "dataset.num_workers=0", "checkpoint.no_last_checkpoints=false",
-         "task.exit_policy=none", "task.exit_threshold=null"]  # validate at full depth; policies come after
-    if args.restore:
-        o += [f"checkpoint.restore_file={args.restore}", "task.separator_token=null"]
-    else:
-        o += ["checkpoint.restore_file=checkpoint_last.pt"]
-    if spec.get("last_exit_only"):
-        o.append(f"model.exit_layers='{args.layers}'")
-    if method != "smartbert":
-        o.append(f"+model.exit_pooling={args.exit_pooling}")
-    if method == "leebert":
-        o.append(f"+optimizer.exit_lr_scale={args.exit_lr_scale}")
-    else:
-        o += ["optimizer._name=exit_adam", f"+optimizer.exit_lr_scale={args.exit_lr_scale}"]
-    if spec.get("two_stage"):  # half the budget each; stage 2 trains the exits on the frozen encoder
-        stage1 = max(1, args.epochs // 2)
-        o += [f"task.stage1_epochs={stage1}", f"task.soft_gate_epochs={stage1 // 2 if method == 'smartbert' else 0}"]
+    """One fairseq-hydra-train run, with a progress bar; returns its wall-clock seconds."""
+    budget = Budget(args.epochs, args.batch_size, args.lr, args.exit_pooling, args.exit_lr_scale)
+    o = recipe_overrides(method, args.data, save, seed, int(args.train_size), budget, args.arch, args.restore,
+                         args.layers, args.device)
     o = with_overrides(o, overrides_for(method, args.override))
-    cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", spec["config"], *o]
-    with open(save / "train.log", "w") as log, Stopwatch() as watch:  # a subprocess: nothing here to synchronise
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=fairseq_env(args.device))
-    if proc.returncode != 0:
+    cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", METHODS[method]["config"], *o]
+    code, seconds = train_with_progress(cmd, save / "train.log", budget.updates(int(args.train_size)),
+                                        f"{method} seed {seed}", fairseq_env(args.device))
+    if code != 0:
         tail = (save / "train.log").read_text().splitlines()[-15:]
         sys.exit("\n".join(tail) + f"\nbenchmark: training {method} seed {seed} failed (log: {save / 'train.log'})")
-    return watch.seconds
+    return seconds
 
 
 def overrides_for(method: str, overrides: List[str]) -> List[str]:
@@ -106,14 +77,6 @@ def overrides_for(method: str, overrides: List[str]) -> List[str]:
         elif prefix == method:
             out.append(rest)
     return out
-
-
-def with_overrides(base: List[str], extra: List[str]) -> List[str]:
-    """``base`` hydra overrides with ``extra`` ones appended, each replacing any of the same key."""
-    def key(ov: str) -> str:
-        return ov.split("=", 1)[0].lstrip("+")
-    replaced = {key(ov) for ov in extra}
-    return [ov for ov in base if key(ov) not in replaced] + extra
 
 
 def evaluate(save: Path, args) -> Dict:

@@ -13,6 +13,7 @@ from helpers import BIN, ROOT, assert_one_clear_error, digest, run, validate
 from leebert_plugin.data.prepare import Examples, detect_kind, label_order, split_off
 from leebert_plugin.data.tables import read_table
 from leebert_plugin.errors import UsageError
+from leebert_plugin.export import bpe_of, export
 from leebert_plugin.hub import EarlyExitClassifier
 from leebert_plugin.prepare_data import main as prepare_data
 
@@ -102,11 +103,16 @@ def test_from_file_to_validation_with_exits_to_predict_with_label_names(prepared
     assert clf.labels == ["neg", "neutral", "pos"]
     rng = random.Random(7)
     truth = [rng.choice(sorted(WORDS)) for _ in range(40)]
-    preds = clf.predict((review(rng, y) for y in truth), exit_policy="normalized_entropy", threshold=0.3,
+    sentences = [review(rng, y) for y in truth]
+    preds = clf.predict((s for s in sentences), exit_policy="normalized_entropy", threshold=0.3,
                         batch_size=8)  # a generator, streamed in batches
     assert len(preds) == 40 and sum(p.label == y for p, y in zip(preds, truth)) >= 36
     with pytest.raises(ValueError, match="out of range"):  # a service catches a bad threshold
         clf.predict(["the movie was good"], exit_policy="max_prob", threshold=1.5)
+    export(tmp_path / "checkpoint_best.pt", prepared, tmp_path / "served", bpe_of(prepared, None, {}))
+    served = EarlyExitClassifier.from_pretrained(str(tmp_path / "served"))  # the bpe prepare_data recorded, shipped
+    again = served.predict(sentences, exit_policy="normalized_entropy", threshold=0.3)
+    assert [(p.label, p.exit_layer) for p in again] == [(p.label, p.exit_layer) for p in preds]
 
 
 def test_detect_kind_and_label_order():

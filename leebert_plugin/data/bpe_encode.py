@@ -14,7 +14,7 @@ import multiprocessing
 import typing
 from argparse import Namespace
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from fairseq.data import encoders
 from fairseq.registry import REGISTRIES
@@ -52,6 +52,13 @@ def add_bpe_args(parser: argparse.ArgumentParser, name: str) -> None:
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_option_type(f.type),
                            required=required, default=None if required else f.default,
                            help=f.metadata.get("help", ""), metavar=metavar)
+
+
+def bpe_options(args: Namespace, name: str) -> Dict[str, object]:
+    """The values in ``args`` of bpe ``name``'s own options (its fairseq dataclass fields), set ones only."""
+    config = REGISTRIES["bpe"]["dataclass_registry"].get(name)
+    fields = [f.name for f in dataclasses.fields(config) if not f.name.startswith("_")] if config else []
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
 def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,

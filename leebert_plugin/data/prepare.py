@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from leebert_plugin.data.bpe_encode import FILE_OPTIONS, bpe_options
 from leebert_plugin.data.layout import Split, check_label_names, write_layout
 from leebert_plugin.data.tables import Table, field as get_field, read_table
 from leebert_plugin.errors import UsageError
@@ -226,9 +227,7 @@ def _label_text(examples: Examples, kind: str) -> Optional[List[str]]:
 
 def write_settings(prepared: Prepared, args: Namespace) -> None:
     """``OUT/prepare.json``: the task settings and the bpe files (what an export or a service needs)."""
-    bpe = {k: (str(Path(v).resolve()) if k in ("wordpiece_vocab", "sentencepiece_model", "gpt2_encoder_json",
-                                               "gpt2_vocab_bpe") else v)
-           for k, v in vars(args).items() if k.startswith(args.bpe) and v is not None}
+    bpe = {k: (str(Path(v).resolve()) if k in FILE_OPTIONS else v) for k, v in bpe_options(args, args.bpe).items()}
     settings = {"task_kind": prepared.kind, "num_classes": prepared.num_classes, "labels": prepared.classes,
                 "pairs": prepared.pairs, "text_columns": list(args.text_columns), "label_column": args.label_column,
                 "counts": prepared.counts, "sources": prepared.sources, "seed": args.seed, "bpe": args.bpe,

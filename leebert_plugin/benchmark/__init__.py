@@ -1,0 +1,1 @@
+"""The benchmark's pieces: the training recipe every method shares (:mod:`.recipe`)."""

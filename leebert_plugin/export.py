@@ -1,0 +1,183 @@
+"""A self-contained model folder for serving: weights, dictionaries, bpe files, label names, settings.
+
+    python -m leebert_plugin.export CHECKPOINT DATA OUT [--bpe wordpiece --wordpiece-vocab vocab.txt]
+
+``OUT`` holds:
+
+- ``model.pt``: the model's tensors only (a flat ``name -> tensor`` dict), so ``torch.load(...,
+  weights_only=True)`` reads it: nothing in it can run code;
+- ``input0/dict.txt`` and, for classification, ``label/dict.txt``: the dictionaries, laid out as a
+  data folder so that the task itself is set up from ``OUT``;
+- ``bpe/``: the bpe's files (a WordPiece ``vocab.txt``, a sentencepiece model, GPT-2's two files);
+- ``export.json``: the model's and the task's settings, the label names, the bpe and its options
+  (file options relative to ``OUT``), and the SHA-256 of the checkpoint it came from.
+
+No data folder and no path of the machine that exported it is needed to load it:
+``EarlyExitClassifier.from_pretrained(OUT)``. The bpe defaults to the one ``prepare_data`` recorded
+in ``DATA/prepare.json``; ``--bpe`` with its options overrides it (data preprocessed otherwise).
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from argparse import Namespace
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from leebert_plugin import cli
+from leebert_plugin.data.bpe_encode import FILE_OPTIONS, bpe_names, bpe_options
+from leebert_plugin.errors import UsageError
+
+MANIFEST = "export.json"
+FORMAT = 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bpe_of(data: Path, bpe: Optional[str], options: Dict[str, object]) -> Optional[Tuple[str, Dict[str, str]]]:
+    """The bpe to ship: the one given, else the one ``DATA/prepare.json`` records, else None (pre-encoded input)."""
+    if bpe:
+        return bpe, dict(options)
+    settings = Path(data) / "prepare.json"
+    if settings.is_file():
+        recorded = json.loads(settings.read_text(encoding="utf-8"))
+        return recorded["bpe"], recorded.get("bpe_options", {})
+    return None
+
+
+def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[Tuple[str, Dict[str, str]]] = None,
+           overwrite: bool = False) -> Path:
+    """Write the folder (staged beside ``out`` and renamed into place whole)."""
+    from fairseq import checkpoint_utils
+
+    from leebert_plugin.exits.evaluate import load
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out} already exists and is not empty", "export into a new folder, or pass --overwrite")
+    for option, value in (bpe[1] if bpe else {}).items():
+        if option in FILE_OPTIONS and not Path(value).is_file():
+            raise UsageError(f"the bpe file {value} ({option}) does not exist", "pass the bpe's files with --bpe and its options")
+    model, task = load(checkpoint, data, "cpu")
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    model_cfg = state["cfg"]["model"]  # a Namespace when trained through fairseq-train's argparse
+    namespace = isinstance(model_cfg, Namespace)
+    model_cfg = _plain(vars(model_cfg)) if namespace else OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+    model_cfg = _without_paths(model_cfg)
+    task_cfg = {k: v for k, v in OmegaConf.to_container(task.cfg, resolve=True, enum_to_str=True).items()
+                if not isinstance(v, dict)}  # the task's own settings, not the optimizer's or dataset's it reads
+    task_cfg = {k: "." if isinstance(v, str) and os.path.isabs(v) else v for k, v in task_cfg.items()}  # data, save dir
+    regression = bool(task.cfg.regression_target)
+    labels = [] if regression else [task.label_dictionary[i] for i in range(task.label_dictionary.nspecial,
+                                                                               len(task.label_dictionary))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, stage / "model.pt")
+        (stage / "input0").mkdir()
+        task.source_dictionary.save(str(stage / "input0" / "dict.txt"))
+        if not regression:
+            (stage / "label").mkdir()
+            task.label_dictionary.save(str(stage / "label" / "dict.txt"))
+        shipped = None
+        if bpe is not None:
+            name, options = bpe
+            (stage / "bpe").mkdir()
+            shipped = {"name": name, "options": {}}
+            for option, value in options.items():
+                if option in FILE_OPTIONS:
+                    shutil.copy(value, stage / "bpe" / Path(value).name)
+                    value = f"bpe/{Path(value).name}"
+                shipped["options"][option] = value
+        manifest = {"format": FORMAT, "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
+                    "regression": regression, "bpe": shipped, "checkpoint_sha256": _sha256(Path(checkpoint))}
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _plain(settings: Dict) -> Dict:
+    """A Namespace's settings as JSON values (tuples become lists, anything else its text)."""
+    def value(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [value(x) for x in v]
+        return str(v)
+    return {k: value(v) for k, v in settings.items()}
+
+
+def _without_paths(settings: Dict) -> Dict:
+    """``settings`` without the absolute paths of this machine (data, save dir, user dir), nested
+    settings too: none is needed to rebuild the model, and the task's defaults fill them in."""
+    def keep(v) -> bool:
+        return not (isinstance(v, str) and os.path.isabs(v))
+    return {k: _without_paths(v) if isinstance(v, dict) else v for k, v in settings.items() if keep(v)}
+
+
+def is_export(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional[Namespace]]:
+    """The model (eval mode, on ``device``), its task and the bpe's options, from an export folder."""
+    from fairseq import tasks
+
+    import leebert_plugin  # noqa: F401  (registers the task and the model)
+    from leebert_plugin.devices import resolve_device
+
+    folder = Path(folder).resolve()
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise UsageError(f"{folder / MANIFEST} is format {manifest.get('format')}, this plugin reads {FORMAT}",
+                         "export the checkpoint again with this version")
+    target = resolve_device(device)
+    task = tasks.setup_task(OmegaConf.create(dict(manifest["task"], data=str(folder))))
+    model_cfg = manifest["model"]
+    model = task.build_model(Namespace(**model_cfg) if manifest.get("model_is_namespace") else OmegaConf.create(model_cfg))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True), strict=True)
+    bpe = None
+    if manifest["bpe"] is not None:
+        options = {k: str(folder / v) if k in FILE_OPTIONS else v for k, v in manifest["bpe"]["options"].items()}
+        bpe = Namespace(bpe=manifest["bpe"]["name"], **options)
+    return model.eval().to(target), task, bpe
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from leebert_plugin.data.bpe_encode import add_bpe_args
+
+    p = cli.ArgumentParser(prog="python -m leebert_plugin.export", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a trained checkpoint (checkpoint_best.pt)")
+    p.add_argument("data", type=Path, help="the data folder it was trained on (for its dictionaries, prepare.json)")
+    p.add_argument("out", type=Path, help="the folder to write (new, or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--bpe", choices=bpe_names(), help="the bpe (default: the one DATA/prepare.json records)")
+    first = cli.ArgumentParser(add_help=False)
+    first.add_argument("--bpe")
+    name = first.parse_known_args(argv)[0].bpe
+    if name:
+        add_bpe_args(p, name)
+    args = p.parse_args(argv)
+    options = bpe_options(args, name) if name else {}
+    out = export(args.checkpoint, args.data, args.out, bpe_of(args.data, args.bpe, options), args.overwrite)
+    print(f"exported {args.checkpoint} to {out}; load it with EarlyExitClassifier.from_pretrained({str(out)!r})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

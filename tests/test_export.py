@@ -1,0 +1,65 @@
+"""python -m leebert_plugin.export: a self-contained, weights-only model folder that the hub loads alone."""
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT, assert_one_clear_error, run
+from leebert_plugin.errors import UsageError
+from leebert_plugin.export import main as export_main
+from leebert_plugin.hub import EarlyExitClassifier
+
+SENTENCES = ["A gem of a film.", "Dull and overlong.", "It is neither good nor bad.", "The cast is wonderful, the plot is not."]
+
+
+@pytest.fixture(scope="module")
+def exported(trained, mr_bin, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model"
+    export_main([str(trained / "checkpoint_best.pt"), str(mr_bin), str(out), "--bpe", "sentencepiece",
+                 "--sentencepiece-model", str(mr_bin / "raw" / "spm.model")])
+    return out
+
+
+def test_the_folder_alone_predicts_as_the_checkpoint_and_data_do(exported, trained, mr_bin, tmp_path):
+    moved = tmp_path / "elsewhere"  # no data folder, no original path: the folder moved away from them
+    shutil.copytree(exported, moved)
+    reference = EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu",
+                                                    bpe="sentencepiece", sentencepiece_model=str(mr_bin / "raw" / "spm.model"))
+    served = EarlyExitClassifier.from_pretrained(str(moved), device="cpu")
+    assert served.labels == reference.labels
+    for policy, threshold in (("none", None), ("normalized_entropy", 0.8)):
+        a = reference.predict(SENTENCES, exit_policy=policy, threshold=threshold)
+        b = served.predict(SENTENCES, exit_policy=policy, threshold=threshold)
+        assert [(p.label, p.exit_layer, p.layers_run) for p in a] == [(p.label, p.exit_layer, p.layers_run) for p in b]
+        assert torch.allclose(torch.tensor([p.probs for p in a]), torch.tensor([p.probs for p in b]), atol=1e-6)
+    text = (moved / "export.json").read_text()
+    assert str(mr_bin) not in text and str(trained) not in text and str(exported) not in text
+
+
+def test_the_weights_are_tensors_only(exported):
+    state = torch.load(exported / "model.pt", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert sorted(p.name for p in exported.iterdir()) == ["bpe", "export.json", "input0", "label", "model.pt"]
+    assert json.loads((exported / "export.json").read_text())["bpe"]["options"]["sentencepiece_model"] == "bpe/spm.model"
+
+
+def test_an_existing_folder_is_refused_in_one_line_and_kept(exported, trained, mr_bin):
+    before = (exported / "export.json").read_bytes()
+    proc = run([sys.executable, "-m", "leebert_plugin.export", str(trained / "checkpoint_best.pt"), str(mr_bin),
+                str(exported)], cwd=ROOT)
+    assert_one_clear_error(proc, "already exists and is not empty", "--overwrite")
+    assert (exported / "export.json").read_bytes() == before
+
+
+def test_data_with_an_export_folder_is_refused(exported, mr_bin):
+    with pytest.raises(ValueError, match="export folder"):
+        EarlyExitClassifier.from_pretrained(str(exported), data=str(mr_bin))
+
+
+def test_a_missing_bpe_file_is_refused_before_anything_is_written(trained, mr_bin, tmp_path):
+    with pytest.raises(UsageError, match="nope.model"):
+        export_main([str(trained / "checkpoint_best.pt"), str(mr_bin), str(tmp_path / "out"), "--bpe", "sentencepiece",
+                     "--sentencepiece-model", str(tmp_path / "nope.model")])
+    assert not (tmp_path / "out").exists()
