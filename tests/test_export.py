@@ -63,3 +63,13 @@ def test_a_missing_bpe_file_is_refused_before_anything_is_written(trained, mr_bi
         export_main([str(trained / "checkpoint_best.pt"), str(mr_bin), str(tmp_path / "out"), "--bpe", "sentencepiece",
                      "--sentencepiece-model", str(tmp_path / "nope.model")])
     assert not (tmp_path / "out").exists()
+
+
+def test_serving_figures_time_both_modes_on_the_same_sentences(exported):
+    from leebert_plugin.serving_bench import measure, table
+
+    clf = EarlyExitClassifier.from_pretrained(str(exported), device="cpu")
+    figures = measure(clf, SENTENCES * 4, 4, "max_prob", 0.0, rounds=2)  # max_prob >= 0: everyone leaves at exit 1
+    assert figures.mean_layers == 1.0 and set(figures.ms_per_sentence) == {"full depth", "early exit"}
+    assert all(ms > 0 for ms in figures.ms_per_sentence.values())
+    assert "| 4 |" in table([figures], clf.model.num_layers) and "1.00 of 4" in table([figures], clf.model.num_layers)

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Per-sentence latency (batch 1) and throughput (batch 32) of predict, full depth against early exit.
+
+    python scripts/bench_serving.py MODEL_DIR TEXT_FILE --policy normalized_entropy --threshold 0.85 \
+        [--samples 256] [--batch-sizes 1 32] [--rounds 5] [--device cpu]
+
+MODEL_DIR: a folder ``python -m leebert_plugin.export`` wrote (or a checkpoint with ``--data``);
+TEXT_FILE: one sentence a line (a TSV's first column). The logic: ``leebert_plugin/serving_bench.py``.
+"""
+import argparse
+from pathlib import Path
+
+import leebert_plugin  # noqa: F401
+from leebert_plugin import cli
+from leebert_plugin.devices import add_device_argument
+from leebert_plugin.errors import UsageError
+from leebert_plugin.hub import EarlyExitClassifier
+from leebert_plugin.serving_bench import measure, table
+
+
+def main() -> None:
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="an export folder (or a checkpoint, with --data)")
+    p.add_argument("text", type=Path, help="sentences, one a line (a TSV: its first column; a header line is skipped with --header)")
+    p.add_argument("--data", help="the data folder, for a checkpoint")
+    p.add_argument("--header", action="store_true", help="skip the text file's first line")
+    p.add_argument("--policy", default="normalized_entropy")
+    p.add_argument("--threshold", type=cli.number(float))
+    p.add_argument("--patience", type=cli.number(int, low=1), default=1)
+    p.add_argument("--samples", type=cli.number(int, low=1), default=256)
+    p.add_argument("--batch-sizes", type=cli.number(int, low=1), nargs="+", default=[1, 32])
+    p.add_argument("--rounds", type=cli.number(int, low=1), default=5)
+    add_device_argument(p)
+    args = p.parse_args()
+    if not args.text.is_file():
+        raise UsageError(f"{args.text} does not exist", "pass a text file with one sentence a line")
+    lines = args.text.read_text(encoding="utf-8").splitlines()[1 if args.header else 0:]
+    sentences = [line.split("\t")[0] for line in lines if line.strip()][:args.samples]
+    clf = EarlyExitClassifier.from_pretrained(args.model, data=args.data, device=args.device)
+    figures = [measure(clf, sentences, b, args.policy, args.threshold, args.patience, args.rounds) for b in args.batch_sizes]
+    print(f"{len(sentences)} sentences of {args.text}, {args.policy} threshold {args.threshold}, device {clf.device}, "
+          f"median of {args.rounds} interleaved rounds")
+    print(table(figures, clf.model.num_layers))
+
+
+if __name__ == "__main__":
+    cli.run(main)
