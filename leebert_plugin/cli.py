@@ -40,9 +40,32 @@ def run(main: Callable[[], Any]) -> Any:
         raise SystemExit(line) from None
 
 
+# fairseq's own checks of its command line that end in a bare ``assert`` (a traceback): the
+# message it asserts with -> the problem and the fix, printed as the plugin's one line
+FAIRSEQ_ASSERTIONS = {
+    "Must specify batch size either with --max-tokens or --batch-size":
+        ("no batch size was given", "pass --batch-size N (sentences) or --max-tokens N (tokens)"),
+}
+
+
+def async_checkpoints_refused() -> UsageError:
+    return UsageError("checkpoint.write_checkpoints_asynchronously=true: fairseq then never copies a new checkpoint "
+                      "onto checkpoint_last.pt or checkpoint_best.pt (a resume would start from a stale one) and "
+                      "bypasses the crash-safe write", "drop it: each checkpoint is written whole, then renamed into place")
+
+
+def fairseq_assertion(exc: BaseException) -> Optional[UsageError]:
+    """The UsageError for one of fairseq's known command-line assertions, else None."""
+    if isinstance(exc, AssertionError):
+        for message, (problem, fix) in FAIRSEQ_ASSERTIONS.items():
+            if message in str(exc):
+                return UsageError(problem, fix)
+    return None
+
+
 def _one_line_hook(previous: Callable) -> Callable:
     def hook(kind, value, tb):
-        line = usage_error_line(value)
+        line = usage_error_line(fairseq_assertion(value) or value)
         if line is None:
             previous(kind, value, tb)
         else:  # the interpreter exits with status 1 after an uncaught exception
@@ -71,6 +94,14 @@ class UsageErrorInOneLine(Callback):
     inside its ``run_and_report``, which would print a traceback; a ``SystemExit`` raised here
     passes through both (they catch ``Exception``) and exits with status 1 after printing the line.
     """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        """Settings fairseq answers before the plugin's task is set up: refused here, in one line."""
+        checkpoint = config.get("checkpoint") if hasattr(config, "get") else None
+        if checkpoint is not None and checkpoint.get("write_checkpoints_asynchronously", False):
+            # fairseq-train returns without training (exit status 0) when iopath is missing, and
+            # skips the checkpoint_last/best copies when it is there; the task refuses the latter too
+            raise SystemExit(str(async_checkpoints_refused()))
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:

@@ -78,8 +78,15 @@ def existing_paths(load: Callable) -> Callable:
     @functools.wraps(load)
     def load_model_ensemble_and_task(filenames, *args, **kwargs):
         for name in filenames:
-            if "://" not in name and not os.path.exists(name) and kwargs.get("num_shards", 1) == 1 \
-                    and not kwargs.get("suffix"):
+            if "://" in name or kwargs.get("num_shards", 1) != 1 or kwargs.get("suffix"):
+                continue
+            if os.path.isdir(name):
+                inside = [f for f in ("checkpoint_best.pt", "checkpoint_last.pt") if os.path.isfile(os.path.join(name, f))]
+                raise UsageError(f"checkpoint {name} is a directory, not a checkpoint file",
+                                 f"pass a file inside it, e.g. --path {os.path.join(name, inside[0])}" if inside else
+                                 "pass the checkpoint file itself (checkpoint_best.pt); an export folder loads with "
+                                 "EarlyExitClassifier.from_pretrained")
+            if not os.path.exists(name):
                 raise UsageError(f"checkpoint {name} does not exist", "fix the path given to --path")
         return load(filenames, *args, **kwargs)
 

@@ -115,6 +115,11 @@ CATALOGUE: Dict[str, Case] = {
                                           ["weights-only loader refuses", "Untrusted", "trust"]),
     "validate: missing checkpoint": Case("validate", ["{data}", "--path", "{tmp}/nope.pt"],
                                          ["nope.pt does not exist", "--path"]),
+    "validate: --path is a directory": Case("validate", ["{data}", "--path", "{ckpt_dir}"],
+                                            ["is a directory, not a checkpoint file", "checkpoint_best.pt"]),
+    "validate: no batch size": Case("validate", ["{data}", "--no-batch-size"], ["no batch size was given", "--batch-size N"]),
+    "train: asynchronous checkpoint writes": Case("train", ["checkpoint.write_checkpoints_asynchronously=true"],
+                                                  ["write_checkpoints_asynchronously=true", "stale"]),
     "validate: corrupted checkpoint": Case("validate", ["{data}", "--path", "{truncated}"], ["is not a readable checkpoint"]),
     "validate: pickle that runs os.system": Case("validate", ["{data}", "--path", "{malicious}"],
                                                  ["weights-only loader refuses", "system", "trust"]),
@@ -255,8 +260,10 @@ def command(case: Case, fx: dict) -> List[str]:
                 f"checkpoint.save_dir={fx['save']}", *args]
     if case.tool == "validate":
         path = [] if "--path" in args else ["--path", fx["ckpt"]]
+        batch = [] if "--no-batch-size" in args else ["--batch-size", "16"]
+        args = [a for a in args if a != "--no-batch-size"]
         return [str(BIN / "fairseq-validate"), *args, *path, "--user-dir", "user_dir",
-                "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu"]
+                "--task", "early_exit_sentence_prediction", *batch, "--cpu"]
     ckpt = args.pop(args.index("--checkpoint") + 1) if "--checkpoint" in args else fx["ckpt"]
     args = [a for a in args if a != "--checkpoint"]
     return [sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), ckpt, fx["data"], *args]
@@ -280,7 +287,7 @@ def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
     # the guarded dir: a save dir with an earlier result (no checkpoint_best.pt for SmartBERT, whose
     # stage 2 would start from it), or the trained checkpoint's own dir under validation
     save = guarded_dir(tmp_path, with_checkpoint=case.config != "mr_smartbert") if train else trained
-    fx = {"data": str(mr_bin), "save": str(save), "ckpt": str(trained / "checkpoint_best.pt"),
+    fx = {"data": str(mr_bin), "save": str(save), "ckpt": str(trained / "checkpoint_best.pt"), "ckpt_dir": str(trained),
           "plain": str(plain_roberta), "tmp": str(tmp_path)}
     for key, build in FILES.items():
         if any("{" + key + "}" in a for a in case.args):

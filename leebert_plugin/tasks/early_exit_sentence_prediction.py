@@ -18,7 +18,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, OmegaConf, open_dict
 
-from leebert_plugin import ddp
+from leebert_plugin import cli, ddp
 from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
@@ -71,6 +71,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     load_checkpoint_on_all_dp_ranks: bool = II("checkpoint.load_checkpoint_on_all_dp_ranks")
+    # refused: fairseq then skips the copies onto checkpoint_last.pt / checkpoint_best.pt
+    write_checkpoints_asynchronously: bool = II("checkpoint.write_checkpoints_asynchronously")
     ddp_backend: str = II("distributed_training.ddp_backend")
     find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
@@ -118,6 +120,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                                  "stage 2 (the intermediate exits) would never run",
                                  f"set optimization.max_epoch above {cfg.stage1_epochs}, e.g. {cfg.stage1_epochs * 2}")
             precision.check_precision(_outer(cfg, "common_settings", None), torch.cuda.is_available())
+            if _outer(cfg, "write_checkpoints_asynchronously", False):
+                raise cli.async_checkpoints_refused()
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
