@@ -168,3 +168,30 @@ def test_an_older_clo_optimizer_state_loads_its_model_part():
     fresh = CLOOptimizer(cfg, model.parameters())
     fresh.load_state_dict({"inner": old.state_dict(), "weights": {"state": {}, "param_groups": []}})
     assert torch.equal(fresh.optimizer.state_dict()["state"][0]["exp_avg"], old.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_clo_warns_once_with_the_share_of_meta_steps_that_had_both_splits(caplog):
+    """At a batch size where most batches lack D2 examples the weights barely move: one warning
+    says how many meta steps had both; when every batch has both, nothing is said."""
+    from leebert_plugin.optim.bilevel import SHARE_WINDOW
+
+    model = tiny_model(num_classes=2)
+    model.train()
+    crit = leebert()
+    training = bilevel_training(model, crit, w_update_interval=1)
+    sample = sample_for(model, 8, seed=3)
+    b1, b2 = training.split(sample)
+    assert b1 is not None and b2 is not None
+    with caplog.at_level("WARNING", logger="leebert_plugin.optim.bilevel"):
+        for update in range(SHARE_WINDOW):  # every batch with both: no warning
+            stats = training.meta_step(model, crit, b1, b2, update, 1e-3)
+            assert stats["meta_with_both"] == 1
+        assert not caplog.records
+        for update in range(SHARE_WINDOW, 3 * SHARE_WINDOW):
+            both = update % 4 == 0  # 5 of 20
+            stats = training.meta_step(model, crit, b1, b2 if both else None, update, 1e-3)
+            assert stats["meta_with_both"] == int(both)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings  # once, not every window
+    assert "only 5 of the last 20 meta steps (25%) had both D1 and D2" in warnings[0]
+    assert "dataset.batch_size" in warnings[0]

@@ -35,6 +35,8 @@ from leebert_plugin.optim.hypergradient import hypergradient
 
 logger = logging.getLogger(__name__)
 MODES = ("clo", "darts2", "darts1")
+SHARE_WINDOW = 20  # meta steps between two looks at the share that had both D1 and D2 examples
+LOW_SHARE = 0.5  # below it, the weights learn from too few meta steps: one warning
 
 
 class BilevelTraining:
@@ -55,6 +57,8 @@ class BilevelTraining:
                                            weight_decay=cfg.w_weight_decay)
         self._last_meta_update = -1
         self._split_checked = False
+        self._meta_window = [0, 0]  # meta steps due, and those with D1 and D2 examples, since the last check
+        self._warned_share = False
         self._replica: Optional[torch.nn.Module] = None  # fp32 copy of a model trained in fp16/bf16
 
     # ---- what the training step asks ------------------------------------------------------
@@ -115,13 +119,32 @@ class BilevelTraining:
         if distributed_utils.get_data_parallel_world_size() > 1:
             group = distributed_utils.get_data_parallel_group()
             g, count = distributed_utils.all_reduce(g, group), distributed_utils.all_reduce(count, group)
-        if float(count) == 0:
-            return {"meta_steps": 1, "hypergrad_norm": 0.0}
+        moved = float(count) > 0
+        self._watch_share(moved, b1, b2)
+        if not moved:
+            return {"meta_steps": 1, "meta_with_both": 0, "hypergrad_norm": 0.0}
         g = (g / count).float()
         self.optimizer.zero_grad()
         torch.autograd.backward(self.weights.weights(), g)
         self.optimizer.step()
-        return {"meta_steps": 1, "hypergrad_norm": float(g.norm())}
+        return {"meta_steps": 1, "meta_with_both": 1, "hypergrad_norm": float(g.norm())}
+
+    def _watch_share(self, moved: bool, b1: Optional[dict], b2: Optional[dict]) -> None:
+        """Warn once when fewer than ``LOW_SHARE`` of the last ``SHARE_WINDOW`` meta steps had
+        both D1 and D2 examples (on some worker): a meta step without them leaves the weights
+        where they are, so at a small batch size they barely learn, silently."""
+        self._meta_window[0] += 1
+        self._meta_window[1] += int(moved)
+        due, both = self._meta_window
+        if due < SHARE_WINDOW:
+            return
+        self._meta_window = [0, 0]
+        if both / due < LOW_SHARE and not self._warned_share:
+            self._warned_share = True
+            size = sum(int(b["nsentences"]) for b in (b1, b2) if b is not None)
+            logger.warning(f"clo: only {both} of the last {due} meta steps ({100 * both / due:.0f}%) had both D1 and D2 "
+                           f"examples in their batch ({size} sentences in the last): the loss-term weights learn from "
+                           f"those alone. Raise dataset.batch_size, or set task.d2_ratio nearer 0.5")
 
     def _in_fp32(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model the meta step differentiates, in fp32 whatever precision it trains in.

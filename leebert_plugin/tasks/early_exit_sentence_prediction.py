@@ -257,7 +257,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         bare = _unwrapped(model)
         self.bilevel.to(next(bare.parameters()).device)
         b1, b2 = self.bilevel.split(sample)
-        stats = {"meta_steps": 0, "hypergrad_norm": 0.0}  # the same keys on every worker
+        stats = {"meta_steps": 0, "meta_with_both": 0, "hypergrad_norm": 0.0}  # the same keys on every worker
         if self.bilevel.meta_due(update_num):
             with torch.autograd.profiler.record_function("clo-meta-step"):
                 meta_batches = (None, None) if ignore_grad else (b1, b2)
@@ -369,6 +369,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         if meta:
             norm = sum(log.get("hypergrad_norm", 0.0) for log in logging_outputs)
             metrics.log_scalar("hypergrad_norm", norm / meta, meta, round=6)
+            both = sum(log.get("meta_with_both", 0) for log in logging_outputs)
+            metrics.log_scalar("meta_with_both", both / meta, meta, round=3)  # share whose batch had D1 and D2
         if not any("layers_full" in log for log in logging_outputs):
             return  # training steps carry no exit statistics
         layers_run = float(sum(log.get("layers_run", 0) for log in logging_outputs))
