@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import hydra_train
-from helpers import SMARTBERT_SHORT as SHORT, json_records
+from helpers import BIN, SMARTBERT_SHORT as SHORT, json_records, run
 from leebert_plugin.criterions.contrastive import token_info_nce
 
 
@@ -107,3 +107,16 @@ def test_resuming_in_stage_2_stays_in_stage_2(two_stage, mr_bin, tmp_path):
     for k, v in stage1.items():
         if k != "training_stage":
             assert torch.equal(after[k], v), k
+
+
+def test_a_stage_1_checkpoint_validated_with_a_policy_says_what_it_applies(two_stage, mr_bin):
+    save, _ = two_stage
+    proc = run([str(BIN / "fairseq-validate"), str(mr_bin), "--path", str(save / "checkpoint_stage1_best.pt"),
+                "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu",
+                "--log-format", "json", "--exit-policy", "normalized_entropy", "--exit-threshold", "0.5"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("in stage 1 of two-stage training") == 1, out[-3000:]
+    assert "exit policy 'normalized_entropy' is not applied" in out and "skipping the layers its gates skip" in out
+    (record,) = json_records(proc.stdout, "valid")
+    assert float(record["valid_exit_L4"]) == 100.0  # everyone to the last exit, as said

@@ -96,6 +96,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         self.bilevel: Optional[BilevelTraining] = None  # LeeBERT's learned loss weights (clo): bilevel_for
         self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
         self.two_stage = TwoStageTraining(cfg) if cfg.stage1_epochs > 0 else None
+        self._said_stage1_policy = False
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
         self.never_exit = build_policy("none", cfg.num_classes)
 
@@ -321,6 +322,13 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         num_layers = model.num_layers
         # before stage 2 has trained the intermediate exits, a policy would only measure noise
         policy = self.policy if (self.two_stage is None or self.two_stage.exits_trained(model)) else self.never_exit
+        if policy is not self.policy and self.policy.name != "none" and not self._said_stage1_policy:
+            self._said_stage1_policy = True  # said once per process, on the first validation batch
+            logger.warning(f"this model is in stage 1 of two-stage training (task.stage1_epochs={self.cfg.stage1_epochs}): "
+                           f"its intermediate exits are not trained yet, so the exit policy {self.policy.name!r} is not "
+                           f"applied; every sentence runs to the last exit"
+                           + (", skipping the layers its gates skip" if model.skip_gates is not None else "")
+                           + ". Validate a stage-2 checkpoint (checkpoint_best.pt after stage 2) for early exit")
         lengths = sample["net_input"]["src_tokens"].ne(self.source_dictionary.pad()).sum(-1)
         if policy.name == "none" and model.skip_gates is None:
             exit_layer = torch.full((nsentences,), num_layers, dtype=torch.long)
