@@ -86,17 +86,17 @@ def run_updates(variant, sample, start: int, n: int) -> list:
 
 def main() -> None:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--ffn", type=int, default=1536)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--length", type=int, default=64)
-    p.add_argument("--updates", type=int, default=40, help="updates per variant (a multiple of --interval)")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the updates are spread over")
-    p.add_argument("--interval", type=int, default=10, help="w_update_interval of clo")
+    p.add_argument("--layers", type=cli.number(int, 1), default=6)
+    p.add_argument("--dim", type=cli.number(int, 1), default=384)
+    p.add_argument("--heads", type=cli.number(int, 1), default=6)
+    p.add_argument("--ffn", type=cli.number(int, 1), default=1536)
+    p.add_argument("--batch", type=cli.number(int, 1), default=16)
+    p.add_argument("--length", type=cli.number(int, 1), default=64)
+    p.add_argument("--updates", type=cli.number(int, 1), default=40, help="updates per variant (a multiple of --interval)")
+    p.add_argument("--rounds", type=cli.number(int, 1), default=4, help="interleaved rounds the updates are spread over")
+    p.add_argument("--interval", type=cli.number(int, 1), default=10, help="w_update_interval of clo")
     p.add_argument("--mode", default="clo", choices=["clo", "darts2", "darts1"])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=cli.number(int, 0), default=0, help="torch threads (0: torch's default)")
     add_device_argument(p)
     args = p.parse_args()
     args.device = resolve_device(args.device)
@@ -126,9 +126,9 @@ def main() -> None:
     clo = times[f"leebert + clo ({args.mode}, every {args.interval})"]
     meta = [t for i, t in enumerate(clo) if i % per_round % args.interval == 0]
     rest = [t for i, t in enumerate(clo) if i % per_round % args.interval != 0]
-    print(f"clo updates with a meta step: {1000 * statistics.mean(meta):.1f} ms; without: "
-          f"{1000 * statistics.mean(rest):.1f} ms; a meta step costs {statistics.mean(meta) / base:.2f} "
-          f"plain updates")
+    without = f"{1000 * statistics.mean(rest):.1f} ms" if rest else "none (--interval 1: every update has one)"
+    print(f"clo updates with a meta step: {1000 * statistics.mean(meta):.1f} ms; without: {without}; "
+          f"an update with a meta step costs {statistics.mean(meta) / base:.2f} plain updates")
 
 
 if __name__ == "__main__":
