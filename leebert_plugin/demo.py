@@ -132,11 +132,26 @@ def summary_table(result, checkpoint: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def same_settings(run: Path, settings: dict) -> None:
+    """``RUN/demo.json`` records the settings of the run in ``RUN``; a re-run with others is refused
+    (it would reuse data and checkpoints made with the first ones)."""
+    recorded = run / "demo.json"
+    if recorded.is_file():
+        earlier = json.loads(recorded.read_text())
+        if earlier != settings:
+            differ = ", ".join(f"{k}={earlier.get(k)} (now {v})" for k, v in settings.items() if earlier.get(k) != v)
+            raise UsageError(f"{run} holds a main-job run made with {differ}",
+                             "pass another RUN_DIR, or the same options to go on with it")
+    else:
+        recorded.write_text(json.dumps(settings) + "\n")
+
+
 def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Optional[str]) -> None:
     from leebert_plugin.devices import resolve_device
 
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # loading the checkpoint logs every setting
     device = resolve_device(device_name)
+    same_settings(run, {"train_rows": train_rows, "epochs": epochs, "seed": seed})
     minilm = backbone(run)
     data = prepare(run, snippets(run, train_rows), minilm)
     checkpoint = train(run, data, minilm, epochs, seed, device)

@@ -1,8 +1,11 @@
 """The main job's pieces (leebert_plugin/demo.py) on the tiny trained model, and the training progress bar."""
 import sys
 
+import pytest
+
 from helpers import validate
 from leebert_plugin import demo
+from leebert_plugin.errors import UsageError
 from leebert_plugin.launch import train_with_progress
 
 
@@ -34,3 +37,10 @@ def test_train_with_progress_logs_everything_and_counts_updates(tmp_path, capfd)
     assert code == 3 and seconds > 0
     assert log.count("num_updates") == 3 and "stderr line" in log
     assert "15/15" in capfd.readouterr().err  # the bar reached its total
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+    demo.same_settings(tmp_path, {"train_rows": 6000, "epochs": 1, "seed": 1})
+    demo.same_settings(tmp_path, {"train_rows": 6000, "epochs": 1, "seed": 1})  # the same: goes on
+    with pytest.raises(UsageError, match=r"train_rows=6000 \(now 4000\)"):
+        demo.same_settings(tmp_path, {"train_rows": 4000, "epochs": 1, "seed": 1})
