@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     what = "regression" if prepared.kind == "regression" else f"{len(prepared.classes)} classes: " + ", ".join(
         f"{i}={name}" for i, name in enumerate(prepared.classes))
     print(f"prepared {args.out} ({counts}; {what}; settings in {args.out / SETTINGS_FILE})")
-    print("train with:\n  " + training_command(prepared, args))
+    print("train with (from the repository root, .venv/bin on PATH):\n  " + training_command(prepared, args))
 
 
 if __name__ == "__main__":
