@@ -1,9 +1,11 @@
 """scripts/benchmark.py end to end on the tiny model: real training runs, dev-chosen figures that
-agree with fairseq-validate, a summary, a plot."""
+agree with fairseq-validate and with the stored per-example outcomes, a summary, a plot."""
 import csv
 import json
 
 from helpers import BIN, run, validate
+
+from leebert_plugin.benchmark.evaluation import Outcomes
 
 
 def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):
@@ -30,7 +32,14 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     assert abs(float(replayed["dev_metric"]) - measured["accuracy"]) < 0.01
     assert abs(float(replayed["dev_speedup"]) - measured["speedup"]) < 0.01
     result = json.loads((save / "result.json").read_text())
-    assert result["valid_oracle"]["layer_speedup"] >= 1.0
+    assert result["dev_oracle"]["layer_speedup"] >= 1.0
+    # the per-example test outcomes behind the paired bootstrap agree with every point's figure
+    outcomes = Outcomes.load(save / "outcomes.npz")
+    assert outcomes.correct.shape == (len(result["points"]), 80) and list(outcomes.ids) == list(range(80))
+    for i, p in enumerate(result["points"]):
+        assert abs(100.0 * outcomes.correct[i].mean() - p["test_metric"]) < 1e-6
+    chosen = [r for r in rows if r["method"] == "pabee" and "2x" in r["chosen_at"].split(",")]
+    assert len(chosen) <= 1  # one point per target, chosen on dev
     # the override reached SmartBERT's runs only
     from fairseq import checkpoint_utils
     model_cfg = {m: checkpoint_utils.load_checkpoint_to_cpu(str(out / m / "seed1" / "checkpoint_last.pt"))["cfg"].model

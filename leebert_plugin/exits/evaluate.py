@@ -14,7 +14,7 @@ fairseq's loaders do), else the device the model is on. Wall-clock is read throu
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from fairseq import checkpoint_utils
@@ -54,33 +54,61 @@ def classification_metrics(pred: Tensor, target: Tensor, num_classes: int, posit
     return row
 
 
-def run(model, task, data, policy: ExitPolicy, device: DeviceLike = None) -> Dict[str, float]:
-    """One real pass over ``data`` under ``policy``: metrics, speed-ups, seconds in the model
-    (the forward only: moving a batch to the device is not the model's time)."""
+@dataclass
+class PassOutcomes:
+    """What one real early-exit pass decided for each sample of a split, in the split's batch order."""
+
+    ids: Tensor  # the dataset's sample ids
+    pred: Tensor
+    target: Tensor
+    layers: Tensor  # layers run per sample
+    flops: Tensor  # FLOPs spent per sample
+    full_flops: Tensor  # FLOPs of the plain model per sample
+    num_classes: int
+    positive: int
+    num_layers: int
+    seconds: float
+
+    def metrics(self) -> Dict[str, float]:
+        """Metrics (x100), layer and FLOPs speed-up against the plain model, seconds in the model."""
+        row = classification_metrics(self.pred, self.target, self.num_classes, self.positive)
+        row.update(layer_speedup=self.num_layers / max(float(self.layers.float().mean()), 1e-9),
+                   flops_speedup=float(self.full_flops.sum()) / max(float(self.flops.sum()), 1e-9),
+                   seconds=self.seconds)
+        return row
+
+
+def pass_outcomes(model, task, data, policy: ExitPolicy, device: DeviceLike = None) -> PassOutcomes:
+    """One real pass over ``data`` under ``policy``, sample by sample; the seconds are the forwards
+    only (moving a batch to the device is not the model's time)."""
     target = place(model, device)
     head = task.cfg.classification_head_name
     pad = task.source_dictionary.pad()
-    preds, targets, layers, flops, full_flops = [], [], [], [], []
+    ids, preds, targets, layers, flops, full_flops = [], [], [], [], [], []
     watch = Stopwatch(target)
     with torch.no_grad():
         for sample in data:
+            ids.append(sample["id"].view(-1).cpu())
             sample = to_device(sample, target)
             tokens = sample["net_input"]["src_tokens"]
             with watch:
                 logits, extra = model(tokens, classification_head_name=head, exit_policy=policy)
             out = extra["exits"]
             lengths = tokens.ne(pad).sum(-1)
-            preds.append(logits.argmax(-1))
-            targets.append(sample["target"].view(-1))
-            layers.append(out.layers_run)
-            flops.append(sample_flops(model, head, lengths, out.layers_run, out.exits_run, out.gates_run))
-            full_flops.append(full_model_flops(model, head, lengths))
-    row = classification_metrics(torch.cat(preds), torch.cat(targets), model.exit_heads[head].num_classes,
-                                 glue_metrics.positive_class(task.label_dictionary))
-    row.update(layer_speedup=model.num_layers / max(float(torch.cat(layers).float().mean()), 1e-9),
-               flops_speedup=float(torch.cat(full_flops).sum()) / max(float(torch.cat(flops).sum()), 1e-9),
-               seconds=watch.seconds)
-    return row
+            preds.append(logits.argmax(-1).cpu())
+            targets.append(sample["target"].view(-1).cpu())
+            layers.append(out.layers_run.cpu())
+            flops.append(sample_flops(model, head, lengths, out.layers_run, out.exits_run, out.gates_run).cpu())
+            full_flops.append(full_model_flops(model, head, lengths).cpu())
+    cat = torch.cat
+    return PassOutcomes(cat(ids), cat(preds), cat(targets), cat(layers), cat(flops), cat(full_flops),
+                        model.exit_heads[head].num_classes, glue_metrics.positive_class(task.label_dictionary),
+                        model.num_layers, watch.seconds)
+
+
+def run(model, task, data, policy: ExitPolicy, device: DeviceLike = None) -> Dict[str, float]:
+    """One real pass over ``data`` under ``policy``: metrics, speed-ups, seconds in the model."""
+    return pass_outcomes(model, task, data, policy, device).metrics()
 
 
 def plain_forward(model, head: str, tokens: Tensor) -> Tensor:
@@ -115,6 +143,7 @@ class ExitTrace:
     num_layers: int
     positive: int
     gated: bool  # with skip gates, early exit checks no exit at a skipped layer: no exact replay
+    ids: Optional[Tensor] = None  # the dataset's sample ids, in the order of ``targets``
 
 
 def trace(model, task, data, device: DeviceLike = None) -> ExitTrace:
@@ -122,17 +151,18 @@ def trace(model, task, data, device: DeviceLike = None) -> ExitTrace:
     replays and scores then run the same whatever the device, and hold no GPU memory."""
     target = place(model, device)
     head = task.cfg.classification_head_name
-    per_batch, targets, lengths = [], [], []
+    per_batch, targets, lengths, ids = [], [], [], []
     with torch.no_grad():
         for sample in data:
+            ids.append(sample["id"].view(-1).cpu())
             tokens = to_device(sample["net_input"]["src_tokens"], target)
             _, extra = model(tokens, classification_head_name=head)
             per_batch.append(torch.stack(extra["exits"].exit_logits).cpu())
             targets.append(sample["target"].view(-1).cpu())
             lengths.append(tokens.ne(task.source_dictionary.pad()).sum(-1).cpu())
     return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), torch.cat(lengths), list(model.exit_layers),
-                     model.num_layers,
-                     glue_metrics.positive_class(task.label_dictionary), model.skip_gates is not None)
+                     model.num_layers, glue_metrics.positive_class(task.label_dictionary),
+                     model.skip_gates is not None, torch.cat(ids))
 
 
 def replay(policy: ExitPolicy, t: ExitTrace) -> Tensor:
@@ -157,11 +187,15 @@ def oracle_exits(t: ExitTrace) -> Tensor:
     return right.float().argmax(0)  # the first True, or 0 when there is none
 
 
+def predictions(t: ExitTrace, exit_at: Tensor) -> Tensor:
+    """The class each sample predicts when it leaves at exit ``exit_at`` (0-based among the exits)."""
+    return t.logits.gather(0, exit_at.view(1, -1, 1).expand(1, -1, t.logits.size(-1)))[0].argmax(-1)
+
+
 def score(t: ExitTrace, exit_at: Tensor, model=None, head: str = "") -> Dict[str, float]:
     """Metrics and layer speed-up of the predictions taken at ``exit_at`` (and, given the model,
     the FLOPs speed-up: every exit up to the chosen one evaluated)."""
-    chosen = t.logits.gather(0, exit_at.view(1, -1, 1).expand(1, -1, t.logits.size(-1)))[0]
-    row = classification_metrics(chosen.argmax(-1), t.targets, t.logits.size(-1), t.positive)
+    row = classification_metrics(predictions(t, exit_at), t.targets, t.logits.size(-1), t.positive)
     layers = torch.tensor(t.exit_layers)[exit_at]
     row["layer_speedup"] = t.num_layers / float(layers.float().mean())
     if model is not None:

@@ -1,0 +1,116 @@
+"""Every operating point of one trained run, on dev and test, with the test outcome of every example.
+
+A run's operating points are its model at full depth (no exit policy) and every point of its
+policy grid: for models without skip gates, PABEE's patience ``1 .. L-1`` and a normalised-entropy
+grid, each an exact replay of the exits' logits (:func:`~leebert_plugin.exits.evaluate.replay`);
+for SmartBERT, real gated passes over an entropy grid (a replay is not exact under gates). The
+grid is the whole tuning budget of a method, the same for every method of a kind: thresholds are
+chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test.
+
+Besides each point's figures (``points``), the test outcome of every example at every point is
+kept (:class:`Outcomes`, ``outcomes.npz`` beside ``result.json``), ordered by the dataset's sample
+id, so that two methods' points can be compared example by example (the paired bootstrap of
+:mod:`leebert_plugin.benchmark.stats`).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from leebert_plugin.exits.evaluate import (
+    batches, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
+)
+from leebert_plugin.exits.policies import build_policy
+
+ENTROPY_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)  # normalised
+GATED_GRID = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.65)  # nats (ln 2 = 0.69), SmartBERT's own rule
+SPLITS = {"dev": "valid", "test": "test"}
+
+
+@dataclass
+class Outcomes:
+    """Test outcomes of a run's points: ``correct`` and ``layers`` are ``P x N`` (point x example,
+    examples by increasing sample id ``ids``)."""
+
+    ids: np.ndarray
+    correct: np.ndarray
+    layers: np.ndarray
+
+    def save(self, path: Path) -> None:
+        partial = path.with_name(path.name + ".part.npz")
+        np.savez_compressed(partial, ids=self.ids, correct=self.correct, layers=self.layers)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Outcomes":
+        with np.load(path) as z:
+            return cls(z["ids"], z["correct"].astype(bool), z["layers"])
+
+
+def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str, Dict]) -> Dict:
+    """One operating point's figures: ``dev_*`` and ``test_*`` metric, layer and FLOPs speed-up."""
+    out = {"policy": policy, "threshold": threshold, "patience": patience}
+    for prefix, row in rows.items():
+        out.update({f"{prefix}_metric": row["accuracy"], f"{prefix}_speedup": row["layer_speedup"],
+                    f"{prefix}_flops_speedup": row["flops_speedup"]})
+    return out
+
+
+def _by_id(ids: torch.Tensor, *values: torch.Tensor) -> Tuple[np.ndarray, ...]:
+    order = torch.argsort(ids)
+    return (ids[order].numpy(),) + tuple(v[order].numpy() for v in values)
+
+
+def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tuple[Dict, Outcomes]:
+    """The run's figures (``points``: full depth first, then the grid; oracle rows) and its test
+    outcomes. Without skip gates, the full-depth point costs the plain model's FLOPs (only the last
+    exit runs when deployed without a policy); with gates it is a real pass (gates still skip)."""
+    model, task = load(checkpoint, data, device)
+    head = task.cfg.classification_head_name
+    loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
+    gated = model.skip_gates is not None
+    classes = model.exit_heads[head].num_classes
+    result: Dict = {"layers": model.num_layers, "gated": gated, "points": []}
+    correct: List[np.ndarray] = []
+    layers: List[np.ndarray] = []
+    ids = None
+
+    def keep(test_ids, pred, target, ran) -> None:
+        nonlocal ids
+        sorted_ids, p, t, r = _by_id(test_ids, pred, target, ran)
+        if ids is not None and not np.array_equal(ids, sorted_ids):
+            raise RuntimeError("test sample ids differ between two passes over the same split")
+        ids = sorted_ids
+        correct.append(p == t)
+        layers.append(r.astype(np.int16))
+
+    traces = {name: trace(model, task, d) for name, d in loaded.items()}
+    for name, t in traces.items():  # the earliest right exit: the ceiling no policy over these exits beats
+        result[f"{name}_oracle"] = score(t, oracle_exits(t), model, head)
+    if not gated:
+        last = len(model.exit_layers) - 1
+        grid = [("none", None, 0)]
+        if last > 0:
+            grid += [("patience", None, p) for p in range(1, model.num_layers)]
+            grid += [("normalized_entropy", th, 1) for th in ENTROPY_GRID]
+        for name, th, patience in grid:
+            exits = {s: (torch.full((t.logits.size(1),), last) if name == "none"
+                         else replay(build_policy(name, classes, th, patience), t)) for s, t in traces.items()}
+            rows = {s: score(traces[s], e, model, head) for s, e in exits.items()}
+            if name == "none":
+                for row in rows.values():
+                    row["flops_speedup"] = 1.0
+            result["points"].append(point(name, th, patience, rows))
+            t = traces["test"]
+            keep(t.ids, predictions(t, exits["test"]), t.targets, torch.tensor(t.exit_layers)[exits["test"]])
+        return result, Outcomes(ids, np.stack(correct), np.stack(layers))
+    for name, th in [("none", None)] + [("entropy", th) for th in GATED_GRID]:
+        policy = build_policy(name, classes, th, 1)
+        passes = {s: pass_outcomes(model, task, d, policy) for s, d in loaded.items()}
+        result["points"].append(point(name, th, 1 if th is not None else 0,
+                                      {s: o.metrics() for s, o in passes.items()}))
+        o = passes["test"]
+        keep(o.ids, o.pred, o.target, o.layers)
+    return result, Outcomes(ids, np.stack(correct), np.stack(layers))

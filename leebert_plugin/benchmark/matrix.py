@@ -1,0 +1,172 @@
+"""The method x seed matrix of a benchmark setting: train each run once, evaluate it, reuse it.
+
+Runs are trained seed by seed (every method once before the next seed), so a matrix stopped
+early still holds complete pairs. A run is finished when ``OUT/<method>/seed<k>/result.json``
+and ``outcomes.npz`` exist; it is then reused, never retrained. A run killed mid-training resumes
+from its own ``checkpoint_last.pt`` (:func:`leebert_plugin.benchmark.recipe.overrides`). A
+finished run trained with other ``--override`` values is refused, not mixed in.
+
+Seeds are paired across methods: seed ``k`` gives every method the same data order (fairseq's
+batches are shuffled by ``common.seed`` and the epoch), and the same initial exits where the
+method's exits have the same shapes (PABEE's and LeeBERT's, built the same way after the same
+encoder).
+"""
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from leebert_plugin.benchmark.choice import At, choose
+from leebert_plugin.benchmark.evaluation import Outcomes, evaluate
+from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
+from leebert_plugin.benchmark.report import Run
+from leebert_plugin.devices import fairseq_env
+from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.pareto import front
+from leebert_plugin.exits.plotting import new_axes, save_plot
+from leebert_plugin.launch import ROOT, train_with_progress
+
+BIN = Path(sys.executable).parent
+
+DATASETS = {"rt": "rt-bin", "20ng": "20ng-bin"}  # folders written by scripts/prepare_offline_benchmark.sh
+SIZES = {"1k": "-1k", "3k": "-3k", "all": ""}
+SETTINGS = {  # training-set size, epochs
+    "reduced": ("1k", 2),
+    "medium": ("3k", 2),
+    "full": ("all", 3),
+}
+POINT_COLUMNS = ("policy", "threshold", "patience", "dev_metric", "dev_speedup", "dev_flops_speedup",
+                 "test_metric", "test_speedup", "test_flops_speedup")
+
+
+@dataclass
+class Matrix:
+    """One setting's runs: what to train (``methods`` x ``seeds`` on ``data``) and where."""
+
+    data: Path
+    out: Path
+    methods: Sequence[str]
+    seeds: Sequence[int]
+    budget: Budget
+    train_size: int
+    arch: str
+    layers: int
+    restore: Optional[str]
+    device: torch.device
+    extra: Sequence[str] = field(default_factory=list)  # [METHOD:]KEY=VALUE overrides
+
+    def save_dir(self, method: str, seed: int) -> Path:
+        return self.out / method / f"seed{seed}"
+
+    def overrides_for(self, method: str) -> List[str]:
+        """The extra overrides that apply to ``method``: unprefixed ones and ``method:``-prefixed
+        ones (prefix removed)."""
+        out = []
+        for ov in self.extra:
+            prefix, _, rest = ov.partition(":")
+            if "=" in prefix or not rest:  # no method prefix (a ':' may sit in the value)
+                out.append(ov)
+            elif prefix == method:
+                out.append(rest)
+        return out
+
+    def command(self, method: str, seed: int) -> List[str]:
+        o = recipe_overrides(method, self.data, self.save_dir(method, seed), seed, self.train_size, self.budget,
+                             self.arch, self.restore, self.layers, self.device)
+        o = with_overrides(o, self.overrides_for(method))
+        return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name",
+                METHODS[method]["config"], *o]
+
+
+def check_overrides(extra: Sequence[str]) -> None:
+    for ov in extra:
+        prefix, _, rest = ov.partition(":")
+        if "=" not in prefix and rest and prefix not in METHODS:
+            raise UsageError(f"--override {ov}: unknown method {prefix!r}",
+                             f"use one of {', '.join(METHODS)} as the prefix, or no prefix")
+
+
+def train(m: Matrix, method: str, seed: int) -> float:
+    """One fairseq-hydra-train run with a progress bar; its wall-clock seconds."""
+    save = m.save_dir(method, seed)
+    code, seconds = train_with_progress(m.command(method, seed), save / "train.log", m.budget.updates(m.train_size),
+                                        f"{method} seed {seed}", fairseq_env(m.device), cwd=ROOT)
+    if code != 0:
+        tail = "\n".join((save / "train.log").read_text().splitlines()[-15:])
+        raise RuntimeError(f"{tail}\nbenchmark: training {method} seed {seed} failed (log: {save / 'train.log'})")
+    return seconds
+
+
+def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
+    """The finished run, or None; a run trained under other overrides is refused."""
+    save = m.save_dir(method, seed)
+    done, outcomes = save / "result.json", save / "outcomes.npz"
+    if not (done.is_file() and outcomes.is_file()):
+        return None
+    result = json.loads(done.read_text())
+    mine = m.overrides_for(method)
+    if result.get("overrides", []) != mine:
+        raise UsageError(f"{done} was trained with overrides {result.get('overrides', [])}, not {mine}",
+                         "pass --out to a new folder, or the same --override values")
+    return Run(method, seed, result, Outcomes.load(outcomes))
+
+
+def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
+    """Every run of the matrix, training and evaluating the missing ones (seed by seed)."""
+    runs: Dict[str, List[Run]] = {method: [] for method in m.methods}
+    for seed in m.seeds:
+        for method in m.methods:
+            run = finished(m, method, seed)
+            if run is None:
+                save = m.save_dir(method, seed)
+                save.mkdir(parents=True, exist_ok=True)
+                log(f"benchmark: {method} seed {seed} ...")
+                seconds = train(m, method, seed)
+                result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
+                result = {"method": method, "seed": seed, "train_seconds": seconds,
+                          "overrides": m.overrides_for(method), **result}
+                outcomes.save(save / "outcomes.npz")
+                partial = save / "result.json.part"
+                partial.write_text(json.dumps(result, indent=1))
+                partial.replace(save / "result.json")  # written last: its presence means finished
+                run = Run(method, seed, result, outcomes)
+            runs[method].append(run)
+    return runs
+
+
+def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
+    """Every operating point of every run, one row each (``chosen_at``: the targets it was chosen for)."""
+    targets = [At("layers", s) for s in (1.5, 1.9, 2.0, 3.0)] + [At("flops", 2.0)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
+        for method, rs in runs.items():
+            for r in rs:
+                chosen = {i: [] for i in range(len(r.result["points"]))}
+                for at in targets:
+                    i = choose(r.result["points"], at)
+                    if i is not None:
+                        chosen[i].append(str(at))
+                for i, pt in enumerate(r.result["points"]):
+                    w.writerow([method, r.seed, *(pt[k] for k in POINT_COLUMNS), ",".join(chosen[i])])
+
+
+def plot(runs: Dict[str, List[Run]], path: Path) -> None:
+    """Each run's dev Pareto front, as measured on test, with its oracle ceiling."""
+    fig, ax = new_axes((7, 4.5))
+    ceiling = 2.0
+    for i, (method, rs) in enumerate(runs.items()):
+        color = f"C{i}"
+        for k, r in enumerate(rs):
+            pts = front(r.result["points"])
+            ax.plot([p["test_speedup"] for p in pts], [p["test_metric"] for p in pts], "o-", ms=3, color=color,
+                    alpha=0.7, label=method if k == 0 else None)
+            ax.axvline(r.result["test_oracle"]["layer_speedup"], color=color, ls=":", lw=0.6)
+            ceiling = max(ceiling, r.result["test_oracle"]["layer_speedup"])
+    ax.set_xlim(0.9, ceiling * 1.1)  # beyond every oracle ceiling: only degenerate points
+    save_plot(fig, ax, "layer speed-up on test (dev front; dotted: each run's oracle ceiling)",
+              "test accuracy (%)", path)

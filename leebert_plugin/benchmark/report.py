@@ -1,0 +1,164 @@
+"""The benchmark's tables: each method with its seed interval, and paired differences with verdicts.
+
+Every figure is a test figure at a point chosen on dev (:mod:`leebert_plugin.benchmark.choice`).
+A method's cell is ``mean ± half-width`` of the 95% t interval over its seeds; a comparison is the
+paired difference ``A - B`` over the seeds both have (same seed: same data order), with its 95% t
+interval and, for each seed, the paired bootstrap interval over test examples
+(:mod:`leebert_plugin.benchmark.stats`). A winner is named only where the seed interval excludes
+0; otherwise the row says ``tie``. A seed where one side never reaches the asked speed-up on dev
+makes the interval "not reached" rather than being dropped.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from leebert_plugin.benchmark.choice import FULL, At, choose
+from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval
+
+METHOD_COLUMNS = (FULL, At("layers", 1.5), At("layers", 2.0), At("layers", 3.0), At("flops", 2.0))
+
+
+@dataclass
+class Run:
+    """One finished training run: its figures (``result.json``) and its test outcomes."""
+
+    method: str
+    seed: int
+    result: Dict
+    outcomes: Outcomes
+
+    def index(self, at: At) -> Optional[int]:
+        return choose(self.result["points"], at)
+
+    def test(self, at: At, key: str = "test_metric") -> Optional[float]:
+        i = self.index(at)
+        return None if i is None else self.result["points"][i][key]
+
+
+@dataclass
+class Comparison:
+    a: str
+    a_at: At
+    b: str
+    b_at: At
+    seeds: List[int]
+    over_seeds: Interval
+    per_seed: List[Interval] = field(default_factory=list)  # the paired bootstrap of each seed
+
+    def verdict(self) -> str:
+        side = self.over_seeds.verdict()
+        return {"A": f"{self.a} better", "B": f"{self.b} better"}.get(side, "tie")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A published-claim target on a paired difference ``a at a_at - b at b_at``: met when the
+    interval's lower end is at least ``floor`` and, with ``beat``, the mean at least ``mean_floor``
+    and the interval excludes 0."""
+
+    text: str
+    a: str
+    a_at: At
+    b: str
+    b_at: At
+    floor: float
+    beat: bool = False
+    mean_floor: float = float("-inf")
+
+    def met(self, iv: Interval) -> bool:
+        if iv is NOT_REACHED or iv.low != iv.low:  # NaN: not reached, or one seed only
+            return False
+        if self.beat and not (iv.excludes_zero() and iv.mean > 0 and iv.mean >= self.mean_floor):
+            return False
+        return iv.low >= self.floor
+
+
+COMPARISONS = (
+    ("leebert", At("layers", 1.5), "pabee", At("layers", 1.5)),
+    ("leebert", At("layers", 2.0), "pabee", At("layers", 2.0)),
+    ("leebert", At("layers", 2.0), "deebert", At("layers", 2.0)),
+    ("leebert", At("layers", 2.0), "smartbert", At("layers", 2.0)),
+    ("leebert", FULL, "full_ft", FULL),
+    ("leebert", At("layers", 1.9), "full_ft", FULL),
+    ("pabee", At("layers", 1.5), "full_ft", FULL),
+    ("pabee", At("layers", 2.0), "full_ft", FULL),
+    ("deebert", At("layers", 2.0), "full_ft", FULL),
+    ("smartbert", At("flops", 2.0), "full_ft", FULL),
+)
+TARGETS = (
+    Target("LeeBERT at >= 1.9x within 0.3 points of full fine-tuning (interval's low end >= -0.3)",
+           "leebert", At("layers", 1.9), "full_ft", FULL, floor=-0.3),
+    Target("LeeBERT at least 0.5 points above PABEE at 2x, interval excluding 0",
+           "leebert", At("layers", 2.0), "pabee", At("layers", 2.0), floor=0.0, beat=True, mean_floor=0.5),
+    Target("LeeBERT at least 0.5 points above DeeBERT at 2x, interval excluding 0",
+           "leebert", At("layers", 2.0), "deebert", At("layers", 2.0), floor=0.0, beat=True, mean_floor=0.5),
+    Target("SmartBERT at >= 2x FLOPs with at most 1 point of drop (interval's low end >= -1)",
+           "smartbert", At("flops", 2.0), "full_ft", FULL, floor=-1.0),
+)
+
+
+def method_interval(runs: Sequence[Run], at: At, key: str = "test_metric") -> Interval:
+    return seed_interval([r.test(at, key) for r in runs])
+
+
+def compare(runs_a: Dict[int, Run], runs_b: Dict[int, Run], a_at: At, b_at: At,
+            reps: int = 2000) -> Comparison:
+    """``A at a_at - B at b_at`` (test accuracy) over the seeds both have, paired by seed."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    a_name = runs_a[seeds[0]].method if seeds else ""
+    b_name = runs_b[seeds[0]].method if seeds else ""
+    diffs, boots = [], []
+    for s in seeds:
+        ra, rb = runs_a[s], runs_b[s]
+        ia, ib = ra.index(a_at), rb.index(b_at)
+        if ia is None or ib is None:
+            diffs.append(None)
+            boots.append(NOT_REACHED)
+            continue
+        diffs.append(ra.result["points"][ia]["test_metric"] - rb.result["points"][ib]["test_metric"])
+        if ra.outcomes.ids.shape != rb.outcomes.ids.shape or (ra.outcomes.ids != rb.outcomes.ids).any():
+            raise ValueError(f"{a_name} and {b_name} seed {s} were tested on different examples: "
+                             "compare runs of the same data folder")
+        boots.append(paired_bootstrap(ra.outcomes.correct[ia], rb.outcomes.correct[ib], reps=reps, seed=s))
+    return Comparison(a_name, a_at, b_name, b_at, seeds, seed_interval(diffs), boots)
+
+
+def method_table(runs: Dict[str, List[Run]]) -> List[str]:
+    heads = [f"test acc at {at}" for at in METHOD_COLUMNS]
+    lines = ["| method | seeds | " + " | ".join(heads) + " | test layer speed-up at 2x | oracle speed-up (test) "
+             "| train min/run |", "|---" * (len(heads) + 5) + "|"]
+    for method, rs in runs.items():
+        if not rs:
+            continue
+        cells = [method_interval(rs, at).as_value() for at in METHOD_COLUMNS]
+        realised = method_interval(rs, At("layers", 2.0), "test_speedup").as_value()
+        oracle = seed_interval([r.result["test_oracle"]["layer_speedup"] for r in rs]).as_value()
+        minutes = sum(r.result.get("train_seconds", 0.0) for r in rs) / len(rs) / 60
+        lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + f" | {realised} | {oracle} | {minutes:.1f} |")
+    return lines
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> List[str]:
+    lines = ["| A - B | at | difference, 95% interval over seeds | verdict | paired bootstrap per seed "
+             "(test examples) |", "|---|---|---|---|---|"]
+    for c in comparisons:
+        at = str(c.a_at) if c.a_at == c.b_at else f"{c.a_at} vs {c.b_at}"
+        boots = "; ".join(f"s{s}: {iv}" for s, iv in zip(c.seeds, c.per_seed))
+        lines.append(f"| {c.a} - {c.b} | {at} | {c.over_seeds} | {c.verdict()} | {boots} |")
+    return lines
+
+
+def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000) -> str:
+    """The markdown summary: the method table, the paired differences, the target verdicts."""
+    by_seed = {m: {r.seed: r for r in rs} for m, rs in runs.items() if rs}
+    comparisons = [compare(by_seed[a], by_seed[b], a_at, b_at, reps) for a, a_at, b, b_at in COMPARISONS
+                   if a in by_seed and b in by_seed]
+    lines = [header, "", *method_table(runs), "",
+             "Paired differences A - B (test accuracy points; same seeds; each side's point chosen on dev):", "",
+             *comparison_table(comparisons), "", "Targets:"]
+    for t in TARGETS:
+        if t.a in by_seed and t.b in by_seed:
+            c = compare(by_seed[t.a], by_seed[t.b], t.a_at, t.b_at, reps)
+            lines.append(f"- {t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
+                         f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+    return "\n".join(lines) + "\n"

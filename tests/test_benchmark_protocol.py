@@ -1,0 +1,150 @@
+"""The benchmark's statistics in seconds: interval arithmetic, pairing by seed and by example, the
+choice on dev with the report on test, and the verdicts."""
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from leebert_plugin.benchmark.choice import FULL, At, choose
+from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.report import TARGETS, Run, compare, summary
+from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
+
+
+def pt(dev, dev_speed, test, test_speed, policy="normalized_entropy", flops=None):
+    return {"policy": policy, "threshold": 0.5, "patience": 1, "dev_metric": dev, "dev_speedup": dev_speed,
+            "dev_flops_speedup": dev_speed if flops is None else flops, "test_metric": test,
+            "test_speedup": test_speed, "test_flops_speedup": test_speed}
+
+
+def test_t_quantiles_match_student_t():
+    assert t975(1) == 12.706 and t975(4) == 2.776 and t975(30) == 2.042
+    assert 2.000 < t975(50) < 2.021 and t975(10 ** 6) == pytest.approx(1.960, abs=1e-3)
+    with pytest.raises(ValueError):
+        t975(0)
+
+
+def test_seed_interval_is_the_t_interval_and_refuses_to_drop_a_seed():
+    vals = [1.0, 2.0, 3.0, 4.0, 5.0]
+    iv = seed_interval(vals)
+    half = 2.776 * statistics.stdev(vals) / math.sqrt(5)
+    assert iv.mean == 3.0 and iv.low == pytest.approx(3.0 - half) and iv.high == pytest.approx(3.0 + half)
+    assert iv.excludes_zero() and iv.verdict() == "A"
+    assert seed_interval([-1.0, 1.0, 0.5]).verdict() == "tie"
+    assert seed_interval([-3.0, -2.0, -2.5]).verdict() == "B"
+    assert seed_interval([1.0, None, 2.0]) is NOT_REACHED  # a seed that never reached the point
+    one = seed_interval([1.5])
+    assert one.mean == 1.5 and math.isnan(one.low) and one.verdict() == "tie"
+
+
+def test_paired_bootstrap_pairs_examples():
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.7
+    # B is A with 100 of A's right answers turned wrong: +5 points, and every resample agrees
+    b = base.copy()
+    b[np.flatnonzero(base)[:100]] = False
+    iv = paired_bootstrap(base, b, reps=500, seed=1)
+    assert iv.mean == pytest.approx(5.0) and 0 < iv.low < 5.0 < iv.high and iv.n == 2000
+    # identical outcomes: no difference at all, whatever the resample
+    same = paired_bootstrap(base, base, reps=200)
+    assert same.mean == same.low == same.high == 0.0
+    # pairing: two independent 70% models differ by noise; the interval is wide and holds 0,
+    # while the same +5 shift added to A alone shows up as a clear difference
+    other = rng.random(2000) < 0.7
+    assert paired_bootstrap(base, other, reps=500).high - paired_bootstrap(base, other, reps=500).low > iv.high - iv.low
+    # a fixed seed gives a fixed interval
+    assert paired_bootstrap(base, b, reps=500, seed=1) == iv
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap(base, base[:10])
+
+
+def test_choice_is_made_on_dev_only():
+    points = [pt(80.0, 1.0, 79.0, 1.0, policy="none"), pt(79.0, 2.1, 70.0, 2.0), pt(78.0, 2.5, 78.5, 2.4),
+              pt(79.0, 2.3, 60.0, 2.2), pt(81.0, 1.8, 90.0, 1.8)]
+    assert choose(points, FULL) == 0
+    # at 2x: dev 79.0 twice (2.1x, 2.3x): the faster; test figures (60.0 there) play no part
+    assert choose(points, At("layers", 2.0)) == 3
+    assert choose(points, At("layers", 1.5)) == 4
+    assert choose(points, At("layers", 3.0)) is None  # not reached on dev
+    # the FLOPs axis is its own
+    flops = [dict(p, dev_flops_speedup=1.0) for p in points]
+    flops[2]["dev_flops_speedup"] = 2.0
+    assert choose(flops, At("flops", 2.0)) == 2
+    with pytest.raises(ValueError):
+        At("wall", 2.0)
+
+
+def make_run(method, seed, points, correct):
+    correct = np.asarray(correct, dtype=bool)
+    n = correct.shape[1]
+    return Run(method, seed, {"points": points, "test_oracle": {"layer_speedup": 3.0}, "train_seconds": 60.0},
+               Outcomes(np.arange(n), correct, np.ones_like(correct, dtype=np.int16)))
+
+
+def two_methods(gains, n=400, base_acc=0.75):
+    """LeeBERT and PABEE runs over len(gains) seeds: at 2x on dev, LeeBERT's test answers are PABEE's
+    with ``gains[s]`` x n/100 more right (fewer when negative), so its test accuracy differs by
+    exactly ``gains[s]``."""
+    rng = np.random.default_rng(7)
+    lee, pab = {}, {}
+    for s, gain in enumerate(gains, start=1):
+        full = rng.random(n) < base_acc
+        fast_p = full.copy()
+        fast_p[np.flatnonzero(full)[:40]] = False  # PABEE loses 10 points at 2x
+        fast_l = fast_p.copy()
+        k = int(round(abs(gain) * n / 100))
+        if gain >= 0:
+            fast_l[np.flatnonzero(~fast_p)[:k]] = True
+        else:
+            fast_l[np.flatnonzero(fast_p)[:k]] = False
+        acc = lambda c: 100.0 * c.mean()  # noqa: E731
+        pts_p = [pt(80, 1.0, acc(full), 1.0, "none"), pt(70, 2.0, acc(fast_p), 2.0)]
+        pts_l = [pt(80, 1.0, acc(full), 1.0, "none"), pt(75, 2.0, acc(fast_l), 2.0)]
+        pab[s] = make_run("pabee", s, pts_p, [full, fast_p])
+        lee[s] = make_run("leebert", s, pts_l, [full, fast_l])
+    return lee, pab
+
+
+def test_comparison_pairs_by_seed_and_by_example():
+    lee, pab = two_methods([2.0, 2.5, 3.0, 2.0, 2.5])
+    c = compare(lee, pab, At("layers", 2.0), At("layers", 2.0), reps=300)
+    assert c.seeds == [1, 2, 3, 4, 5] and c.over_seeds.mean == pytest.approx(2.4)
+    assert c.over_seeds.excludes_zero() and c.verdict() == "leebert better"
+    assert [iv.mean for iv in c.per_seed] == pytest.approx([2.0, 2.5, 3.0, 2.0, 2.5])
+    assert all(iv.low > 0 for iv in c.per_seed)  # A is right wherever B is, and then some
+    # full depth: the same answers, a tie
+    same = compare(lee, pab, FULL, FULL, reps=100)
+    assert same.over_seeds.mean == 0.0 and same.verdict() == "tie"
+    # only the seeds both have are paired
+    del pab[5]
+    assert compare(lee, pab, At("layers", 2.0), At("layers", 2.0), reps=50).seeds == [1, 2, 3, 4]
+    # a seed that does not reach 3x makes the comparison "not reached", not a smaller sample
+    far = compare(lee, pab, At("layers", 3.0), At("layers", 3.0), reps=50)
+    assert far.over_seeds is NOT_REACHED and far.verdict() == "tie"
+    # runs tested on other examples are refused
+    lee[1].outcomes.ids = lee[1].outcomes.ids + 1
+    with pytest.raises(ValueError, match="different examples"):
+        compare(lee, pab, At("layers", 2.0), At("layers", 2.0), reps=50)
+
+
+def test_noisy_differences_are_ties_and_targets_follow_their_rule():
+    lee, pab = two_methods([3.0, -2.0, 2.5, -1.0, 0.5])
+    text = summary({"leebert": list(lee.values()), "pabee": list(pab.values())}, "setting: unit", reps=100)
+    row = next(line for line in text.splitlines() if line.startswith("| leebert - pabee | 2x |"))
+    assert "| tie |" in row and "+0.60" in row
+    assert "LeeBERT at least 0.5 points above PABEE at 2x, interval excluding 0: +0.60" in text
+    assert text.rstrip().endswith("MISSED")
+    beat, within = TARGETS[1], TARGETS[0]
+    assert beat.met(Interval(0.8, 0.1, 1.5, 5)) and not beat.met(Interval(0.4, 0.1, 0.7, 5))
+    assert not beat.met(Interval(0.8, -0.1, 1.7, 5))
+    assert within.met(Interval(-0.1, -0.3, 0.1, 5)) and not within.met(Interval(0.0, -0.31, 0.31, 5))
+    assert not within.met(NOT_REACHED) and not within.met(Interval(0.5, math.nan, math.nan, 1))
+
+
+def test_outcomes_round_trip(tmp_path):
+    o = Outcomes(np.arange(5), np.array([[True, False, True, True, False]]), np.array([[1, 2, 3, 4, 4]], dtype=np.int16))
+    o.save(tmp_path / "outcomes.npz")
+    back = Outcomes.load(tmp_path / "outcomes.npz")
+    assert (back.correct == o.correct).all() and back.correct.dtype == bool and (back.layers == o.layers).all()
+    assert not list(tmp_path.glob("*.part*"))
