@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<dataset>-<setting>")
     add_device_argument(p)
     args = p.parse_args()
+    device = resolve_device(args.device)  # first: a wrong device is refused before anything is read
     size, epochs = SETTINGS[args.setting]
     size = args.size or size
     epochs = args.epochs or epochs
@@ -75,7 +76,7 @@ def main() -> None:
     layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
     budget = Budget(epochs, args.batch_size, args.lr, args.exit_pooling, args.exit_lr_scale)
     m = Matrix(data, out, args.methods, args.seeds, budget, train_size, args.arch, layers, restore,
-               resolve_device(args.device), args.override)
+               device, args.override)
     try:
         runs = run_matrix(m, log=lambda line: print(line, flush=True))
     except RuntimeError as e:  # a training run failed: its log's tail, then one line
