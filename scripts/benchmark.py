@@ -32,6 +32,7 @@ from leebert_plugin.benchmark.matrix import (
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import summary
+from leebert_plugin.data.checks import label_count
 from leebert_plugin.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
 
@@ -76,7 +77,7 @@ def main() -> None:
     layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
     budget = Budget(epochs, args.batch_size, args.lr, args.exit_pooling, args.exit_lr_scale)
     m = Matrix(data, out, args.methods, args.seeds, budget, train_size, args.arch, layers, restore,
-               device, args.override)
+               device, args.override, num_classes=label_count(str(data)))
     try:
         runs = run_matrix(m, log=lambda line: print(line, flush=True))
     except RuntimeError as e:  # a training run failed: its log's tail, then one line

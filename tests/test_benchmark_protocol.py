@@ -4,6 +4,7 @@ import math
 import statistics
 
 import numpy as np
+import torch
 import pytest
 
 from leebert_plugin.benchmark.choice import FULL, At, choose
@@ -148,3 +149,13 @@ def test_outcomes_round_trip(tmp_path):
     back = Outcomes.load(tmp_path / "outcomes.npz")
     assert (back.correct == o.correct).all() and back.correct.dtype == bool and (back.layers == o.layers).all()
     assert not list(tmp_path.glob("*.part*"))
+
+
+def test_every_run_trains_with_the_data_s_number_of_classes(tmp_path):
+    from leebert_plugin.benchmark.matrix import Matrix
+    from leebert_plugin.benchmark.recipe import Budget
+
+    m = Matrix(tmp_path, tmp_path / "out", ["pabee", "smartbert"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"), num_classes=20)
+    for method in m.methods:
+        assert [a for a in m.command(method, 1) if a.startswith("task.num_classes=")] == ["task.num_classes=20"]

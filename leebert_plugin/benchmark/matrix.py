@@ -58,6 +58,7 @@ class Matrix:
     restore: Optional[str]
     device: torch.device
     extra: Sequence[str] = field(default_factory=list)  # [METHOD:]KEY=VALUE overrides
+    num_classes: int = 2
 
     def save_dir(self, method: str, seed: int) -> Path:
         return self.out / method / f"seed{seed}"
@@ -76,7 +77,7 @@ class Matrix:
 
     def command(self, method: str, seed: int) -> List[str]:
         o = recipe_overrides(method, self.data, self.save_dir(method, seed), seed, self.train_size, self.budget,
-                             self.arch, self.restore, self.layers, self.device)
+                             self.arch, self.restore, self.layers, self.device, num_classes=self.num_classes)
         o = with_overrides(o, self.overrides_for(method))
         return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name",
                 METHODS[method]["config"], *o]

@@ -40,17 +40,19 @@ class Budget:
 
 
 def overrides(method: str, data: Path, save: Path, seed: int, n_train: int, budget: Budget, arch: str,
-              restore: Optional[str], layers: int, device: torch.device, log_interval: int = 20) -> List[str]:
+              restore: Optional[str], layers: int, device: torch.device, log_interval: int = 20,
+              num_classes: int = 2) -> List[str]:
     """The hydra overrides of one run of ``method`` (``METHODS``) on ``config`` ``METHODS[method]["config"]``.
 
     ``restore``: the encoder checkpoint to start from (None: from scratch). A run always resumes
     from ``save``'s own ``checkpoint_last.pt`` when there is one (fairseq's ``finetune_from_model``:
     the encoder is read, with fresh optimizer, meters and data order, only on the first launch);
-    ``layers``: the encoder's depth (full fine-tuning keeps only that exit).
+    ``layers``: the encoder's depth (full fine-tuning keeps only that exit); ``num_classes``: the
+    data's (``leebert_plugin.data.checks.label_count``).
     """
     spec = METHODS[method]
     updates = budget.updates(n_train)
-    o = [f"task.data={data}", f"checkpoint.save_dir={save}", f"common.seed={seed}",
+    o = [f"task.data={data}", f"task.num_classes={num_classes}", f"checkpoint.save_dir={save}", f"common.seed={seed}",
          *fairseq_device_args(device, hydra=True),
          f"model._name={arch}", f"dataset.batch_size={budget.batch_size}", "dataset.max_tokens=null",
          f"optimization.lr=[{budget.lr}]",

@@ -45,6 +45,12 @@ def real_labels(label_dict: Dictionary) -> List[str]:
     ]
 
 
+def label_count(data: str) -> int:
+    """How many classes ``DATA/label/dict.txt`` lists (what ``task.num_classes`` must be)."""
+    check_data_dir(data, regression=False)
+    return len(real_labels(Dictionary.load(os.path.join(data, "label", "dict.txt"))))
+
+
 def check_num_classes(num_classes: int, label_dict: Dictionary, data: str) -> None:
     labels = real_labels(label_dict)
     if num_classes != len(labels):
