@@ -5,6 +5,7 @@
     python scripts/benchmark.py --setting reduced                    # 5 methods x 5 seeds, 1,000 snippets, 2 epochs
     python scripts/benchmark.py --setting medium                     # 3,000 snippets (one 3-hour session, 2 cores)
     python scripts/benchmark.py --setting full --dataset 20ng        # the whole training set (a GPU)
+    python scripts/benchmark.py --setting reduced --ablation distill weights   # + LeeBERT's ablations
 
 Every run is a real ``fairseq-hydra-train`` of the GLUE SST-2 config of the method (full
 fine-tuning with the last exit only, PABEE, DeeBERT's two stages, LeeBERT with ``clo``, SmartBERT's
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
+from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
     DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, run_matrix, write_points,
 )
@@ -54,6 +56,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--exit-pooling", choices=["cls", "mean"], default="mean")
     p.add_argument("--exit-lr-scale", type=float, default=10.0)
+    p.add_argument("--ablation", nargs="+", default=[], metavar="NAME",
+                   help=f"also train the variants of these ablations ('all', or of: {', '.join(ABLATIONS)}), "
+                        "each paired with its method's runs in the same --out")
     p.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap")
     p.add_argument("--override", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                    help="an extra hydra override for every run (or METHOD's runs only), replacing the "
@@ -61,7 +66,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<dataset>-<setting>")
     add_device_argument(p)
     args = p.parse_args()
-    device = resolve_device(args.device)  # first: a wrong device is refused before anything is read
+    device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
+    ablation = variants(args.ablation)
     size, epochs = SETTINGS[args.setting]
     size = args.size or size
     epochs = args.epochs or epochs
@@ -72,12 +78,14 @@ def main() -> None:
         raise UsageError(f"{data} or {restore} is missing",
                          "run bash scripts/prepare_offline_benchmark.sh first (or pass --data/--restore)")
     check_overrides(args.override)
+    names = list(dict.fromkeys([*args.methods, *(v.method for v in ablation), *(v.name for v in ablation)]))
     from fairseq.data import data_utils
     train_size = len(data_utils.load_indexed_dataset(str(data / "input0" / "train"), None))
     layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
     budget = Budget(epochs, args.batch_size, args.lr, args.exit_pooling, args.exit_lr_scale)
-    m = Matrix(data, out, args.methods, args.seeds, budget, train_size, args.arch, layers, restore,
-               device, args.override, num_classes=label_count(str(data)))
+    m = Matrix(data, out, names, args.seeds, budget, train_size, args.arch, layers, restore,
+               device, args.override, num_classes=label_count(str(data)),
+               variants={v.name: v for v in ablation})
     try:
         runs = run_matrix(m, log=lambda line: print(line, flush=True))
     except RuntimeError as e:  # a training run failed: its log's tail, then one line
@@ -85,7 +93,7 @@ def main() -> None:
     header = (f"setting: {args.setting}; data {data} ({train_size} training examples); {epochs} epochs, batch "
               f"{args.batch_size}, lr {args.lr}, exit pooling {args.exit_pooling}, exit lr x{args.exit_lr_scale}; "
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
-    text = summary(runs, header, reps=args.bootstrap)
+    text = summary(runs, header, reps=args.bootstrap, variants=ablation)
     write_points(runs, out / "points.tsv")
     (out / "summary.md").write_text(text)
     plot(runs, out / "pareto.png")

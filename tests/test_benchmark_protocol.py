@@ -7,10 +7,14 @@ import numpy as np
 import torch
 import pytest
 
+from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.matrix import Matrix
+from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.report import TARGETS, Run, compare, summary
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
+from leebert_plugin.errors import UsageError
 
 
 def pt(dev, dev_speed, test, test_speed, policy="normalized_entropy", flops=None):
@@ -152,10 +156,40 @@ def test_outcomes_round_trip(tmp_path):
 
 
 def test_every_run_trains_with_the_data_s_number_of_classes(tmp_path):
-    from leebert_plugin.benchmark.matrix import Matrix
-    from leebert_plugin.benchmark.recipe import Budget
-
     m = Matrix(tmp_path, tmp_path / "out", ["pabee", "smartbert"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
                torch.device("cpu"), num_classes=20)
     for method in m.methods:
         assert [a for a in m.command(method, 1) if a.startswith("task.num_classes=")] == ["task.num_classes=20"]
+
+
+def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):
+    lle, cls = ABLATIONS["distill"][0], ABLATIONS["exit_pooling"][1]
+    m = Matrix(tmp_path, tmp_path / "out", ["leebert", lle.name, cls.name], [3], Budget(2), 100, "exit_bert_tiny", 4,
+               None, torch.device("cpu"), extra=["leebert:criterion.temperature=3.0", "pabee:task.d2_ratio=0.4"],
+               variants={v.name: v for v in (lle, cls)})
+    base, mine = m.command("leebert", 3), m.command(lle.name, 3)
+    assert mine[mine.index("--config-name") + 1] == "sst_2_leebert"
+    assert f"checkpoint.save_dir={tmp_path / 'out' / 'leebert-lle' / 'seed3'}" in mine
+    assert "criterion.distill=lle" in mine and "criterion.distill=lle" not in base
+    assert "criterion.temperature=3.0" in mine and "task.d2_ratio=0.4" not in mine  # extras follow the method
+    pabee_cls = m.command(cls.name, 3)
+    assert [a for a in pabee_cls if "exit_pooling" in a] == ["+model.exit_pooling=cls"]  # replaces the recipe's mean
+    assert m.overrides_for(cls.name) == ["+model.exit_pooling=cls", "task.d2_ratio=0.4"]
+    assert [v.name for v in variants(["meta", "distill", "meta"])] == ["leebert-darts2", "leebert-darts1", "leebert-lle"]
+    assert len(variants(["all"])) == sum(len(v) for v in ABLATIONS.values())
+    with pytest.raises(UsageError, match="unknown ablation 'lae'"):
+        variants(["lae"])
+
+
+def test_ablations_compare_each_variant_with_its_method():
+    lee, pab = two_methods([2.0, 2.5, 3.0, 2.0, 2.5])
+    for r in lee.values():
+        r.method = "leebert-x"
+    variant = Variant("leebert-x", "pabee", ("criterion.x=1",))  # "leebert" plays pabee's variant here
+    text = summary({"pabee": list(pab.values()), "leebert-x": list(lee.values())}, "setting: unit", reps=100,
+                   variants=[variant, Variant("missing", "pabee", ())])
+    rows = text.split("Ablations:")[1].splitlines()
+    assert [r.split(" | ")[:2] for r in rows if r.startswith("| leebert-x")] == [
+        ["| leebert-x - pabee", "full depth"], ["| leebert-x - pabee", "2x"]]
+    assert "leebert-x better" in next(r for r in rows if "| 2x |" in r)
+    assert not any("missing" in r for r in rows)

@@ -1,7 +1,8 @@
 """The method x seed matrix of a benchmark setting: train each run once, evaluate it, reuse it.
 
-Runs are trained seed by seed (every method once before the next seed), so a matrix stopped
-early still holds complete pairs. A run is finished when ``OUT/<method>/seed<k>/result.json``
+Runs are trained seed by seed (every method, and every ablation variant asked for, once before the
+next seed), so a matrix stopped early still holds complete pairs. A variant
+(:mod:`leebert_plugin.benchmark.ablations`) trains in its own folder beside its method's runs. A run is finished when ``OUT/<method>/seed<k>/result.json``
 and ``outcomes.npz`` exist; it is then reused, never retrained. A run killed mid-training resumes
 from its own ``checkpoint_last.pt`` (:func:`leebert_plugin.benchmark.recipe.overrides`). A
 finished run trained with other ``--override`` values is refused, not mixed in.
@@ -16,10 +17,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes, evaluate
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
@@ -45,7 +47,9 @@ POINT_COLUMNS = ("policy", "threshold", "patience", "dev_metric", "dev_speedup",
 
 @dataclass
 class Matrix:
-    """One setting's runs: what to train (``methods`` x ``seeds`` on ``data``) and where."""
+    """One setting's runs: what to train (``methods`` x ``seeds`` on ``data``) and where.
+
+    ``methods`` names entries of ``METHODS`` or of ``variants`` (ablations: a method with overrides)."""
 
     data: Path
     out: Path
@@ -59,14 +63,19 @@ class Matrix:
     device: torch.device
     extra: Sequence[str] = field(default_factory=list)  # [METHOD:]KEY=VALUE overrides
     num_classes: int = 2
+    variants: Mapping[str, Variant] = field(default_factory=dict)
+
+    def method_of(self, name: str) -> str:
+        return self.variants[name].method if name in self.variants else name
 
     def save_dir(self, method: str, seed: int) -> Path:
         return self.out / method / f"seed{seed}"
 
-    def overrides_for(self, method: str) -> List[str]:
-        """The extra overrides that apply to ``method``: unprefixed ones and ``method:``-prefixed
-        ones (prefix removed)."""
-        out = []
+    def overrides_for(self, name: str) -> List[str]:
+        """The overrides that set run ``name`` apart: its variant's, then the extra ones that apply to
+        its method (unprefixed ones and ``method:``-prefixed ones, prefix removed)."""
+        method = self.method_of(name)
+        out = list(self.variants[name].overrides) if name in self.variants else []
         for ov in self.extra:
             prefix, _, rest = ov.partition(":")
             if "=" in prefix or not rest:  # no method prefix (a ':' may sit in the value)
@@ -75,10 +84,11 @@ class Matrix:
                 out.append(rest)
         return out
 
-    def command(self, method: str, seed: int) -> List[str]:
-        o = recipe_overrides(method, self.data, self.save_dir(method, seed), seed, self.train_size, self.budget,
+    def command(self, name: str, seed: int) -> List[str]:
+        method = self.method_of(name)
+        o = recipe_overrides(method, self.data, self.save_dir(name, seed), seed, self.train_size, self.budget,
                              self.arch, self.restore, self.layers, self.device, num_classes=self.num_classes)
-        o = with_overrides(o, self.overrides_for(method))
+        o = with_overrides(o, self.overrides_for(name))
         return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name",
                 METHODS[method]["config"], *o]
 

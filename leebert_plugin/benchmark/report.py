@@ -11,6 +11,7 @@ makes the interval "not reached" rather than being dropped.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval
@@ -148,8 +149,19 @@ def comparison_table(comparisons: Sequence[Comparison]) -> List[str]:
     return lines
 
 
-def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000) -> str:
-    """The markdown summary: the method table, the paired differences, the target verdicts."""
+ABLATION_POINTS = (FULL, At("layers", 2.0))
+
+
+def ablation_comparisons(by_seed: Dict[str, Dict[int, Run]], variants: Sequence[Variant],
+                         reps: int = 2000) -> List[Comparison]:
+    """Each variant against its method at the recipe's defaults, at full depth and at 2x."""
+    return [compare(by_seed[v.name], by_seed[v.method], at, at, reps) for v in variants
+            if v.name in by_seed and v.method in by_seed for at in ABLATION_POINTS]
+
+
+def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants: Sequence[Variant] = ()) -> str:
+    """The markdown summary: the method table, the paired differences, the target verdicts, and
+    with ``variants``, each ablation variant against its method."""
     by_seed = {m: {r.seed: r for r in rs} for m, rs in runs.items() if rs}
     comparisons = [compare(by_seed[a], by_seed[b], a_at, b_at, reps) for a, a_at, b, b_at in COMPARISONS
                    if a in by_seed and b in by_seed]
@@ -161,4 +173,8 @@ def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000) -> str:
             c = compare(by_seed[t.a], by_seed[t.b], t.a_at, t.b_at, reps)
             lines.append(f"- {t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
                          f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+    if variants:
+        lines += ["", "Ablations: each variant - its method at the recipe's defaults (test accuracy points; "
+                      "same seeds; points chosen on dev):", "",
+                  *comparison_table(ablation_comparisons(by_seed, variants, reps))]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""The ablations of LeeBERT (and the shared choices applied to PABEE), as variants of a method.
+
+A variant is a method of :data:`~leebert_plugin.benchmark.recipe.METHODS` with a few hydra
+overrides on top of the shared recipe; it trains under the same budget, seeds and choice on dev
+as every other run of the matrix, in ``OUT/<variant>/seed<k>/`` beside the methods' own runs, and
+is compared with its method at the recipe's defaults (its reference) by the same paired
+differences (:func:`leebert_plugin.benchmark.report.ablation_comparisons`).
+
+What each ablation asks (``methods.md``; the defaults are the configs'):
+
+* ``distill``: every exit learns from every other (``lae``) or from the later ones only (``lle``).
+* ``weights``: the loss-term weights learned by ``clo`` or fixed at their start. Fixed weights
+  train with ``exit_adam`` on every batch, so this also removes the meta step's cost.
+* ``meta``: the meta step's rule: ``clo`` (crossed, both splits) against DARTS second and first order.
+* ``temperature``, ``kd_weight``, ``w_lr``, ``interval``: the distillation temperature, the
+  distillation terms' total weight, the weights' learning rate and the meta-step interval, one
+  value below and one above the default.
+* ``exit_pooling``, ``exit_lr_scale``: the exits' input ([CLS] instead of the token mean) and their
+  learning rate (x1 instead of x10), for LeeBERT and PABEE alike, so that neither method is
+  credited with a shared choice.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+from leebert_plugin.errors import UsageError
+
+CLO_ONLY = ("~optimizer.mode", "~optimizer.w_lr", "~optimizer.w_weight_decay", "~optimizer.w_betas",
+            "~optimizer.w_update_interval", "~optimizer.xi", "~optimizer.fd_eps")  # keys exit_adam lacks
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # its folder and its row in the tables
+    method: str  # the METHODS entry it changes; its reference
+    overrides: Tuple[str, ...]
+
+
+def _leebert(suffix: str, *overrides: str) -> Variant:
+    return Variant(f"leebert-{suffix}", "leebert", overrides)
+
+
+ABLATIONS: Dict[str, Tuple[Variant, ...]] = {
+    "distill": (_leebert("lle", "criterion.distill=lle"),),
+    "weights": (_leebert("fixed", "criterion.learn_weights=false", "optimizer._name=exit_adam", *CLO_ONLY),),
+    "meta": (_leebert("darts2", "optimizer.mode=darts2"), _leebert("darts1", "optimizer.mode=darts1")),
+    "temperature": (_leebert("T2", "criterion.temperature=2.0"), _leebert("T4", "criterion.temperature=4.0")),
+    "kd_weight": (_leebert("kd0.5", "criterion.kd_weight=0.5"), _leebert("kd2", "criterion.kd_weight=2.0")),
+    "w_lr": (_leebert("wlr3e-4", "optimizer.w_lr=0.0003"), _leebert("wlr3e-2", "optimizer.w_lr=0.03")),
+    "interval": (_leebert("every5", "optimizer.w_update_interval=5"),
+                 _leebert("every30", "optimizer.w_update_interval=30")),
+    "exit_pooling": (_leebert("cls", "+model.exit_pooling=cls"),
+                     Variant("pabee-cls", "pabee", ("+model.exit_pooling=cls",))),
+    "exit_lr_scale": (_leebert("exitlr1", "+optimizer.exit_lr_scale=1.0"),
+                      Variant("pabee-exitlr1", "pabee", ("+optimizer.exit_lr_scale=1.0",))),
+}
+
+
+def variants(names: Sequence[str]) -> List[Variant]:
+    """The variants of the ablations ``names`` (``all``: every ablation), in table order."""
+    unknown = [n for n in names if n != "all" and n not in ABLATIONS]
+    if unknown:
+        raise UsageError(f"unknown ablation {unknown[0]!r}", f"use 'all' or some of {', '.join(ABLATIONS)}")
+    chosen = list(ABLATIONS) if "all" in names else list(dict.fromkeys(names))
+    return [v for name in chosen for v in ABLATIONS[name]]
