@@ -15,7 +15,7 @@ CPU); ``predict(..., device=...)`` moves it for that call and later ones.
 import itertools
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from fairseq.data import data_utils
@@ -90,15 +90,18 @@ class EarlyExitClassifier:
         return torch.cat(tokens)[: self.task.max_positions()]
 
     def predict(self, sentences: Iterable[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
-                patience: int = 1, batch_size: int = 32, device: DeviceLike = None) -> List[Prediction]:
+                patience: int = 1, batch_size: int = 32, device: DeviceLike = None,
+                thresholds: Sequence[float] = ()) -> List[Prediction]:
         """Classify ``sentences`` (any iterable: a list, a generator, a file's lines) in batches of
         ``batch_size``, each sentence leaving at the exit the policy picks; on ``device`` when given
         (the model moves there and stays), else where the model is. :meth:`stream` yields the
-        predictions batch by batch instead of returning them all."""
-        return list(self.stream(sentences, exit_policy, threshold, patience, batch_size, device))
+        predictions batch by batch instead of returning them all. ``thresholds``: one per exit but
+        the last, for ``exit_policy="per_exit_entropy"``."""
+        return list(self.stream(sentences, exit_policy, threshold, patience, batch_size, device, thresholds))
 
     def stream(self, sentences: Iterable[Sentence], exit_policy: str = "none", threshold: Optional[float] = None,
-               patience: int = 1, batch_size: int = 32, device: DeviceLike = None) -> Iterator[Prediction]:
+               patience: int = 1, batch_size: int = 32, device: DeviceLike = None,
+               thresholds: Sequence[float] = ()) -> Iterator[Prediction]:
         """:meth:`predict` as a generator: reads ``batch_size`` sentences, yields their predictions,
         reads on; the options are checked before the first sentence is read."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -106,7 +109,8 @@ class EarlyExitClassifier:
         if isinstance(sentences, (str, tuple)):
             raise UsageError(f"sentences is a single {type(sentences).__name__}, not an iterable of sentences",
                              "pass a list: predict([sentence]) or predict([(first, second)])")
-        policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience)
+        policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience, thresholds)
+        policy.check_model(len(self.model.exit_layers), self.model.skip_gates is not None)  # before any sentence is read
         device = place(self.model, device)
         return self._stream(iter(sentences), policy, batch_size, device)
 

@@ -18,9 +18,11 @@ and a paired bootstrap over test examples within each seed (``stats.py``, ``repo
 runs are reused; a killed run resumes from its last checkpoint (``matrix.py``).
 
 Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz),
-``OUT/points.tsv``, ``OUT/summary.md`` and ``OUT/pareto.png``. Training and evaluation run on
-``--device`` (default: CUDA if available, else the CPU), one GPU at most: fairseq-train on several
-would multiply the batch, and with it the shared budget.
+``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds), ``OUT/summary.md``,
+``OUT/pareto.png`` and ``OUT/rules.png`` (the per-exit rule against the published ones).
+Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
+most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
+an older evaluation scored are evaluated again (not retrained) when the evaluation changes.
 """
 import argparse
 import sys
@@ -30,7 +32,7 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, run_matrix, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, run_matrix, write_points,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import summary
@@ -97,7 +99,8 @@ def main() -> None:
     write_points(runs, out / "points.tsv")
     (out / "summary.md").write_text(text)
     plot(runs, out / "pareto.png")
-    print(text + f"wrote {out / 'summary.md'}, points.tsv and pareto.png")
+    rules = plot_rules(runs, out / "rules.png")
+    print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (" and rules.png" if rules else ""))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     with open(out / "points.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     pabee = {(r["policy"], r["patience"], r["threshold"]): r for r in rows if r["method"] == "pabee"}
-    assert len(pabee) == 1 + 3 + 16  # full depth, patience 1..3, the entropy grid
+    per_exit = [r for r in rows if r["method"] == "pabee" and r["policy"] == "per_exit_entropy"]
+    assert len(pabee) - len(per_exit) == 1 + 3 + 16  # full depth, patience 1..3, the entropy grid
+    assert 5 <= len(per_exit) <= 20 and (out / "rules.png").stat().st_size > 1000  # the per-exit rule's levels
     assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
     # a replayed point is what fairseq-validate measures for that checkpoint and policy
     save = out / "pabee" / "seed1"
@@ -31,6 +33,13 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     replayed = pabee[("patience", "1", "")]
     assert abs(float(replayed["dev_metric"]) - measured["accuracy"]) < 0.01
     assert abs(float(replayed["dev_speedup"]) - measured["speedup"]) < 0.01
+    # so is a per-exit point, its calibrated thresholds passed to fairseq-validate
+    mixed = max(per_exit, key=lambda r: len(set(r["thresholds"].split(","))))
+    measured = validate(save, mr_bin, "--exit-policy", "per_exit_entropy", "--exit-thresholds", mixed["thresholds"],
+                        ckpt="checkpoint_last.pt")
+    assert abs(float(mixed["dev_metric"]) - measured["accuracy"]) < 0.01
+    assert abs(float(mixed["dev_speedup"]) - measured["speedup"]) < 0.01
+    assert "per-exit rule calibrated on dev against the best published rule" in summary and "pabee per-exit - " in summary
     result = json.loads((save / "result.json").read_text())
     assert result["dev_oracle"]["layer_speedup"] >= 1.0
     # the per-example test outcomes behind the paired bootstrap agree with every point's figure
@@ -50,9 +59,14 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")
     assert abs(float(smart["dev_speedup"]) - measured["speedup"]) < 0.01
-    # a second call reuses the finished runs instead of training again
+    # a second call reuses the finished runs instead of training again; an older evaluation is redone
+    result["evaluation"] = 1
+    (save / "result.json").write_text(json.dumps(result))
     again = run(cmd, timeout=600)
-    assert again.returncode == 0 and "benchmark: pabee seed 1" not in again.stdout
+    assert again.returncode == 0 and "benchmark: pabee seed 1 ..." not in again.stdout
+    assert "benchmark: pabee seed 1: evaluating again (evaluation 1 -> 2)" in again.stdout
+    assert "benchmark: full_ft seed 1" not in again.stdout
+    assert json.loads((save / "result.json").read_text())["train_seconds"] == result["train_seconds"]
     # finished runs are not reused under other overrides, and a misspelt method prefix is refused
     other = run(cmd[:-2] + ["--override", "common.log_interval=5"], timeout=600)
     assert other.returncode != 0 and "was trained with overrides" in other.stderr and "Fix:" in other.stderr

@@ -5,6 +5,7 @@ import torch
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import evaluate
 from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, replay, run, score, trace
+from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds
 from leebert_plugin.exits.policies import build_policy
 
 POLICIES = [("entropy", 0.3, 1), ("normalized_entropy", 0.6, 1), ("max_prob", 0.8, 1), ("patience", None, 1),
@@ -17,10 +18,16 @@ def loaded(trained, mr_bin):
     return model, task, batches(task, "valid", 16)
 
 
-@pytest.mark.parametrize("name, threshold, patience", POLICIES)
+def calibrated(model, task, data):
+    """The per-exit rule calibrated on ``data`` for the last exit's accuracy."""
+    t = trace(model, task, data, device="cpu")
+    return build_policy("per_exit_entropy", 2, thresholds=per_exit_thresholds(t, alpha_grid(t)[9]))
+
+
+@pytest.mark.parametrize("name, threshold, patience", POLICIES + [("per_exit_entropy", None, 1)])
 def test_replay_takes_the_exits_of_real_early_exit(name, threshold, patience, loaded):
     model, task, data = loaded
-    policy = build_policy(name, 2, threshold, patience)
+    policy = calibrated(model, task, data) if name == "per_exit_entropy" else build_policy(name, 2, threshold, patience)
     real = []
     with torch.no_grad():
         for sample in data:
@@ -30,6 +37,8 @@ def test_replay_takes_the_exits_of_real_early_exit(name, threshold, patience, lo
     t = trace(model, task, data, device="cpu")
     exit_at = replay(policy, t)
     assert torch.equal(torch.tensor(t.exit_layers)[exit_at], torch.cat(real))
+    if name == "per_exit_entropy":
+        assert len(set(exit_at.tolist())) > 1, "the calibrated rule should mix exits for this check to bite"
     replayed = score(t, exit_at, model, task.cfg.classification_head_name)
     measured = run(model, task, data, policy, device="cpu")
     for key in ("accuracy", "f1", "mcc", "layer_speedup", "flops_speedup"):

@@ -12,6 +12,7 @@ POLICIES = [
     ("patience", 1),
     ("pcee", 2),
     ("regression_patience", 1),  # on a one-output (regression) model
+    ("per_exit_entropy", 1),  # a threshold of its own at each exit
 ]
 
 
@@ -27,6 +28,12 @@ def full_depth(model, tokens):
     return extra["exits"]
 
 
+def halfway(scores):
+    s = scores.sort().values
+    mid = len(s) // 2
+    return float((s[mid - 1] + s[mid]) / 2)
+
+
 def mixed_threshold(name, model, tokens):
     """A threshold halfway between two neighbouring sample scores at the first exit."""
     first = full_depth(model, tokens).exit_logits[0]
@@ -36,12 +43,15 @@ def mixed_threshold(name, model, tokens):
         scores = torch.softmax(first, -1).amax(-1)
     else:
         scores = entropy(first) / (torch.log(torch.tensor(3.0)) if name in ("normalized_entropy", "pcee") else 1.0)
-    s = scores.sort().values
-    mid = len(s) // 2
-    return float((s[mid - 1] + s[mid]) / 2)
+    return halfway(scores)
 
 
 def policy_for(name, patience, model, tokens):
+    if name == "per_exit_entropy":  # each exit's own halfway point: no two alike
+        exits = full_depth(model, tokens).exit_logits[:-1]
+        taus = [halfway(entropy(logits) / torch.log(torch.tensor(3.0))) for logits in exits]
+        assert len(set(taus)) == len(taus)
+        return build_policy(name, 3, None, 1, taus)
     threshold = None if name == "patience" else mixed_threshold(name, model, tokens)
     return build_policy(name, classes_for(name), threshold, patience or 1)
 

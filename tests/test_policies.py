@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.exits.policies import POLICY_REGISTRY, build_policy, entropy
+from leebert_plugin.exits.policies import POLICY_REGISTRY, build_policy, entropy, parse_thresholds
 
 
 def confident(cls: int, num_classes: int = 2, margin: float = 6.0) -> torch.Tensor:
@@ -83,6 +83,10 @@ def test_none_never_exits():
         (dict(name="regression_patience", num_classes=3, threshold=0.1), "does not apply to a classification"),
         (dict(name="regression_patience", num_classes=1, threshold=-0.1), "out of range"),
         (dict(name="regression_patience", num_classes=1, threshold=float("nan")), "out of range"),
+        (dict(name="per_exit_entropy", num_classes=2), "needs one threshold per exit but the last"),
+        (dict(name="per_exit_entropy", num_classes=2, thresholds=(0.2, 1.5)), "1.5 is out of range"),
+        (dict(name="per_exit_entropy", num_classes=2, thresholds=(0.2, float("nan"))), "out of range"),
+        (dict(name="entropy", num_classes=2, threshold=0.2, thresholds=(0.2,)), "takes one threshold, not one per"),
     ],
 )
 def test_bad_policy_settings_name_problem_and_fix(kwargs, words):
@@ -115,3 +119,30 @@ def test_regression_patience_exits_after_enough_small_moves():
         done, state = policy.step(logits, state)
         decisions.append(done.tolist())
     assert decisions == [[False, False, False], [False, False, False], [True, False, False], [True, True, False]]
+
+
+def test_per_exit_entropy_asks_each_exit_for_its_own_threshold():
+    policy = build_policy("per_exit_entropy", 2, thresholds=(0.2, 0.9))
+    policy.check_model(3, gated=False)
+    logits = torch.stack([confident(0, margin=1.0), confident(1)])  # the same logits at both exits
+    assert (entropy(logits) / math.log(2)).tolist() == pytest.approx([0.84, 0.025], abs=0.01)
+    state = policy.init_state(2, logits.device)
+    first, state = policy.step(logits, state)
+    second, state = policy.step(logits, state)
+    assert first.tolist() == [False, True] and second.tolist() == [True, True]
+    # the state is batch-first: the loop may keep only some rows
+    kept = {k: v.index_select(0, torch.tensor([0])) for k, v in policy.init_state(2, logits.device).items()}
+    assert policy.step(logits[:1], kept)[0].tolist() == [False]
+
+
+@pytest.mark.parametrize("exits, gated, words", [(4, False, "2 exit thresholds for a model with 4 exits"),
+                                                  (3, True, "skip gates skip some")])
+def test_per_exit_entropy_refuses_a_model_it_cannot_decide_for(exits, gated, words):
+    with pytest.raises(UsageError, match=words):
+        build_policy("per_exit_entropy", 2, thresholds=(0.2, 0.9)).check_model(exits, gated)
+
+
+def test_thresholds_parse_from_the_option():
+    assert parse_thresholds("0.1, 0.25,1") == (0.1, 0.25, 1.0) and parse_thresholds("") == ()
+    with pytest.raises(UsageError, match="not comma-separated numbers"):
+        parse_thresholds("0.1;0.2")

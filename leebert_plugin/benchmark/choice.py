@@ -7,26 +7,34 @@ are then reported as they are. Test figures never take part in the choice.
 
 ``At`` names what is asked: ``At("full")`` is the model without an exit policy (the first point of
 every run); ``At("layers", 2.0)`` the choice at 2x layer speed-up; ``At("flops", 2.0)`` at 2x FLOPs.
+The choice is among the published rules' points (global threshold, patience) unless
+``rule="per_exit"`` asks for the per-exit calibrated rule's (``per_exit_entropy``) instead.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 AXES = {"layers": "dev_speedup", "flops": "dev_flops_speedup"}
+RULES = ("published", "per_exit")
+PER_EXIT_POLICY = "per_exit_entropy"
 
 
 @dataclass(frozen=True)
 class At:
     axis: str  # "full", "layers" or "flops"
     speedup: float = 1.0
+    rule: str = "published"
 
     def __post_init__(self):
         if self.axis != "full" and self.axis not in AXES:
             raise ValueError(f"unknown speed-up axis {self.axis!r}: use 'full', {', '.join(AXES)}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown exit rule {self.rule!r}: use {', '.join(RULES)}")
 
     def __str__(self) -> str:
         if self.axis == "full":
             return "full depth"
-        return f"{self.speedup:g}x" + (" FLOPs" if self.axis == "flops" else "")
+        return (f"{self.speedup:g}x" + (" FLOPs" if self.axis == "flops" else "")
+                + (" per-exit" if self.rule == "per_exit" else ""))
 
 
 FULL = At("full")
@@ -36,13 +44,15 @@ def choose(points: Sequence[Dict], at: At, tolerance: float = 1e-9) -> Optional[
     """Index in ``points`` of the point chosen on dev for ``at``; None when no dev point is that fast.
 
     ``points[0]`` must be the run at full depth (``At("full")`` returns it). Otherwise the
-    candidates are the points with ``dev speed-up >= at.speedup`` on ``at``'s axis, and the one
+    candidates are the points of ``at.rule`` with ``dev speed-up >= at.speedup`` on ``at``'s axis, and the one
     with the highest ``dev_metric`` wins; among equals, the faster one on dev.
     """
     if at.axis == "full":
         return 0 if points else None
     x = AXES[at.axis]
-    candidates = [i for i, p in enumerate(points) if p[x] >= at.speedup - tolerance]
+    per_exit = at.rule == "per_exit"
+    candidates = [i for i, p in enumerate(points)
+                  if p[x] >= at.speedup - tolerance and (p["policy"] == PER_EXIT_POLICY) == per_exit]
     if not candidates:
         return None
     return max(candidates, key=lambda i: (points[i]["dev_metric"], points[i][x]))

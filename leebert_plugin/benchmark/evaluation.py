@@ -5,7 +5,11 @@ policy grid: for models without skip gates, PABEE's patience ``1 .. L-1`` and a 
 grid, each an exact replay of the exits' logits (:func:`~leebert_plugin.exits.evaluate.replay`);
 for SmartBERT, real gated passes over an entropy grid (a replay is not exact under gates). The
 grid is the whole tuning budget of a method, the same for every method of a kind: thresholds are
-chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test.
+chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test. Models without gates
+also get the points of the per-exit rule calibrated on dev (``per_exit_entropy``, one point per
+level of :func:`~leebert_plugin.exits.calibrate.alpha_grid`, its thresholds in ``thresholds``);
+the methods are compared on the published rules, the per-exit rule against them
+(:mod:`leebert_plugin.benchmark.report`).
 
 Besides each point's figures (``points``), the test outcome of every example at every point is
 kept (:class:`Outcomes`, ``outcomes.npz`` beside ``result.json``), ordered by the dataset's sample
@@ -14,11 +18,12 @@ id, so that two methods' points can be compared example by example (the paired b
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds
 from leebert_plugin.exits.evaluate import (
     batches, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
 )
@@ -27,6 +32,7 @@ from leebert_plugin.exits.policies import build_policy
 ENTROPY_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)  # normalised
 GATED_GRID = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.65)  # nats (ln 2 = 0.69), SmartBERT's own rule
 SPLITS = {"dev": "valid", "test": "test"}
+VERSION = 2  # result.json's "evaluation": 2 added the per-exit rule; older results are re-evaluated
 
 
 @dataclass
@@ -49,9 +55,10 @@ class Outcomes:
             return cls(z["ids"], z["correct"].astype(bool), z["layers"])
 
 
-def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str, Dict]) -> Dict:
+def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str, Dict],
+          thresholds: Sequence[float] = ()) -> Dict:
     """One operating point's figures: ``dev_*`` and ``test_*`` metric, layer and FLOPs speed-up."""
-    out = {"policy": policy, "threshold": threshold, "patience": patience}
+    out = {"policy": policy, "threshold": threshold, "patience": patience, "thresholds": list(thresholds)}
     for prefix, row in rows.items():
         out.update({f"{prefix}_metric": row["accuracy"], f"{prefix}_speedup": row["layer_speedup"],
                     f"{prefix}_flops_speedup": row["flops_speedup"]})
@@ -72,7 +79,7 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tupl
     loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
     gated = model.skip_gates is not None
     classes = model.exit_heads[head].num_classes
-    result: Dict = {"layers": model.num_layers, "gated": gated, "points": []}
+    result: Dict = {"evaluation": VERSION, "layers": model.num_layers, "gated": gated, "points": []}
     correct: List[np.ndarray] = []
     layers: List[np.ndarray] = []
     ids = None
@@ -91,18 +98,21 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tupl
         result[f"{name}_oracle"] = score(t, oracle_exits(t), model, head)
     if not gated:
         last = len(model.exit_layers) - 1
-        grid = [("none", None, 0)]
+        grid = [("none", None, 0, ())]
         if last > 0:
-            grid += [("patience", None, p) for p in range(1, model.num_layers)]
-            grid += [("normalized_entropy", th, 1) for th in ENTROPY_GRID]
-        for name, th, patience in grid:
+            grid += [("patience", None, p, ()) for p in range(1, model.num_layers)]
+            grid += [("normalized_entropy", th, 1, ()) for th in ENTROPY_GRID]
+            grid += [("per_exit_entropy", a, 1, per_exit_thresholds(traces["dev"], a))
+                     for a in alpha_grid(traces["dev"])]
+        for name, th, patience, taus in grid:
             exits = {s: (torch.full((t.logits.size(1),), last) if name == "none"
-                         else replay(build_policy(name, classes, th, patience), t)) for s, t in traces.items()}
+                         else replay(build_policy(name, classes, None if taus else th, patience, taus), t))
+                     for s, t in traces.items()}
             rows = {s: score(traces[s], e, model, head) for s, e in exits.items()}
             if name == "none":
                 for row in rows.values():
                     row["flops_speedup"] = 1.0
-            result["points"].append(point(name, th, patience, rows))
+            result["points"].append(point(name, th, patience, rows, taus))
             t = traces["test"]
             keep(t.ids, predictions(t, exits["test"]), t.targets, torch.tensor(t.exit_layers)[exits["test"]])
         return result, Outcomes(ids, np.stack(correct), np.stack(layers))

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from leebert_plugin.benchmark.ablations import Variant
-from leebert_plugin.benchmark.choice import At, choose
-from leebert_plugin.benchmark.evaluation import Outcomes, evaluate
+from leebert_plugin.benchmark.choice import PER_EXIT_POLICY, RULES, At, choose
+from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
@@ -41,7 +41,7 @@ SETTINGS = {  # training-set size, epochs
     "medium": ("3k", 2),
     "full": ("all", 3),
 }
-POINT_COLUMNS = ("policy", "threshold", "patience", "dev_metric", "dev_speedup", "dev_flops_speedup",
+POINT_COLUMNS = ("policy", "threshold", "patience", "thresholds", "dev_metric", "dev_speedup", "dev_flops_speedup",
                  "test_metric", "test_speedup", "test_flops_speedup")
 
 
@@ -126,32 +126,40 @@ def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
     return Run(method, seed, result, Outcomes.load(outcomes))
 
 
+def record(m: Matrix, name: str, seed: int, seconds: float) -> Run:
+    """Evaluate the trained run ``name`` seed ``seed`` and write its ``outcomes.npz`` and ``result.json``."""
+    save = m.save_dir(name, seed)
+    result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
+    result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name), **result}
+    outcomes.save(save / "outcomes.npz")
+    partial = save / "result.json.part"
+    partial.write_text(json.dumps(result, indent=1))
+    partial.replace(save / "result.json")  # written last: its presence means finished
+    return Run(name, seed, result, outcomes)
+
+
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
-    """Every run of the matrix, training and evaluating the missing ones (seed by seed)."""
-    runs: Dict[str, List[Run]] = {method: [] for method in m.methods}
+    """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
+    run evaluated by an older evaluation (``evaluation.VERSION``) is evaluated again, not retrained."""
+    runs: Dict[str, List[Run]] = {name: [] for name in m.methods}
     for seed in m.seeds:
-        for method in m.methods:
-            run = finished(m, method, seed)
+        for name in m.methods:
+            run = finished(m, name, seed)
+            if run is not None and run.result.get("evaluation", 1) < VERSION:
+                log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
+                    f"-> {VERSION}) ...")
+                run = record(m, name, seed, run.result["train_seconds"])
             if run is None:
-                save = m.save_dir(method, seed)
-                save.mkdir(parents=True, exist_ok=True)
-                log(f"benchmark: {method} seed {seed} ...")
-                seconds = train(m, method, seed)
-                result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
-                result = {"method": method, "seed": seed, "train_seconds": seconds,
-                          "overrides": m.overrides_for(method), **result}
-                outcomes.save(save / "outcomes.npz")
-                partial = save / "result.json.part"
-                partial.write_text(json.dumps(result, indent=1))
-                partial.replace(save / "result.json")  # written last: its presence means finished
-                run = Run(method, seed, result, outcomes)
-            runs[method].append(run)
+                m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
+                log(f"benchmark: {name} seed {seed} ...")
+                run = record(m, name, seed, train(m, name, seed))
+            runs[name].append(run)
     return runs
 
 
 def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
     """Every operating point of every run, one row each (``chosen_at``: the targets it was chosen for)."""
-    targets = [At("layers", s) for s in (1.5, 1.9, 2.0, 3.0)] + [At("flops", 2.0)]
+    targets = [At("layers", s, rule) for s in (1.5, 1.9, 2.0, 3.0) for rule in RULES] + [At("flops", 2.0)]
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
@@ -163,21 +171,48 @@ def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
                     if i is not None:
                         chosen[i].append(str(at))
                 for i, pt in enumerate(r.result["points"]):
-                    w.writerow([method, r.seed, *(pt[k] for k in POINT_COLUMNS), ",".join(chosen[i])])
+                    cells = [",".join(f"{v:.6g}" for v in pt.get(k, ())) if k == "thresholds" else pt[k]
+                             for k in POINT_COLUMNS]
+                    w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
+
+
+def _rule_points(points: Sequence[Dict], per_exit: bool) -> List[Dict]:
+    return [p for p in points if (p["policy"] == PER_EXIT_POLICY) == per_exit]
+
+
+def _test_front(ax, points: Sequence[Dict], style: str, color: str, label: Optional[str]) -> None:
+    pts = front(points)  # chosen on dev, drawn as measured on test
+    ax.plot([p["test_speedup"] for p in pts], [p["test_metric"] for p in pts], style, ms=3, color=color,
+            alpha=0.7, label=label)
 
 
 def plot(runs: Dict[str, List[Run]], path: Path) -> None:
-    """Each run's dev Pareto front, as measured on test, with its oracle ceiling."""
+    """Each run's dev Pareto front over the published rules, as measured on test, with its oracle ceiling."""
     fig, ax = new_axes((7, 4.5))
     ceiling = 2.0
     for i, (method, rs) in enumerate(runs.items()):
         color = f"C{i}"
         for k, r in enumerate(rs):
-            pts = front(r.result["points"])
-            ax.plot([p["test_speedup"] for p in pts], [p["test_metric"] for p in pts], "o-", ms=3, color=color,
-                    alpha=0.7, label=method if k == 0 else None)
+            _test_front(ax, _rule_points(r.result["points"], False), "o-", color, method if k == 0 else None)
             ax.axvline(r.result["test_oracle"]["layer_speedup"], color=color, ls=":", lw=0.6)
             ceiling = max(ceiling, r.result["test_oracle"]["layer_speedup"])
     ax.set_xlim(0.9, ceiling * 1.1)  # beyond every oracle ceiling: only degenerate points
     save_plot(fig, ax, "layer speed-up on test (dev front; dotted: each run's oracle ceiling)",
               "test accuracy (%)", path)
+
+
+def plot_rules(runs: Dict[str, List[Run]], path: Path) -> bool:
+    """For each method with per-exit points, each run's front under the published rules (solid) and
+    under the per-exit calibrated rule (dashed); False (nothing written) when no run has them."""
+    calibrated = {method: [r for r in rs if _rule_points(r.result["points"], True)] for method, rs in runs.items()}
+    if not any(calibrated.values()):
+        return False
+    fig, ax = new_axes((7, 4.5))
+    for i, (method, rs) in enumerate(calibrated.items()):
+        for k, r in enumerate(rs):
+            published = _rule_points(r.result["points"], False)
+            _test_front(ax, published, "o-", f"C{i}", f"{method} published" if k == 0 else None)
+            _test_front(ax, published[:1] + _rule_points(r.result["points"], True), "s--", f"C{i}",
+                        f"{method} per-exit" if k == 0 else None)
+    save_plot(fig, ax, "layer speed-up on test (dev front)", "test accuracy (%)", path)
+    return True

@@ -1,5 +1,8 @@
 """The benchmark's tables: each method with its seed interval, and paired differences with verdicts.
 
+Methods are compared on the published exit rules; the per-exit calibrated rule is compared with
+them within each method (:func:`rule_comparisons`).
+
 Every figure is a test figure at a point chosen on dev (:mod:`leebert_plugin.benchmark.choice`).
 A method's cell is ``mean ± half-width`` of the 95% t interval over its seeds; a comparison is the
 paired difference ``A - B`` over the seeds both have (same seed: same data order), with its 95% t
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from leebert_plugin.benchmark.ablations import Variant
-from leebert_plugin.benchmark.choice import FULL, At, choose
+from leebert_plugin.benchmark.choice import FULL, PER_EXIT_POLICY, At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval
 
@@ -159,6 +162,24 @@ def ablation_comparisons(by_seed: Dict[str, Dict[int, Run]], variants: Sequence[
             if v.name in by_seed and v.method in by_seed for at in ABLATION_POINTS]
 
 
+RULE_POINTS = (At("layers", 1.5), At("layers", 2.0), At("layers", 3.0))
+
+
+def rule_comparisons(by_seed: Dict[str, Dict[int, Run]], reps: int = 2000) -> List[Comparison]:
+    """For each method whose runs have per-exit points: the per-exit calibrated rule against the best
+    published rule of the same runs, each chosen on dev at the same speed-up (paired by seed and
+    by example: the same model answers both)."""
+    out = []
+    for method, runs in by_seed.items():
+        if not all(any(p["policy"] == PER_EXIT_POLICY for p in r.result["points"]) for r in runs.values()):
+            continue
+        for at in RULE_POINTS:
+            c = compare(runs, runs, At(at.axis, at.speedup, "per_exit"), at, reps)
+            c.a, c.b = f"{method} per-exit", f"{method} published"
+            out.append(c)
+    return out
+
+
 def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants: Sequence[Variant] = ()) -> str:
     """The markdown summary: the method table, the paired differences, the target verdicts, and
     with ``variants``, each ablation variant against its method."""
@@ -173,6 +194,11 @@ def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants:
             c = compare(by_seed[t.a], by_seed[t.b], t.a_at, t.b_at, reps)
             lines.append(f"- {t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
                          f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+    rules = rule_comparisons(by_seed, reps)
+    if rules:
+        lines += ["", "The per-exit rule calibrated on dev against the best published rule (global normalised-entropy "
+                      "threshold or patience) of the same runs, each chosen on dev (test accuracy points):", "",
+                  *comparison_table(rules)]
     if variants:
         lines += ["", "Ablations: each variant - its method at the recipe's defaults (test accuracy points; "
                       "same seeds; points chosen on dev):", "",

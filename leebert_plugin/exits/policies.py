@@ -6,7 +6,7 @@ of batch-first tensors, which the layer loop compacts together with the batch. N
 Python truth values of per-sample tensors, so every decision is independent of the batch size.
 """
 import math
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -41,16 +41,23 @@ class ExitPolicy:
 
     name = "base"
     uses_patience = False
+    uses_thresholds = False  # one threshold per exit (``thresholds``) instead of one for all
     # what the logits are: classes (B x C, C >= 2) or a regression value (B x 1); both for "none"
     targets = ("classification",)
 
-    def __init__(self, num_classes: int, threshold: Optional[float] = None, patience: int = 1):
+    def __init__(self, num_classes: int, threshold: Optional[float] = None, patience: int = 1,
+                 thresholds: Sequence[float] = ()):
         self.num_classes = num_classes
         self.threshold = threshold
         self.patience = patience
+        self.thresholds = tuple(thresholds)
 
     def threshold_range(self) -> Optional[Tuple[float, float]]:
         return None
+
+    def check_model(self, num_exits: int, gated: bool) -> None:
+        """Refuse (:class:`UsageError`) a model this policy cannot decide for; called once per forward,
+        from Python values only."""
 
     def init_state(self, batch_size: int, device: torch.device) -> State:
         return {}
@@ -163,6 +170,51 @@ class RegressionPatienceExit(ExitPolicy):
         return count >= self.patience, {"count": count, "prev": pred}
 
 
+@register_policy("per_exit_entropy")
+class PerExitEntropyExit(ExitPolicy):
+    """Normalised entropy with a threshold per exit: exit ``k`` lets a sample go when
+    H(p_k) / ln C < tau_k. The thresholds come from a calibration on dev
+    (:func:`leebert_plugin.exits.calibrate.per_exit_thresholds`): one global threshold asks the same
+    confidence of a shallow exit, whose confident answers are wrong more often, as of a deep one.
+
+    The exit index is a per-sample counter in ``state`` and the thresholds a ``B x E`` table there,
+    so the layer loop compacts them with the batch. Under skip gates a sample passes fewer exits
+    than the layer count says, so the counter would not be the exit index: gated models are refused.
+    """
+
+    uses_thresholds = True
+
+    def threshold_range(self) -> Tuple[float, float]:
+        return 0.0, 1.0
+
+    def check_model(self, num_exits: int, gated: bool) -> None:
+        if gated:
+            raise UsageError(f"exit policy {self.name!r} needs every exit checked, and skip gates skip some",
+                             "use entropy or normalized_entropy with a skip-gated (SmartBERT) model")
+        if len(self.thresholds) != num_exits - 1:
+            raise UsageError(f"{len(self.thresholds)} exit thresholds for a model with {num_exits} exits",
+                             f"pass {num_exits - 1}, one per exit but the last (--exit-thresholds / task.exit_thresholds)")
+
+    def init_state(self, batch_size: int, device: torch.device) -> State:
+        table = torch.tensor(self.thresholds, dtype=torch.float32, device=device)
+        return {"exit": torch.zeros(batch_size, dtype=torch.long, device=device),
+                "tau": table.unsqueeze(0).expand(batch_size, -1)}
+
+    def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
+        tau = state["tau"].gather(1, state["exit"].unsqueeze(1)).squeeze(1)
+        leaves = entropy(logits) / math.log(self.num_classes) < tau
+        return leaves, {"exit": state["exit"] + 1, "tau": state["tau"]}
+
+
+def parse_thresholds(text: str) -> Tuple[float, ...]:
+    """``"0.1,0.2,0.3"`` -> (0.1, 0.2, 0.3); ``""`` -> (); a non-number is a :class:`UsageError`."""
+    try:
+        return tuple(float(v) for v in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise UsageError(f"exit thresholds {text!r} are not comma-separated numbers",
+                         "pass e.g. --exit-thresholds 0.1,0.2,0.3 (task.exit_thresholds)") from None
+
+
 class AssignedExit(ExitPolicy):
     """Each sample leaves at a pre-assigned exit (0-based among the exits; state: exits still to
     pass). Not registered: it decides nothing from the logits, so it measures the loop itself
@@ -182,7 +234,8 @@ class AssignedExit(ExitPolicy):
 
 
 def build_policy(
-    name: str, num_classes: int, threshold: Optional[float] = None, patience: int = 1
+    name: str, num_classes: int, threshold: Optional[float] = None, patience: int = 1,
+    thresholds: Sequence[float] = (),
 ) -> ExitPolicy:
     """Check the settings and build the policy; a :class:`UsageError` names what is wrong."""
     if name not in POLICY_REGISTRY:
@@ -199,9 +252,21 @@ def build_policy(
             f"exit policy {name!r} does not apply to a {target} task (num_classes={num_classes})",
             f"use one of {', '.join(fits)} for {target} (--exit-policy / task.exit_policy)",
         )
-    policy = POLICY_REGISTRY[name](num_classes, threshold, patience)
+    policy = POLICY_REGISTRY[name](num_classes, threshold, patience, thresholds)
     low_high = policy.threshold_range()
-    if low_high is not None:
+    if policy.uses_thresholds:
+        low, high = low_high
+        if not thresholds:
+            raise UsageError(f"exit policy {name!r} needs one threshold per exit but the last",
+                             f"pass --exit-thresholds t1,t2,... (task.exit_thresholds), each in [{low:g}, {high:g}]")
+        bad = [t for t in thresholds if not low <= t <= high]
+        if bad:
+            raise UsageError(f"exit threshold {bad[0]:g} is out of range for policy {name!r}",
+                             f"use values in [{low:g}, {high:g}]")
+    elif thresholds:
+        raise UsageError(f"exit policy {name!r} takes one threshold, not one per exit",
+                         "use --exit-threshold, or --exit-policy per_exit_entropy with --exit-thresholds")
+    elif low_high is not None:
         low, high = low_high
         if threshold is None:
             raise UsageError(

@@ -226,6 +226,7 @@ def early_exit_pass(
     counters are not updated layer by layer: they follow from the exit layer and the skips,
     written once when a sample leaves, at the cost of no torch call per layer.
     """
+    policy.check_model(len(exit_layers), gates is not None)
     num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
     x, padding_mask = _embed(encoder, src_tokens)

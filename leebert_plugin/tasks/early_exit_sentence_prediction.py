@@ -23,7 +23,7 @@ from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
-from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.exits.policies import build_policy, parse_thresholds
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.option_checks import check_finite_options
@@ -44,12 +44,17 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     exit_policy: str = field(
         default="none",
         metadata={"help": "exit policy at validation: none, entropy, normalized_entropy, "
-                          "max_prob, patience or pcee"},
+                          "max_prob, patience, pcee or per_exit_entropy"},
     )
     exit_threshold: Optional[float] = field(
         default=None,
         metadata={"help": "threshold of the policy: entropy in nats [0, ln C]; normalized_entropy "
                           "and pcee in [0, 1]; max_prob in [0, 1]; unused by patience"},
+    )
+    exit_thresholds: str = field(
+        default="",
+        metadata={"help": "per_exit_entropy: comma-separated normalised-entropy thresholds in [0, 1], one per "
+                          "exit but the last (scripts/benchmark.py's points.tsv lists calibrated ones)"},
     )
     exit_patience: int = field(
         default=1, metadata={"help": "consecutive agreeing (patience) or confident (pcee) exits; "
@@ -97,7 +102,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
         self.two_stage = TwoStageTraining(cfg) if cfg.stage1_epochs > 0 else None
         self._said_stage1_policy = False
-        self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience)
+        self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience,
+                                   parse_thresholds(cfg.exit_thresholds))
         self.never_exit = build_policy("none", cfg.num_classes)
 
     @classmethod

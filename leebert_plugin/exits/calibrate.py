@@ -1,0 +1,64 @@
+"""Per-exit thresholds calibrated on dev: the ``per_exit_entropy`` rule, beyond the papers' one threshold.
+
+One global threshold asks every exit for the same confidence. A shallow exit's confident answers
+are wrong more often than a deep exit's, so the same threshold lets too many wrong answers go
+early, or keeps too many right ones for the deep layers. Here the confidence asked of each exit
+follows from one accuracy level ``alpha`` instead:
+
+    tau_k = max { tau : acc_k(tau) >= alpha },   acc_k(tau) = share of S_k(tau) right at exit k,
+    S_k(tau) = { dev samples still running at exit k with H(p_k) / ln C < tau },
+
+exit by exit, in order (the samples exit ``k`` lets go do not reach exit ``k + 1``). When no cut
+reaches ``alpha``, ``tau_k = 0``: nobody leaves there. Sweeping ``alpha`` traces a front, and the
+point for a target speed-up is chosen on dev, as a global threshold is
+(:mod:`leebert_plugin.benchmark.choice`). The levels are the last exit's dev accuracy ``A`` plus
+the offsets of :data:`ALPHA_OFFSETS` (:func:`alpha_grid`): what a level means depends on how good
+the model is (0.8 lets every sample go at the first exit of a 75% model, and almost none of a 95%
+one). The 20 levels are about as many points as the published rules' grid (16 thresholds and the
+patiences), so the rule gets no larger tuning budget. Calibration and choice both read dev only;
+test is never seen.
+"""
+import math
+from typing import List
+
+import torch
+
+from leebert_plugin.exits.evaluate import ExitTrace
+from leebert_plugin.exits.policies import entropy
+
+ALPHA_OFFSETS = (-0.2, -0.15, -0.1, -0.08, -0.06, -0.04, -0.03, -0.02, -0.01, 0.0,
+                 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25)
+
+
+def alpha_grid(t: ExitTrace) -> List[float]:
+    """The accuracy levels to calibrate for: the last exit's accuracy on ``t`` plus each offset, in
+    [0, 1], without repeats, increasing."""
+    last = float((t.logits[-1].argmax(-1) == t.targets).double().mean())
+    return sorted({round(min(1.0, max(0.0, last + d)), 6) for d in ALPHA_OFFSETS})
+
+
+def per_exit_thresholds(t: ExitTrace, alpha: float) -> List[float]:
+    """``tau_1 .. tau_{E-1}`` (normalised entropy, in [0, 1]) for accuracy level ``alpha`` on the
+    trace ``t`` (every exit's logits over dev, at full depth; no skip gates)."""
+    if t.gated:
+        raise ValueError("per-exit calibration reads every exit's logits: not for skip-gated models")
+    exits, n, classes = t.logits.shape
+    h = entropy(t.logits.reshape(-1, classes)).view(exits, n) / math.log(classes)
+    right = t.logits.argmax(-1) == t.targets.unsqueeze(0)
+    running = torch.ones(n, dtype=torch.bool)
+    taus: List[float] = []
+    for k in range(exits - 1):
+        hk, rk = h[k][running], right[k][running]
+        order = torch.argsort(hk)
+        hs, rs = hk[order], rk[order].double()
+        acc = rs.cumsum(0) / torch.arange(1, len(hs) + 1, dtype=torch.float64)
+        cut_ok = torch.cat([hs[1:] > hs[:-1], torch.ones(1, dtype=torch.bool)])  # no cut inside a tie
+        ok = torch.nonzero((acc >= alpha - 1e-12) & cut_ok).view(-1)
+        if len(ok) == 0:
+            tau = 0.0
+        else:
+            j = int(ok[-1])  # the samples hs[0..j] leave
+            tau = 1.0 if j == len(hs) - 1 else float(hs[j] + hs[j + 1]) / 2
+        taus.append(tau)
+        running &= ~(h[k] < tau)
+    return taus
