@@ -1,5 +1,6 @@
 """The benchmark's statistics in seconds: interval arithmetic, pairing by seed and by example, the
 choice on dev with the report on test, and the verdicts."""
+import json
 import math
 import statistics
 
@@ -10,7 +11,7 @@ import pytest
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes
-from leebert_plugin.benchmark.matrix import Matrix
+from leebert_plugin.benchmark.matrix import Matrix, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.report import TARGETS, Run, compare, summary
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
@@ -160,6 +161,23 @@ def test_every_run_trains_with_the_data_s_number_of_classes(tmp_path):
                torch.device("cpu"), num_classes=20)
     for method in m.methods:
         assert [a for a in m.command(method, 1) if a.startswith("task.num_classes=")] == ["task.num_classes=20"]
+
+
+def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoint(tmp_path, monkeypatch):
+    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"))
+    save = m.save_dir("pabee", 1)
+    save.mkdir(parents=True)
+    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "evaluation": 1,
+           "points": [pt(80, 1.0, 79, 1.0, "none")], "test_oracle": {"layer_speedup": 2.0}}
+    (save / "result.json").write_text(json.dumps(old))
+    Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)).save(save / "outcomes.npz")
+    import leebert_plugin.benchmark.matrix as matrix
+    monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(matrix, "evaluate", lambda *a: pytest.fail("a run without its checkpoint was re-evaluated"))
+    said = []
+    runs = run_matrix(m, log=said.append)
+    assert runs["pabee"][0].result == old and "kept as evaluation 1 scored it" in said[0]
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

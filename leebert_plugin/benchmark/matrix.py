@@ -140,12 +140,17 @@ def record(m: Matrix, name: str, seed: int, seconds: float) -> Run:
 
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
     """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
-    run evaluated by an older evaluation (``evaluation.VERSION``) is evaluated again, not retrained."""
+    run evaluated by an older evaluation (``evaluation.VERSION``) is evaluated again, not retrained,
+    when its checkpoint is still there (a committed record has none: it is kept as it was scored)."""
     runs: Dict[str, List[Run]] = {name: [] for name in m.methods}
     for seed in m.seeds:
         for name in m.methods:
             run = finished(m, name, seed)
-            if run is not None and run.result.get("evaluation", 1) < VERSION:
+            stale = run is not None and run.result.get("evaluation", 1) < VERSION
+            if stale and not (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
+                log(f"benchmark: {name} seed {seed}: kept as evaluation {run.result.get('evaluation', 1)} scored it "
+                    f"(its checkpoint is gone: a committed record); delete its result.json to train it again")
+            elif stale:
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
                 run = record(m, name, seed, run.result["train_seconds"])
