@@ -11,7 +11,6 @@ from leebert_plugin.launch import train_with_progress
 
 def test_report_chooses_on_dev_and_its_full_depth_row_is_fairseq_validates(trained, mr_bin, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "TARGET", 1.2)
-    monkeypatch.setattr(demo, "LAYERS", 4)  # the tiny model's depth
     table = demo.report(tmp_path, trained / "checkpoint_best.pt", mr_bin, "cpu")
     full = validate(trained, mr_bin, subset="test")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines() if line.startswith("| ")}

@@ -15,7 +15,7 @@ full depth.
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.plotting import new_axes, save_plot
@@ -49,6 +49,15 @@ def _timed(model, task, data, policy, split: str, plain: float, **extra) -> Dict
     return row
 
 
+def _full_depth(model, task, data, never, split: str) -> Tuple[Dict, float]:
+    """The early-exit pass that never exits, then the plain forward's seconds on the same batches
+    (the pass comes first: it also warms up threads and allocator for the timings)."""
+    row = run(model, task, data, never)
+    plain = plain_seconds(model, task, data)
+    row.update(split=split, wall_speedup=plain / row["seconds"], threshold="full depth")
+    return row, plain
+
+
 def sweep(model, task, policy: str, thresholds: Sequence[float], patience: int = 1, dev: str = "valid",
           test: Optional[str] = "test", batch_size: int = 32, target_speedup: Optional[float] = None,
           max_drop: Optional[float] = 1.0) -> Sweep:
@@ -59,18 +68,13 @@ def sweep(model, task, policy: str, thresholds: Sequence[float], patience: int =
     never = build_policy("none", C)
     dev_data = batches(task, dev, batch_size)
     test_data = batches(task, test, batch_size) if test else None
-    full = run(model, task, dev_data, never)  # first: it also warms up (threads, allocator) for the timings
-    dev_plain = plain_seconds(model, task, dev_data)
-    full.update(split=dev, wall_speedup=dev_plain / full["seconds"], threshold="full depth")
+    full, dev_plain = _full_depth(model, task, dev_data, never, dev)
     rows = [_timed(model, task, dev_data, p, dev, dev_plain, threshold=t) for t, p in zip(thresholds, policies)]
     dev_trace = trace(model, task, dev_data)
     oracle = score(dev_trace, oracle_exits(dev_trace))["layer_speedup"]
     result = Sweep(policy, rows, full, oracle, choose(rows, full, target_speedup, None if target_speedup else max_drop))
     if result.chosen is not None and test_data is not None:
-        test_full = run(model, task, test_data, never)
-        test_plain = plain_seconds(model, task, test_data)
-        test_full.update(split=test, wall_speedup=test_plain / test_full["seconds"], threshold="full depth")
-        result.test_full = test_full
+        result.test_full, test_plain = _full_depth(model, task, test_data, never, test)
         result.test_row = _timed(model, task, test_data, build_policy(policy, C, result.chosen["threshold"], patience),
                                  test, test_plain, threshold=result.chosen["threshold"])
     return result
