@@ -46,7 +46,7 @@ def test_exit_heads_step_with_the_scaled_lr_and_follow_the_schedule(build):
 def test_scale_one_is_plain_adam_and_a_bad_scale_is_refused():
     model = tiny_model()
     assert len(ExitAdam(config(ExitAdamConfig), model.parameters()).param_groups) == 1
-    with pytest.raises(UsageError, match="exit_lr_scale=0.0 is not positive"):
+    with pytest.raises(UsageError, match="exit_lr_scale=0.0 must be positive"):
         ExitAdam(config(ExitAdamConfig, exit_lr_scale=0.0), model.parameters())
 
 

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import check_finite_options
+from leebert_plugin.option_checks import RANGES, check_options
 
 
 @pytest.mark.parametrize("cfg", [
@@ -15,11 +15,34 @@ from leebert_plugin.option_checks import check_finite_options
 ])
 def test_nan_is_refused_in_every_kind_of_config(cfg):
     with pytest.raises(UsageError, match=r"criterion\.kd_weight=nan is not a finite number"):
-        check_finite_options("criterion", cfg)
+        check_options("criterion", cfg)
 
 
 def test_infinity_inside_a_list_is_refused_and_finite_values_pass():
     with pytest.raises(UsageError, match=r"optimizer\.lr=\[.*inf\] is not a finite"):
-        check_finite_options("optimizer", OmegaConf.create({"lr": [1e-3, float("inf")], "w_lr": 3e-3}))
-    check_finite_options("optimizer", OmegaConf.create({"lr": [1e-3], "xi": -1.0, "name": "clo", "steps": 3,
+        check_options("optimizer", OmegaConf.create({"lr": [1e-3, float("inf")], "w_lr": 3e-3}))
+    check_options("optimizer", OmegaConf.create({"lr": [1e-3], "xi": -1.0, "name": "clo", "steps": 3,
                                                         "nested": {"x": float("nan")}, "unset": None}))
+
+
+@pytest.mark.parametrize("group, key, value, words", [
+    ("optimizer", "w_lr", -0.1, "optimizer.w_lr=-0.1 must be positive"),
+    ("optimizer", "fd_eps", 0.0, "optimizer.fd_eps=0.0 must be positive"),
+    ("optimizer", "w_weight_decay", -1e-3, "optimizer.w_weight_decay=-0.001 is negative"),
+    ("optimizer", "w_update_interval", 0, "optimizer.w_update_interval=0 is below 1"),
+    ("task", "stage1_epochs", -1, "task.stage1_epochs=-1 is negative"),
+    ("task", "d2_ratio", 1.0, r"task.d2_ratio=1.0 is outside \(0, 1\)"),
+    ("model", "skip_threshold", 0.0, r"model.skip_threshold=0.0 is outside \(0, 1\)"),
+    ("criterion", "temperature", 0.0, "criterion.temperature=0.0 must be positive"),
+])
+def test_a_value_outside_its_range_is_refused_the_same_way_in_hydra_and_argparse(group, key, value, words):
+    assert key in RANGES[group]
+    for cfg in (OmegaConf.create({key: value}), Namespace(**{key: value})):
+        with pytest.raises(UsageError, match=words):
+            check_options(group, cfg)
+
+
+def test_the_range_ends_are_where_the_table_says():
+    check_options("task", OmegaConf.create({"d2_ratio": 0.5, "exit_patience": 1, "stage1_epochs": 0}))
+    check_options("optimizer", Namespace(w_lr=1e-9, w_weight_decay=0.0, w_update_interval=1, exit_lr_scale=1e-3))
+    check_options("criterion", {"kd_weight": 0.0, "gate_lambda": 0, "t1": 1e-6, "unlisted": -5.0})

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion, at_least_fp32
 from leebert_plugin.errors import UsageError
+from leebert_plugin.option_checks import check_options
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 DISTILL_VARIANTS = ("lae", "lle")
@@ -59,10 +60,7 @@ class LeeBertCriterion(MultiExitCriterion):
     def __init__(self, cfg: LeeBertConfig, task):
         super().__init__(cfg, task)
         distill_pairs([1, 2], cfg.distill)  # fail early on a typo
-        if cfg.temperature <= 0:
-            raise UsageError(f"temperature={cfg.temperature} must be positive", "set criterion.temperature > 0")
-        if cfg.kd_weight < 0:
-            raise UsageError(f"kd_weight={cfg.kd_weight} is negative", "set criterion.kd_weight >= 0")
+        check_options("criterion", cfg)
 
     def term_names(self, exit_layers: Sequence[int], stage: int = 1) -> List[str]:
         return self.exit_term_names(exit_layers) + [

@@ -27,6 +27,7 @@ from torch import Tensor
 from leebert_plugin.criterions.contrastive import token_info_nce
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.errors import UsageError
+from leebert_plugin.option_checks import check_options
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 STAGE2_PAIRS = ("all", "authors")
@@ -52,12 +53,7 @@ class SmartBertCriterion(MultiExitCriterion):
 
     def __init__(self, cfg: SmartBertConfig, task):
         super().__init__(cfg, task)
-        for name in ("gate_lambda", "eta1", "eta2"):
-            if getattr(cfg, name) < 0:
-                raise UsageError(f"{name}={getattr(cfg, name)} is negative", f"set criterion.{name} >= 0")
-        for name in ("t1", "t2"):
-            if getattr(cfg, name) <= 0:
-                raise UsageError(f"{name}={getattr(cfg, name)} must be positive", f"set criterion.{name} > 0")
+        check_options("criterion", cfg)
         if cfg.stage2_pairs not in STAGE2_PAIRS:
             raise UsageError(f"unknown stage2_pairs {cfg.stage2_pairs!r}", f"use one of {', '.join(STAGE2_PAIRS)}")
 

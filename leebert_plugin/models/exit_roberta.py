@@ -20,7 +20,7 @@ from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import early_exit_pass, full_depth_pass
 from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
 from leebert_plugin.optim.exit_adam import EXIT_PARAM
-from leebert_plugin.option_checks import check_finite_options
+from leebert_plugin.option_checks import check_options
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ExitRobertaModel(RobertaModel):
     def build_model(cls, args, task):
         """Refuse NaN/inf options and widths fairseq's attention would assert on, before it builds
         the encoder."""
-        check_finite_options("model", args)
+        check_options("model", args)
         dim, heads = safe_getattr(args, "encoder_embed_dim", None), safe_getattr(args, "encoder_attention_heads", None)
         if dim is not None and heads is not None and (heads < 1 or dim % heads):
             raise UsageError(f"encoder_embed_dim={dim} is not divisible by encoder_attention_heads={heads}",
@@ -84,9 +84,6 @@ class ExitRobertaModel(RobertaModel):
                              f"use one of {', '.join(sorted(EXIT_HEAD_REGISTRY))} (--exit-head)")
         self.exit_layers = parse_exit_layers(args.exit_layers, args.encoder_layers)
         self.exit_heads = nn.ModuleDict()
-        if not 0.0 < args.skip_threshold < 1.0:
-            raise UsageError(f"skip_threshold={args.skip_threshold} is outside (0, 1)",
-                             "set model.skip_threshold (tau_s) to e.g. 0.5")
         self.skip_gates = (SkipGates(args.encoder_layers, args.encoder_embed_dim, dropout=args.attention_dropout,
                                      init_bias=args.skip_gate_bias) if args.skip_gates else None)
         self.layer_projectors = (LayerProjectors(args.encoder_layers, args.encoder_embed_dim)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
+from leebert_plugin.option_checks import check_options
 from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim.hypergradient import hypergradient
 
@@ -46,8 +47,7 @@ class BilevelTraining:
                  d2_ratio: float, seed: int, device: torch.device):
         if cfg.mode not in MODES:
             raise UsageError(f"unknown clo mode {cfg.mode!r}", f"set optimizer.mode to one of {', '.join(MODES)}")
-        if cfg.w_update_interval < 1:
-            raise UsageError(f"w_update_interval={cfg.w_update_interval}", "set optimizer.w_update_interval >= 1")
+        check_options("optimizer", cfg)
         self.cfg = cfg
         self.d2_ratio, self.seed = d2_ratio, seed
         self.weights = LossWeights(names, parametrization, group_scales).to(device=device, dtype=torch.float32)

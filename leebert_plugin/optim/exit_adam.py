@@ -13,6 +13,7 @@ from fairseq.optim import register_optimizer
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from leebert_plugin.errors import UsageError
+from leebert_plugin.option_checks import check_option
 
 EXIT_PARAM = "is_exit_param"  # attribute set to True on every exit-head parameter
 
@@ -26,8 +27,7 @@ class ExitAdamConfig(FairseqAdamConfig):
 
 def exit_param_groups(params: Iterable[torch.nn.Parameter], scale: float, lr: float) -> Union[List, List[dict]]:
     """The model's parameters, then (with a scale != 1) the exit heads' in a group of their own."""
-    if scale <= 0:
-        raise UsageError(f"exit_lr_scale={scale} is not positive", "set optimizer.exit_lr_scale > 0 (1: no change)")
+    check_option("optimizer", "exit_lr_scale", scale)
     params = list(params)
     if scale == 1.0:
         return params

@@ -26,7 +26,7 @@ from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy, parse_thresholds
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
-from leebert_plugin.option_checks import check_finite_options
+from leebert_plugin.option_checks import check_options
 from leebert_plugin.tasks.nonfinite import check_finite
 from leebert_plugin.tasks.two_stage import TwoStageTraining
 
@@ -108,10 +108,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
-        check_finite_options("task", cfg)
-        check_finite_options("optimizer", _outer(cfg, "optimizer_settings", None))
-        if not 0.0 < cfg.d2_ratio < 1.0:
-            raise UsageError(f"d2_ratio={cfg.d2_ratio} is outside (0, 1)", "set task.d2_ratio to e.g. 0.5")
+        check_options("task", cfg)
+        check_options("optimizer", _outer(cfg, "optimizer_settings", None))
         if cfg.num_classes is None or cfg.num_classes < 1:
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
         checks.check_data_dir(cfg.data, cfg.regression_target)
@@ -146,7 +144,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     def build_criterion(self, cfg, from_checkpoint=False):
         """Hand the head name and target type to the criterion; refuse contradicting values."""
-        check_finite_options("criterion", cfg)
+        check_options("criterion", cfg)
         criterion = self._build_criterion(cfg, from_checkpoint)
         learns = getattr(getattr(criterion, "cfg", None), "learn_weights", False)
         if from_checkpoint:
