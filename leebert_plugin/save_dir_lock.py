@@ -3,8 +3,10 @@
 Two runs on one ``checkpoint.save_dir`` overwrite each other's checkpoints, and fairseq says
 nothing. Before a training run reads or writes a checkpoint (fairseq's
 ``checkpoint_utils.load_checkpoint``, the resume, which only training calls), rank 0 creates
-``SAVE_DIR/leebert.lock`` with ``O_CREAT | O_EXCL`` and writes its pid, host and start time into
-it; the file is removed when the process exits. The workers of the same job share it: rank 0's
+``SAVE_DIR/leebert.lock`` holding its pid, host and start time; the file is removed when the
+process exits. The lock appears whole: the holder is written to a file of this process's own,
+fsynced, then hard-linked to the lock's name, which fails when the name exists (an atomic create,
+like ``O_EXCL``, but never an empty lock that a second run would take for a stale one). The workers of the same job share it: rank 0's
 verdict is broadcast, so every rank of a refused job stops with the same line instead of waiting
 at the next collective.
 
@@ -55,6 +57,19 @@ def _release(path: Path, pid: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def _create(path: Path, holder: dict) -> None:
+    """Create ``path`` holding ``holder``, whole, or raise ``FileExistsError`` when it exists."""
+    mine = path.with_name(f"{path.name}.{holder['pid']}.{holder['host']}")
+    try:
+        with open(mine, "w") as f:
+            json.dump(holder, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(mine, path)
+    finally:
+        mine.unlink(missing_ok=True)
+
+
 def acquire(save_dir: str) -> Optional[UsageError]:
     """Take ``save_dir``'s lock for this process. Returns None, or the refusal when another live
     run holds it."""
@@ -63,7 +78,7 @@ def acquire(save_dir: str) -> Optional[UsageError]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create(path, me)
         except FileExistsError:
             holder = _read(path)
             if holder is not None and (holder["pid"], holder.get("host")) == (me["pid"], me["host"]):
@@ -81,10 +96,6 @@ def acquire(save_dir: str) -> Optional[UsageError]:
             logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-            f.flush()
-            os.fsync(f.fileno())
         atexit.register(_release, path, me["pid"])
         return None
     return UsageError(f"could not take the lock {path}: other runs keep taking it",

@@ -71,3 +71,21 @@ def test_both_ranks_of_a_job_on_a_save_dir_in_use_stop_with_the_same_line(mr_bin
     for proc in ranks:
         assert_one_clear_error(proc, f"{save} is in use by another run", f"pid {os.getpid()} on this host")
     assert json.loads(lock.read_text()) == holder and not list(save.glob("*.pt"))
+
+
+def test_the_lock_appears_with_its_holder_written(tmp_path, monkeypatch):
+    """A second run that looks between the lock's creation and its content would take it for a
+    stale one: the lock's name must appear only when the holder is in the file."""
+    seen = []
+    link = os.link
+
+    def watching_link(src, dst):
+        seen.append(json.loads(open(src).read())["pid"])  # the content is there before the name
+        assert not os.path.exists(dst)
+        link(src, dst)
+        seen.append(json.loads(open(dst).read())["pid"])
+    monkeypatch.setattr(save_dir_lock.os, "link", watching_link)
+    assert save_dir_lock.acquire(str(tmp_path)) is None
+    assert seen == [os.getpid(), os.getpid()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [save_dir_lock.LOCK_NAME]  # no file of its own left
+    save_dir_lock._release(tmp_path / save_dir_lock.LOCK_NAME, os.getpid())
