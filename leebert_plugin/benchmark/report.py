@@ -50,6 +50,8 @@ class Comparison:
     per_seed: List[Interval] = field(default_factory=list)  # the paired bootstrap of each seed
 
     def verdict(self) -> str:
+        if self.over_seeds is NOT_REACHED:
+            return "not reached"  # a side never got that fast on dev in some seed: no verdict, not a tie
         side = self.over_seeds.verdict()
         return {"A": f"{self.a} better", "B": f"{self.b} better"}.get(side, "tie")
 
