@@ -109,7 +109,7 @@ CATALOGUE: Dict[str, Case] = {
                                                ["trains in fp32", "common.bf16=true"]),
     # checkpoints
     "train: restore file of another architecture": Case(
-        "train", ["checkpoint.restore_file={plain}", "+model.encoder_layers=2"],
+        "train", ["checkpoint.restore_file={plain}", "checkpoint.reset_optimizer=true", "+model.encoder_layers=2"],
         ["does not fit", "2-layer exit_roberta", "not in this model", "restore it into"]),
     "train: missing restore file": Case("train", ["checkpoint.restore_file={tmp}/missing.pt"],
                                         ["does not exist", "train from scratch"]),
@@ -153,6 +153,10 @@ CATALOGUE: Dict[str, Case] = {
     "train: resuming a save dir with another criterion": Case(
         "train", [*LEEBERT_SHORT, "{resume_trained}"], ["trained with criterion multi_exit", "this run asks for leebert",
                                                         "criterion._name=multi_exit"], "mr_leebert"),
+    "train: restoring another criterion's checkpoint without resetting the optimizer": Case(
+        "train", [*LEEBERT_SHORT, "checkpoint.restore_file={ckpt}"],
+        ["trained with criterion multi_exit", "this run asks for leebert", "checkpoint.reset_optimizer=true"],
+        "mr_leebert"),
     # NaN and infinity, which every "value < low" range check lets through
     "leebert: kd_weight=nan": Case("train", [*LEEBERT_SHORT, "criterion.kd_weight=nan"],
                                    ["criterion.kd_weight=nan is not a finite number"], "mr_leebert"),

@@ -273,22 +273,27 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         return checks.dictionaries_sha256(self.source_dictionary, getattr(self, "label_dictionary", None))
 
     def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool) -> None:
-        """Before fairseq's trainer reads a checkpoint of this save dir it resumes from: the same
-        criterion (fairseq asserts it deep inside, unless the optimizer is reset). A checkpoint from
-        elsewhere (``checkpoint.restore_file``, a pretrained model) is left to the model-fit check."""
+        """Before fairseq's trainer reads a checkpoint it resumes from or restores without resetting
+        the optimizer: the same criterion (fairseq asserts it deep inside, unless the optimizer is
+        reset). The fix differs: a checkpoint of this save dir is resumed with its own criterion; one
+        from elsewhere (``checkpoint.restore_file``) is started from with a fresh optimizer."""
         history = state.get("optimizer_history") or [{}]
         saved = history[-1].get("criterion_name")
-        in_save_dir = os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cfg.save_dir)
-        if reset_optimizer or not in_save_dir or saved is None or saved == type(criterion).__name__:
-            return
+        if reset_optimizer or state.get("last_optimizer_state") is None or saved is None \
+                or saved == type(criterion).__name__:
+            return  # fairseq's trainer compares the criteria only when it would restore optimizer state
         cfg = state.get("cfg")  # a dict or DictConfig; None in an argparse-era checkpoint
         saved_cfg = cfg.get("criterion") if hasattr(cfg, "get") else None
         saved_name = saved_cfg.get("_name", saved) if hasattr(saved_cfg, "get") else saved
         name = getattr(getattr(criterion, "cfg", None), "_name", type(criterion).__name__)
-        raise UsageError(f"the checkpoint being resumed in {self.cfg.save_dir} was trained with criterion "
-                         f"{saved_name}, this run asks for {name}",
-                         f"resume with criterion._name={saved_name}, or start in another checkpoint.save_dir (from "
-                         "its weights: checkpoint.restore_file=... checkpoint.reset_optimizer=true)")
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cfg.save_dir):
+            raise UsageError(f"the checkpoint being resumed in {self.cfg.save_dir} was trained with criterion "
+                             f"{saved_name}, this run asks for {name}",
+                             f"resume with criterion._name={saved_name}, or start in another checkpoint.save_dir "
+                             "(from its weights: checkpoint.restore_file=... checkpoint.reset_optimizer=true)")
+        raise UsageError(f"{path} was trained with criterion {saved_name}, this run asks for {name}, and its "
+                         "optimizer state would be restored", "start from its weights with "
+                         "checkpoint.reset_optimizer=true (or train with criterion._name=" + f"{saved_name})")
 
     def state_dict(self):
         state = dict(super().state_dict())
