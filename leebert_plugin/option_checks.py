@@ -11,6 +11,7 @@ The ranges of the plugin's options are one table (:data:`RANGES`), not a check p
 an option is checked wherever its group is, whichever front end (hydra's ``DictConfig``,
 argparse's ``Namespace``) carries it.
 """
+import dataclasses
 import math
 from argparse import Namespace
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def _items(cfg: Any) -> Iterator[Tuple[str, Any]]:
         yield from vars(cfg).items()
     elif isinstance(cfg, dict):
         yield from cfg.items()
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):  # a config built in Python
+        for f in dataclasses.fields(cfg):
+            yield f.name, getattr(cfg, f.name)
 
 
 def _numbers(value: Any) -> Iterator[float]:

@@ -15,6 +15,7 @@ taken over after one warning line. A lock from another host cannot be checked fr
 refused; the line says which file to delete if that run is really gone.
 """
 import atexit
+import errno
 import json
 import logging
 import os
@@ -57,17 +58,31 @@ def _release(path: Path, pid: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def _write(f, holder: dict) -> None:
+    json.dump(holder, f)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _create(path: Path, holder: dict) -> None:
-    """Create ``path`` holding ``holder``, whole, or raise ``FileExistsError`` when it exists."""
+    """Create ``path`` holding ``holder``, whole, or raise ``FileExistsError`` when it exists. On a
+    file system without hard links (FAT, some FUSE and SMB mounts) the lock is created with
+    ``O_EXCL`` and written after, as before: there a second run may see it empty for an instant."""
     mine = path.with_name(f"{path.name}.{holder['pid']}.{holder['host']}")
     try:
         with open(mine, "w") as f:
-            json.dump(holder, f)
-            f.flush()
-            os.fsync(f.fileno())
+            _write(f, holder)
         os.link(mine, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
+            raise
     finally:
         mine.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+        _write(f, holder)
 
 
 def acquire(save_dir: str) -> Optional[UsageError]:

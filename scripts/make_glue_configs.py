@@ -27,7 +27,7 @@ BEST_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "sts_b": "pearson"}
 # the callback ends a job that fails on a bad input in the plugin's one line, not hydra's traceback
 HYDRA = {"run": {"dir": "${checkpoint.save_dir}/hydra/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False},
          "callbacks": {"usage_errors": {"_target_": "leebert_plugin.cli.UsageErrorInOneLine"}}}
-TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_patience": 1, "d2_ratio": 0.5,
+TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_thresholds": "", "exit_patience": 1, "d2_ratio": 0.5,
                "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "shorten_method": "truncate"}
 MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee", "skip_gates": False,
          "skip_threshold": 0.5, "layer_projectors": False}

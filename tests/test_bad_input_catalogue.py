@@ -57,6 +57,9 @@ CATALOGUE: Dict[str, Case] = {
                                                           "--exit-threshold", "1.5"], ["1.5 is out of range", "[0, 1]"]),
     "validate: entropy above ln C": Case("validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "0.9"],
                                          ["out of range", "0.6931"]),
+    "train: per-exit thresholds of the wrong count": Case(
+        "train", ["task.exit_policy=per_exit_entropy", "task.exit_thresholds='0.2,0.3'"],
+        ["2 exit thresholds for a model with", "one per exit but the last"]),
     "validate: patience below 1": Case("validate", ["{data}", "--exit-policy", "patience", "--exit-patience", "0"],
                                        ["patience=0 is below 1"]),
     "validate: threshold missing": Case("validate", ["{data}", "--exit-policy", "max_prob"], ["needs a threshold"]),

@@ -46,3 +46,13 @@ def test_the_range_ends_are_where_the_table_says():
     check_options("task", OmegaConf.create({"d2_ratio": 0.5, "exit_patience": 1, "stage1_epochs": 0}))
     check_options("optimizer", Namespace(w_lr=1e-9, w_weight_decay=0.0, w_update_interval=1, exit_lr_scale=1e-3))
     check_options("criterion", {"kd_weight": 0.0, "gate_lambda": 0, "t1": 1e-6, "unlisted": -5.0})
+
+
+def test_a_config_dataclass_built_in_python_is_checked_too():
+    from leebert_plugin.criterions.leebert import LeeBertConfig
+    from leebert_plugin.optim.clo import CLOConfig
+    with pytest.raises(UsageError, match="criterion.temperature=0.0 must be positive"):
+        check_options("criterion", LeeBertConfig(temperature=0.0))
+    with pytest.raises(UsageError, match="optimizer.w_lr=-1.0 must be positive"):
+        check_options("optimizer", CLOConfig(w_lr=-1.0))
+    check_options("criterion", LeeBertConfig())  # the defaults are in range

@@ -146,3 +146,11 @@ def test_thresholds_parse_from_the_option():
     assert parse_thresholds("0.1, 0.25,1") == (0.1, 0.25, 1.0) and parse_thresholds("") == ()
     with pytest.raises(UsageError, match="not comma-separated numbers"):
         parse_thresholds("0.1;0.2")
+
+
+def test_per_exit_threshold_one_lets_every_sample_go_even_a_uniform_one():
+    """The calibration's tau = 1 means 'everyone leaves here'; a uniform prediction has H/ln C = 1."""
+    policy = build_policy("per_exit_entropy", 2, thresholds=(1.0, 0.0))
+    logits = torch.stack([torch.zeros(2), confident(1)])  # uniform, then confident
+    leaves, _ = policy.step(logits, policy.init_state(2, logits.device))
+    assert leaves.tolist() == [True, True]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import BIN, ROOT, assert_one_clear_error, launch_two_processes, run
 from leebert_plugin import save_dir_lock
 from leebert_plugin.launch import quiet_env
@@ -89,3 +91,16 @@ def test_the_lock_appears_with_its_holder_written(tmp_path, monkeypatch):
     assert seen == [os.getpid(), os.getpid()]
     assert sorted(p.name for p in tmp_path.iterdir()) == [save_dir_lock.LOCK_NAME]  # no file of its own left
     save_dir_lock._release(tmp_path / save_dir_lock.LOCK_NAME, os.getpid())
+
+
+def test_without_hard_links_the_lock_is_still_taken_and_refused_to_a_second_taker(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # what FAT and some FUSE mounts answer
+    monkeypatch.setattr(save_dir_lock.os, "link", no_links)
+    assert save_dir_lock.acquire(str(tmp_path)) is None
+    lock = tmp_path / save_dir_lock.LOCK_NAME
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [save_dir_lock.LOCK_NAME]
+    with pytest.raises(FileExistsError):
+        save_dir_lock._create(lock, {"pid": 1, "host": "x"})
+    save_dir_lock._release(lock, os.getpid())

@@ -176,7 +176,7 @@ def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
                     if i is not None:
                         chosen[i].append(str(at))
                 for i, pt in enumerate(r.result["points"]):
-                    cells = [",".join(f"{v:.6g}" for v in pt.get(k, ())) if k == "thresholds" else pt[k]
+                    cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
                              for k in POINT_COLUMNS]
                     w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
 

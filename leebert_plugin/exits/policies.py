@@ -202,7 +202,7 @@ class PerExitEntropyExit(ExitPolicy):
 
     def step(self, logits: Tensor, state: State) -> Tuple[Tensor, State]:
         tau = state["tau"].gather(1, state["exit"].unsqueeze(1)).squeeze(1)
-        leaves = entropy(logits) / math.log(self.num_classes) < tau
+        leaves = (entropy(logits) / math.log(self.num_classes) < tau) | (tau >= 1.0)  # 1: everyone, uniform too
         return leaves, {"exit": state["exit"] + 1, "tau": state["tau"]}
 
 

@@ -134,6 +134,12 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
         return task
 
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if getattr(model, "exit_layers", None) is not None:  # the policy refuses a model it cannot decide for now,
+            self.policy.check_model(len(model.exit_layers), model.skip_gates is not None)  # not at validation
+        return model
+
     def load_dataset(self, split, combine=False, **kwargs):
         cfg = self.cfg
         checks.check_split(cfg.data, split, cfg.regression_target)
