@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tqdm import tqdm
+
 from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
@@ -69,7 +71,9 @@ def sweep(model, task, policy: str, thresholds: Sequence[float], patience: int =
     dev_data = batches(task, dev, batch_size)
     test_data = batches(task, test, batch_size) if test else None
     full, dev_plain = _full_depth(model, task, dev_data, never, dev)
-    rows = [_timed(model, task, dev_data, p, dev, dev_plain, threshold=t) for t, p in zip(thresholds, policies)]
+    steps = tqdm(list(zip(thresholds, policies)), desc=f"thresholds on {dev}", unit="threshold",
+                 disable=None)  # a bar on a terminal, nothing in a log or a pipe
+    rows = [_timed(model, task, dev_data, p, dev, dev_plain, threshold=t) for t, p in steps]
     dev_trace = trace(model, task, dev_data)
     oracle = score(dev_trace, oracle_exits(dev_trace))["layer_speedup"]
     result = Sweep(policy, rows, full, oracle, choose(rows, full, target_speedup, None if target_speedup else max_drop))
