@@ -81,6 +81,17 @@ def test_choice_is_made_on_dev_only():
         At("wall", 2.0)
 
 
+def test_each_rule_chooses_among_its_own_points():
+    points = [pt(80.0, 1.0, 79.0, 1.0, policy="none"), pt(76.0, 2.1, 75.0, 2.0),
+              pt(78.0, 2.2, 77.0, 2.1, policy="per_exit_entropy"), pt(79.0, 1.6, 78.0, 1.6, policy="patience")]
+    assert choose(points, At("layers", 2.0)) == 1  # the better per-exit point is not the published rule's
+    assert choose(points, At("layers", 2.0, "per_exit")) == 2
+    assert choose(points, At("layers", 1.5, "per_exit")) == 2 and choose(points, At("layers", 1.5)) == 3
+    assert str(At("layers", 2.0, "per_exit")) == "2x per-exit"
+    with pytest.raises(ValueError, match="unknown exit rule"):
+        At("layers", 2.0, "oracle")
+
+
 def make_run(method, seed, points, correct):
     correct = np.asarray(correct, dtype=bool)
     n = correct.shape[1]
