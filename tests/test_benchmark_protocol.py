@@ -13,7 +13,7 @@ from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import Outcomes
 from leebert_plugin.benchmark.matrix import Matrix, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
-from leebert_plugin.benchmark.report import TARGETS, Run, compare, summary
+from leebert_plugin.benchmark.report import TARGETS, Run, compare, realised_speedup, summary
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
 from leebert_plugin.errors import UsageError
 
@@ -95,7 +95,8 @@ def test_each_rule_chooses_among_its_own_points():
 def make_run(method, seed, points, correct):
     correct = np.asarray(correct, dtype=bool)
     n = correct.shape[1]
-    return Run(method, seed, {"points": points, "test_oracle": {"layer_speedup": 3.0}, "train_seconds": 60.0},
+    return Run(method, seed, {"points": points, "test_oracle": {"layer_speedup": 3.0}, "train_seconds": 60.0,
+                              "layers": 6},
                Outcomes(np.arange(n), correct, np.ones_like(correct, dtype=np.int16)))
 
 
@@ -121,6 +122,17 @@ def two_methods(gains, n=400, base_acc=0.75):
         pab[s] = make_run("pabee", s, pts_p, [full, fast_p])
         lee[s] = make_run("leebert", s, pts_l, [full, fast_l])
     return lee, pab
+
+
+def test_realised_speedup_averages_layers_not_ratios():
+    """One seed whose gates skip nearly every layer (600x) must not stand for the method: the seeds'
+    mean layers (3, 3, 0.01) give 6 / 2.0033 = 3.0x, where a mean of speed-ups would say 201x."""
+    runs = [make_run("smartbert", s, [pt(80, 1.0, 70.0, 1.0, "none"), pt(75, 2.0, 70.0, speed)], [[True], [True]])
+            for s, speed in enumerate((2.0, 2.0, 600.0), start=1)]
+    cell = realised_speedup(runs, At("layers", 2.0))
+    assert cell.startswith(f"{6 / ((3 + 3 + 0.01) / 3):.2f}x (2.00 ± ") and cell.endswith(" layers)")
+    runs.append(make_run("smartbert", 4, [pt(80, 1.0, 70.0, 1.0, "none")], [[True]]))  # never reached 2x on dev
+    assert realised_speedup(runs, At("layers", 2.0)) == "not reached"
 
 
 def test_comparison_pairs_by_seed_and_by_example():
