@@ -2,10 +2,11 @@
 agree with fairseq-validate and with the stored per-example outcomes, a summary, a plot."""
 import csv
 import json
+import math
 
 from helpers import BIN, run, validate
 
-from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.evaluation import ENTROPY_GRID, GATED_GRID, VERSION, Outcomes
 
 
 def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):
@@ -24,9 +25,11 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
         rows = list(csv.DictReader(f, delimiter="\t"))
     pabee = {(r["policy"], r["patience"], r["threshold"]): r for r in rows if r["method"] == "pabee"}
     per_exit = [r for r in rows if r["method"] == "pabee" and r["policy"] == "per_exit_entropy"]
-    assert len(pabee) - len(per_exit) == 1 + 3 + 16  # full depth, patience 1..3, the entropy grid
+    assert len(pabee) - len(per_exit) == 1 + 3 + len(ENTROPY_GRID)  # full depth, patience 1..3, the entropy grid
     assert 5 <= len(per_exit) <= 20 and (out / "rules.png").stat().st_size > 1000  # the per-exit rule's levels
     assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
+    gated = sorted(float(r["threshold"]) for r in rows if r["method"] == "smartbert" and r["policy"] == "entropy")
+    assert gated == [f * math.log(2) for f in GATED_GRID]  # the grid's fractions of ln C, in nats (C = 2 here)
     # a replayed point is what fairseq-validate measures for that checkpoint and policy
     save = out / "pabee" / "seed1"
     measured = validate(save, mr_bin, "--exit-policy", "patience", "--exit-patience", "1", ckpt="checkpoint_last.pt")
@@ -64,7 +67,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     (save / "result.json").write_text(json.dumps(result))
     again = run(cmd, timeout=600)
     assert again.returncode == 0 and "benchmark: pabee seed 1 ..." not in again.stdout
-    assert "benchmark: pabee seed 1: evaluating again (evaluation 1 -> 2)" in again.stdout
+    assert f"benchmark: pabee seed 1: evaluating again (evaluation 1 -> {VERSION})" in again.stdout
     assert "benchmark: full_ft seed 1" not in again.stdout
     assert json.loads((save / "result.json").read_text())["train_seconds"] == result["train_seconds"]
     # finished runs are not reused under other overrides, and a misspelt method prefix is refused
