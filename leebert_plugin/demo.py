@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence
 
 from leebert_plugin import cli
 from leebert_plugin.errors import UsageError
-from leebert_plugin.launch import BIN, ROOT, run as run_command, train_with_progress
+from leebert_plugin.launch import BIN, ROOT, train_with_progress
 
 TARGET = 2.0  # the layer speed-up the threshold must reach on dev
 THRESHOLDS = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99]  # normalised entropy
@@ -163,11 +163,13 @@ def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Op
 
 def quick(run: Path) -> None:
     """The one-minute demo: the tiny model from scratch on the bundled snippets, two thresholds."""
+    from leebert_plugin.data.sentencepiece_glue import preprocess
+    from leebert_plugin.exits.validate_table import threshold_table
+
     data, save = run / "data-bin", run / "checkpoints"
-    proc = run_command([sys.executable, "-m", "leebert_plugin.data.sentencepiece_glue", str(ROOT / "data" / "mr"), str(data)])
-    print(proc.stdout, end="")
-    if proc.returncode != 0:
-        sys.exit(proc.stderr.strip().splitlines()[-1])
+    if not (data / "label" / "dict.txt").is_file():
+        step(f"preprocessing the bundled snippets into {data} (sentencepiece, fairseq-preprocess) ...")
+        preprocess(ROOT / "data" / "mr", data, vocab_size=2000, workers=1)
     step(f"training exit_roberta_tiny (log: {run / 'train.log'}) ...")
     cmd = [str(BIN / "fairseq-hydra-train"), "--config-dir", str(ROOT / "configs"), "--config-name", "mr_multi_exit",
            f"task.data={data.resolve()}", f"checkpoint.save_dir={save.resolve()}", "common.log_interval=5"]
@@ -175,11 +177,7 @@ def quick(run: Path) -> None:
     if code != 0:
         sys.exit("\n".join((run / "train.log").read_text().splitlines()[-12:]))
     for subset in ("valid", "test"):
-        proc = run_command([sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), str(save / "checkpoint_best.pt"),
-                            str(data), "--policy", "normalized_entropy", "--thresholds", "0.5", "0.8", "--subset", subset])
-        print(proc.stdout, end="")
-        if proc.returncode != 0:
-            sys.exit(proc.stderr.strip().splitlines()[-1])
+        print(threshold_table(save / "checkpoint_best.pt", data, "normalized_entropy", [0.5, 0.8], subset))
 
 
 def parser() -> cli.ArgumentParser:
