@@ -39,7 +39,8 @@ class Range:
     def __str__(self) -> str:
         return f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
-    def problem(self, v: float) -> str:
+    def problem(self) -> str:
+        """What is wrong with a value outside the range, in words."""
         if self.high == math.inf and self.low == 0:
             return "must be positive" if self.open_low else "is negative"
         if self.high == math.inf:
@@ -97,7 +98,7 @@ def check_options(group: str, cfg: Any) -> None:
         allowed = ranges.get(key)
         if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and not allowed.holds(value):
-            raise UsageError(f"{group}.{key}={value} {allowed.problem(value)}",
+            raise UsageError(f"{group}.{key}={value} {allowed.problem()}",
                              f"set {group}.{key} to a value in {allowed}")
 
 
