@@ -44,7 +44,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     assert abs(float(mixed["dev_speedup"]) - measured["speedup"]) < 0.01
     assert "per-exit rule calibrated on dev against the best published rule" in summary and "pabee per-exit - " in summary
     result = json.loads((save / "result.json").read_text())
-    assert result["dev_oracle"]["layer_speedup"] >= 1.0
+    assert result["dev_oracle"]["layer_speedup"] >= 1.0 and result["device"] == "cpu"
     # the per-example test outcomes behind the paired bootstrap agree with every point's figure
     outcomes = Outcomes.load(save / "outcomes.npz")
     assert outcomes.correct.shape == (len(result["points"]), 80) and list(outcomes.ids) == list(range(80))

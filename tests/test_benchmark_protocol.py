@@ -200,7 +200,12 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     monkeypatch.setattr(matrix, "evaluate", lambda *a: pytest.fail("a run without its checkpoint was re-evaluated"))
     said = []
     runs = run_matrix(m, log=said.append)
-    assert runs["pabee"][0].result == old and "kept as evaluation 1 scored it" in said[0]
+    assert runs["pabee"][0].result == old and "kept as evaluation 1 scored it" in said[0] and len(said) == 1
+    # a run trained on another device is kept, and the matrix says so
+    (save / "result.json").write_text(json.dumps(dict(old, device="cuda")))
+    said.clear()
+    runs = run_matrix(m, log=said.append)
+    assert runs["pabee"][0].result["device"] == "cuda" and "trained on cuda, kept in this --device cpu matrix" in said[1]
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

@@ -126,11 +126,13 @@ def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
     return Run(method, seed, result, Outcomes.load(outcomes))
 
 
-def record(m: Matrix, name: str, seed: int, seconds: float) -> Run:
-    """Evaluate the trained run ``name`` seed ``seed`` and write its ``outcomes.npz`` and ``result.json``."""
+def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str] = None) -> Run:
+    """Evaluate the trained run ``name`` seed ``seed`` and write its ``outcomes.npz`` and ``result.json``
+    (``device``: the kind it trained on, ``trained_on`` when it was trained earlier, else this matrix's)."""
     save = m.save_dir(name, seed)
     result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
-    result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name), **result}
+    result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name),
+              "device": trained_on if trained_on is not None else m.device.type, **result}
     outcomes.save(save / "outcomes.npz")
     partial = save / "result.json.part"
     partial.write_text(json.dumps(result, indent=1))
@@ -141,7 +143,9 @@ def record(m: Matrix, name: str, seed: int, seconds: float) -> Run:
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
     """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
     run evaluated by an older evaluation (``evaluation.VERSION``) is evaluated again, not retrained,
-    when its checkpoint is still there (a committed record has none: it is kept as it was scored)."""
+    when its checkpoint is still there (a committed record has none: it is kept as it was scored).
+    A finished run is kept whatever device trained it, with a line saying so when it is not this
+    matrix's: its accuracy stands, its training minutes are that device's."""
     runs: Dict[str, List[Run]] = {name: [] for name in m.methods}
     for seed in m.seeds:
         for name in m.methods:
@@ -153,7 +157,11 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             elif stale:
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
-                run = record(m, name, seed, run.result["train_seconds"])
+                run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"))
+            if run is not None and run.result.get("device", m.device.type) != m.device.type:
+                log(f"benchmark: {name} seed {seed}: trained on {run.result['device']}, kept in this "
+                    f"--device {m.device.type} matrix (its train minutes are {run.result['device']}'s); "
+                    "delete its result.json to train it here")
             if run is None:
                 m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
                 log(f"benchmark: {name} seed {seed} ...")
