@@ -11,8 +11,13 @@ verdict is broadcast, so every rank of a refused job stops with the same line in
 at the next collective.
 
 A lock whose process is gone (same host, no such pid: a run killed with SIGKILL) is stale: it is
-taken over after one warning line. A lock from another host cannot be checked from here and is
-refused; the line says which file to delete if that run is really gone.
+taken over after one warning line. The takeover renames the lock to a name of this process's own
+and removes it only if it is still the stale holder it judged: two runs that find the same stale
+lock cannot both take it over (the second would otherwise delete the first's fresh lock; it puts
+it back and is refused). A lock from another host cannot be checked from here and is refused; the
+line says which file to delete if that run is really gone. Files of a process's own
+(``leebert.lock.<new|old>.<pid>.<host>``) that a SIGKILL left behind are removed by the next run
+on the same host.
 """
 import atexit
 import errno
@@ -64,11 +69,45 @@ def _write(f, holder: dict) -> None:
     os.fsync(f.fileno())
 
 
+def _own(path: Path, kind: str, holder: dict) -> Path:
+    """A file beside the lock that only this process uses: ``kind`` ``new`` (the holder before it is
+    linked to the lock's name) or ``old`` (a stale lock being taken over)."""
+    return path.with_name(f"{path.name}.{kind}.{holder['pid']}.{holder['host']}")
+
+
+def _sweep(path: Path, host: str) -> None:
+    """Remove the files of processes of this host that are gone (a SIGKILL between creating such a
+    file and removing it)."""
+    for f in path.parent.glob(f"{path.name}.*.*.*"):
+        kind, pid, owner = f.name[len(path.name) + 1:].split(".", 2)
+        if kind in ("new", "old") and pid.isdigit() and owner == host and not _alive(int(pid)):
+            f.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, stale: Optional[dict], me: dict) -> None:
+    """Remove the lock ``path`` if it still holds ``stale`` (None: unreadable). It is renamed to a
+    file of this process's own first (atomic: of two runs, only one gets the file); a lock that is
+    no longer the stale one (another run took it over meanwhile) is put back."""
+    mine = _own(path, "old", me)
+    try:
+        os.rename(path, mine)
+    except FileNotFoundError:
+        return  # another run removed it first
+    try:
+        if _read(mine) != stale:
+            try:
+                os.link(mine, path)  # another run's fresh lock: back where it was
+            except FileExistsError:
+                pass  # a third run's lock took the name meanwhile; it holds it
+    finally:
+        mine.unlink(missing_ok=True)
+
+
 def _create(path: Path, holder: dict) -> None:
     """Create ``path`` holding ``holder``, whole, or raise ``FileExistsError`` when it exists. On a
     file system without hard links (FAT, some FUSE and SMB mounts) the lock is created with
     ``O_EXCL`` and written after, as before: there a second run may see it empty for an instant."""
-    mine = path.with_name(f"{path.name}.{holder['pid']}.{holder['host']}")
+    mine = _own(path, "new", holder)
     try:
         with open(mine, "w") as f:
             _write(f, holder)
@@ -91,6 +130,7 @@ def acquire(save_dir: str) -> Optional[UsageError]:
     path = Path(save_dir) / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _sweep(path, me["host"])
     for _ in range(3):
         try:
             _create(path, me)
@@ -109,7 +149,7 @@ def acquire(save_dir: str) -> Optional[UsageError]:
                     f"{holder.get('started')})", "wait for it to finish (or stop it), or pass another "
                     "checkpoint.save_dir")
             logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
-            path.unlink(missing_ok=True)
+            _take_over(path, holder, me)
             continue
         atexit.register(_release, path, me["pid"])
         return None

@@ -104,3 +104,38 @@ def test_without_hard_links_the_lock_is_still_taken_and_refused_to_a_second_take
     with pytest.raises(FileExistsError):
         save_dir_lock._create(lock, {"pid": 1, "host": "x"})
     save_dir_lock._release(lock, os.getpid())
+
+
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(tmp_path, monkeypatch):
+    """Run B finds a killed run's lock; before B removes it, run A (alive, this process's parent)
+    takes it over. B must leave A's fresh lock in place and be refused, not delete it and proceed."""
+    lock = tmp_path / save_dir_lock.LOCK_NAME
+    host = socket.gethostname()
+    dead = {"pid": 2 ** 22 + 12345, "host": host, "started": "long ago"}
+    fresh = {"pid": os.getppid(), "host": host, "started": "just now"}
+    lock.write_text(json.dumps(dead))
+    alive = save_dir_lock._alive
+
+    def judged_dead_then_taken(pid):
+        if pid == dead["pid"]:
+            lock.write_text(json.dumps(fresh))  # A's takeover lands between B's look and B's removal
+            return False
+        return alive(pid)
+    monkeypatch.setattr(save_dir_lock, "_alive", judged_dead_then_taken)
+    refused = save_dir_lock.acquire(str(tmp_path))
+    assert refused is not None and f"pid {fresh['pid']} on this host" in str(refused)
+    assert json.loads(lock.read_text()) == fresh  # A's lock, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [save_dir_lock.LOCK_NAME]
+
+
+def test_files_a_killed_run_left_beside_the_lock_are_removed_by_the_next_run(tmp_path):
+    host = socket.gethostname()
+    gone = 2 ** 22 + 54321  # above Linux's default pid_max: no such process
+    stray = [tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{gone}.{host}", tmp_path / f"{save_dir_lock.LOCK_NAME}.old.{gone}.{host}"]
+    kept = [tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{gone}.other.host",  # another host's: cannot be checked
+            tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{os.getppid()}.{host}"]  # a live process's
+    for f in stray + kept:
+        f.write_text("{}")
+    assert save_dir_lock.acquire(str(tmp_path)) is None
+    assert not any(f.exists() for f in stray) and all(f.exists() for f in kept)
+    save_dir_lock._release(tmp_path / save_dir_lock.LOCK_NAME, os.getpid())
