@@ -35,6 +35,8 @@ ddp.install()
 task_state.install()
 # --bf16 / --fp16 without flat grads: fairseq's fp32 master copies carry the exit heads' tag (exit_lr_scale)
 precision.install()
+# settings fairseq acts on before the task is set up (asynchronous checkpoint writes): refused first
+cli.install()
 # fairseq-validate / fairseq-train: an uncaught UsageError ends the command in its one line
 if cli.under_fairseq_command():
     cli.install_excepthook()

@@ -24,7 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
 from leebert_plugin.errors import UsageError, usage_error_line
-from leebert_plugin.patching import MARK
+from leebert_plugin.patching import MARK, wrap_once
 
 FAIRSEQ_COMMANDS = ("fairseq-train", "fairseq-validate", "fairseq-hydra-train", "fairseq-generate")
 
@@ -52,6 +52,30 @@ def async_checkpoints_refused() -> UsageError:
     return UsageError("checkpoint.write_checkpoints_asynchronously=true: fairseq then never copies a new checkpoint "
                       "onto checkpoint_last.pt or checkpoint_best.pt (a resume would start from a stale one) and "
                       "bypasses the crash-safe write", "drop it: each checkpoint is written whole, then renamed into place")
+
+
+def refusing_before_main(call_main: Callable) -> Callable:
+    """Wrap fairseq's ``distributed_utils.call_main``, which ``fairseq-train`` and
+    ``fairseq-hydra-train`` call with the whole config before any worker starts: settings fairseq
+    itself acts on before the plugin's task is set up are refused there, under both front ends.
+
+    ``checkpoint.write_checkpoints_asynchronously``: without iopath, fairseq's train logs an
+    ImportError and returns (exit status 0, nothing trained); with it, fairseq skips the copies
+    onto checkpoint_last/best (the task refuses that too, for runs built from Python)."""
+
+    def checked(cfg, main, **kwargs):
+        checkpoint = getattr(cfg, "checkpoint", None)
+        if getattr(checkpoint, "write_checkpoints_asynchronously", False):
+            raise async_checkpoints_refused()
+        return call_main(cfg, main, **kwargs)
+
+    return checked
+
+
+def install() -> None:
+    from fairseq.distributed import utils as distributed_utils
+
+    wrap_once(distributed_utils, "call_main", refusing_before_main)
 
 
 def fairseq_assertion(exc: BaseException) -> Optional[UsageError]:
@@ -94,14 +118,6 @@ class UsageErrorInOneLine(Callback):
     inside its ``run_and_report``, which would print a traceback; a ``SystemExit`` raised here
     passes through both (they catch ``Exception``) and exits with status 1 after printing the line.
     """
-
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
-        """Settings fairseq answers before the plugin's task is set up: refused here, in one line."""
-        checkpoint = config.get("checkpoint") if hasattr(config, "get") else None
-        if checkpoint is not None and checkpoint.get("write_checkpoints_asynchronously", False):
-            # fairseq-train returns without training (exit status 0) when iopath is missing, and
-            # skips the checkpoint_last/best copies when it is there; the task refuses the latter too
-            raise SystemExit(str(async_checkpoints_refused()))
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:

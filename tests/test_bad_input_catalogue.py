@@ -25,7 +25,8 @@ SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=2"]  # refused before tra
 
 @dataclass
 class Case:
-    """``tool``: train (fairseq-hydra-train CONFIG), validate (fairseq-validate), thresholds (the script).
+    """``tool``: train (fairseq-hydra-train CONFIG), argparse_train (fairseq-train of the tiny model),
+    validate (fairseq-validate), thresholds (the script).
 
     ``args`` may name ``{data}``, ``{save}``, ``{ckpt}`` (the trained checkpoint), ``{plain}`` (a plain
     RoBERTa checkpoint) and the files :data:`FILES` builds in the test's tmp dir.
@@ -127,6 +128,9 @@ CATALOGUE: Dict[str, Case] = {
     "validate: no batch size": Case("validate", ["{data}", "--no-batch-size"], ["no batch size was given", "--batch-size N"]),
     "train: asynchronous checkpoint writes": Case("train", ["checkpoint.write_checkpoints_asynchronously=true"],
                                                   ["write_checkpoints_asynchronously=true", "stale"]),
+    # fairseq's argparse train returned status 0 here without iopath, having trained nothing
+    "fairseq-train: asynchronous checkpoint writes": Case("argparse_train", ["--write-checkpoints-asynchronously"],
+                                                          ["write_checkpoints_asynchronously=true", "stale"]),
     "validate: corrupted checkpoint": Case("validate", ["{data}", "--path", "{truncated}"], ["is not a readable checkpoint"]),
     "validate: pickle that runs os.system": Case("validate", ["{data}", "--path", "{malicious}"],
                                                  ["weights-only loader refuses", "system", "trust"]),
@@ -269,6 +273,10 @@ def command(case: Case, fx: dict) -> List[str]:
             args.insert(0, f"task.data={fx['data']}")
         return [str(BIN / "fairseq-hydra-train"), "--config-dir", "configs", "--config-name", case.config,
                 f"checkpoint.save_dir={fx['save']}", *args]
+    if case.tool == "argparse_train":
+        return [str(BIN / "fairseq-train"), fx["data"], "--user-dir", "user_dir", "--task", "early_exit_sentence_prediction",
+                "--criterion", "multi_exit", "--arch", "exit_roberta_tiny", "--num-classes", "2", "--optimizer", "adam",
+                "--lr", "1e-3", "--batch-size", "16", "--max-update", "2", "--cpu", "--save-dir", fx["save"], *args]
     if case.tool == "validate":
         path = [] if "--path" in args else ["--path", fx["ckpt"]]
         batch = [] if "--no-batch-size" in args else ["--batch-size", "16"]
@@ -294,7 +302,7 @@ def assert_hydra_typo_refused(save: Path, cmd: List[str], key: str) -> None:
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
     case = CATALOGUE[name]
-    train = case.tool == "train"
+    train = case.tool in ("train", "argparse_train")
     # the guarded dir: a save dir with an earlier result (no checkpoint_best.pt for SmartBERT, whose
     # stage 2 would start from it), or the trained checkpoint's own dir under validation
     save = guarded_dir(tmp_path, with_checkpoint=case.config != "mr_smartbert") if train else trained
