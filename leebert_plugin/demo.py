@@ -161,8 +161,9 @@ def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Op
     step(f"wrote {run / 'report.md'} and {run / 'pareto.png'}")
 
 
-def quick(run: Path) -> None:
-    """The one-minute demo: the tiny model from scratch on the bundled snippets, two thresholds."""
+def quick(run: Path, device) -> None:
+    """The one-minute demo: the tiny model from scratch on the bundled snippets (its config trains on
+    the CPU), then two thresholds validated on ``device``."""
     from leebert_plugin.data.sentencepiece_glue import preprocess
     from leebert_plugin.exits.validate_table import threshold_table
 
@@ -177,7 +178,7 @@ def quick(run: Path) -> None:
     if code != 0:
         sys.exit("\n".join((run / "train.log").read_text().splitlines()[-12:]))
     for subset in ("valid", "test"):
-        print(threshold_table(save / "checkpoint_best.pt", data, "normalized_entropy", [0.5, 0.8], subset))
+        print(threshold_table(save / "checkpoint_best.pt", data, "normalized_entropy", [0.5, 0.8], subset, device=device))
 
 
 def parser() -> cli.ArgumentParser:
@@ -197,7 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run = (args.run_dir or ROOT / "runs" / ("mr" if args.quick else "main")).resolve()
     run.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        quick(run)
+        from leebert_plugin.devices import resolve_device
+
+        quick(run, resolve_device(args.device))
     else:
         main_job(run, args.train_rows, args.epochs, args.seed, args.device)
 

@@ -17,13 +17,15 @@ lock cannot both take it over (the second would otherwise delete the first's fre
 it back and is refused). A lock from another host cannot be checked from here and is refused; the
 line says which file to delete if that run is really gone. Files of a process's own
 (``leebert.lock.<new|old>.<pid>.<host>``) that a SIGKILL left behind are removed by the next run
-on the same host.
+on the same host. Without hard links the lock is created with ``O_EXCL`` and written after
+(:func:`_link`).
 """
 import atexit
 import errno
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -75,19 +77,49 @@ def _own(path: Path, kind: str, holder: dict) -> Path:
     return path.with_name(f"{path.name}.{kind}.{holder['pid']}.{holder['host']}")
 
 
+_OWN = re.compile(r"(?:(?:new|old)\.)?([0-9]{1,9})\.(.+)")  # after "leebert.lock.": [kind.]pid.host
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS)
+
+
 def _sweep(path: Path, host: str) -> None:
     """Remove the files of processes of this host that are gone (a SIGKILL between creating such a
-    file and removing it)."""
-    for f in path.parent.glob(f"{path.name}.*.*.*"):
-        kind, pid, owner = f.name[len(path.name) + 1:].split(".", 2)
-        if kind in ("new", "old") and pid.isdigit() and owner == host and not _alive(int(pid)):
-            f.unlink(missing_ok=True)
+    file and removing it; ``leebert.lock.<pid>.<host>`` is the name earlier versions used)."""
+    for f in path.parent.glob(f"{path.name}.*.*"):
+        own = _OWN.fullmatch(f.name[len(path.name) + 1:])
+        if own is not None and own.group(2) == host and not _alive(int(own.group(1))):
+            try:
+                f.unlink()
+            except OSError:
+                pass  # gone already, or not ours to remove: it only costs a file
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Give ``src``'s content the name ``dst`` at once, or raise ``FileExistsError`` when ``dst``
+    exists. Where hard links are refused (FAT, some FUSE and SMB mounts), ``dst`` is created with
+    ``O_EXCL`` and written after: there another run may see it empty for an instant."""
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+    content = src.read_bytes()
+    fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _take_over(path: Path, stale: Optional[dict], me: dict) -> None:
     """Remove the lock ``path`` if it still holds ``stale`` (None: unreadable). It is renamed to a
     file of this process's own first (atomic: of two runs, only one gets the file); a lock that is
-    no longer the stale one (another run took it over meanwhile) is put back."""
+    no longer the stale one (another run took it over meanwhile) is put back. While it is away, a
+    third run could take the free name: then that run and the one whose lock was moved both hold
+    the save dir. That needs three runs on one save dir within the same few microseconds, after a
+    kill; two are covered."""
     mine = _own(path, "old", me)
     try:
         os.rename(path, mine)
@@ -96,32 +128,23 @@ def _take_over(path: Path, stale: Optional[dict], me: dict) -> None:
     try:
         if _read(mine) != stale:
             try:
-                os.link(mine, path)  # another run's fresh lock: back where it was
+                _link(mine, path)  # another run's fresh lock: back where it was
             except FileExistsError:
-                pass  # a third run's lock took the name meanwhile; it holds it
+                pass  # the third run of the docstring
     finally:
         mine.unlink(missing_ok=True)
 
 
 def _create(path: Path, holder: dict) -> None:
-    """Create ``path`` holding ``holder``, whole, or raise ``FileExistsError`` when it exists. On a
-    file system without hard links (FAT, some FUSE and SMB mounts) the lock is created with
-    ``O_EXCL`` and written after, as before: there a second run may see it empty for an instant."""
+    """Create ``path`` holding ``holder``, whole (:func:`_link` of a file of this process's own),
+    or raise ``FileExistsError`` when it exists."""
     mine = _own(path, "new", holder)
     try:
         with open(mine, "w") as f:
             _write(f, holder)
-        os.link(mine, path)
-        return
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
-            raise
+        _link(mine, path)
     finally:
         mine.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
-        _write(f, holder)
 
 
 def acquire(save_dir: str) -> Optional[UsageError]:

@@ -205,7 +205,20 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     (save / "result.json").write_text(json.dumps(dict(old, device="cuda")))
     said.clear()
     runs = run_matrix(m, log=said.append)
-    assert runs["pabee"][0].result["device"] == "cuda" and "trained on cuda, kept in this --device cpu matrix" in said[1]
+    assert runs["pabee"][0].result["device"] == "cuda"
+    assert "trained on cuda, kept in this --device cpu matrix" in said[1]
+    # with its checkpoint, an older evaluation is redone; the device it trained on is carried over
+    # (and left out for a record older than the field, rather than guessed)
+    (save / "checkpoint_last.pt").write_bytes(b"a checkpoint")
+    fresh = ({"evaluation": 99, "points": old["points"], "test_oracle": old["test_oracle"]},
+             Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)))
+    monkeypatch.setattr(matrix, "evaluate", lambda *a: fresh)
+    monkeypatch.setattr(matrix, "VERSION", 99)
+    for before, after in (({"device": "cuda"}, "cuda"), ({}, None)):
+        (save / "result.json").write_text(json.dumps(dict(old, **before)))
+        redone = run_matrix(m, log=lambda line: None)["pabee"][0].result
+        assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0 and redone.get("device") == after
+        assert json.loads((save / "result.json").read_text()).get("device") == after
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

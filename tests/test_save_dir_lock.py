@@ -106,9 +106,15 @@ def test_without_hard_links_the_lock_is_still_taken_and_refused_to_a_second_take
     save_dir_lock._release(lock, os.getpid())
 
 
-def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(tmp_path, monkeypatch, links):
     """Run B finds a killed run's lock; before B removes it, run A (alive, this process's parent)
-    takes it over. B must leave A's fresh lock in place and be refused, not delete it and proceed."""
+    takes it over. B must leave A's fresh lock in place and be refused, not delete it and proceed;
+    also where the file system refuses hard links (A's lock is put back by a copy)."""
+    if not links:
+        def no_links(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(save_dir_lock.os, "link", no_links)
     lock = tmp_path / save_dir_lock.LOCK_NAME
     host = socket.gethostname()
     dead = {"pid": 2 ** 22 + 12345, "host": host, "started": "long ago"}
@@ -132,8 +138,11 @@ def test_files_a_killed_run_left_beside_the_lock_are_removed_by_the_next_run(tmp
     host = socket.gethostname()
     gone = 2 ** 22 + 54321  # above Linux's default pid_max: no such process
     stray = [tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{gone}.{host}", tmp_path / f"{save_dir_lock.LOCK_NAME}.old.{gone}.{host}"]
+    stray.append(tmp_path / f"{save_dir_lock.LOCK_NAME}.{gone}.{host}")  # the name earlier versions used
     kept = [tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{gone}.other.host",  # another host's: cannot be checked
-            tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{os.getppid()}.{host}"]  # a live process's
+            tmp_path / f"{save_dir_lock.LOCK_NAME}.new.{os.getppid()}.{host}",  # a live process's
+            tmp_path / f"{save_dir_lock.LOCK_NAME}.new.99999999999999999999.{host}",  # not a pid: not ours
+            tmp_path / f"{save_dir_lock.LOCK_NAME}.new.\u00b2.{host}"]  # a digit to str.isdigit, not to int()
     for f in stray + kept:
         f.write_text("{}")
     assert save_dir_lock.acquire(str(tmp_path)) is None

@@ -126,13 +126,13 @@ def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
     return Run(method, seed, result, Outcomes.load(outcomes))
 
 
-def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str] = None) -> Run:
+def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str]) -> Run:
     """Evaluate the trained run ``name`` seed ``seed`` and write its ``outcomes.npz`` and ``result.json``
-    (``device``: the kind it trained on, ``trained_on`` when it was trained earlier, else this matrix's)."""
+    (``device``: the kind it trained on; left out when unknown, a record older than the field)."""
     save = m.save_dir(name, seed)
     result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
     result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name),
-              "device": trained_on if trained_on is not None else m.device.type, **result}
+              **({"device": trained_on} if trained_on else {}), **result}
     outcomes.save(save / "outcomes.npz")
     partial = save / "result.json.part"
     partial.write_text(json.dumps(result, indent=1))
@@ -165,7 +165,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             if run is None:
                 m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
                 log(f"benchmark: {name} seed {seed} ...")
-                run = record(m, name, seed, train(m, name, seed))
+                run = record(m, name, seed, train(m, name, seed), m.device.type)
             runs[name].append(run)
     return runs
 

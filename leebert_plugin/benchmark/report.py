@@ -136,7 +136,12 @@ def realised_speedup(runs: Sequence[Run], at: At) -> str:
 
     Averaging layers, not speed-ups: a speed-up is a ratio, and one seed whose gates skip nearly
     every layer (0.01 layers a sample: 549x) would otherwise stand for the whole method."""
-    layers = seed_interval([r.result["layers"] / s if (s := r.test(at, "test_speedup")) else None for r in runs])
+    return _speedup_cell(runs, [r.test(at, "test_speedup") for r in runs])
+
+
+def _speedup_cell(runs: Sequence[Run], speedups: Sequence[Optional[float]]) -> str:
+    """``L / m (m ± h layers)`` over the seeds' ``speedups`` (None: not reached), m their mean layers."""
+    layers = seed_interval([r.result["layers"] / s if s else None for r, s in zip(runs, speedups)])
     if math.isnan(layers.mean):
         return "not reached"
     return f"{runs[0].result['layers'] / layers.mean:.2f}x ({layers.as_value()} layers)"
@@ -151,7 +156,7 @@ def method_table(runs: Dict[str, List[Run]]) -> List[str]:
             continue
         cells = [method_interval(rs, at).as_value() for at in METHOD_COLUMNS]
         realised = realised_speedup(rs, At("layers", 2.0))
-        oracle = seed_interval([r.result["test_oracle"]["layer_speedup"] for r in rs]).as_value()
+        oracle = _speedup_cell(rs, [r.result["test_oracle"]["layer_speedup"] for r in rs])
         minutes = sum(r.result.get("train_seconds", 0.0) for r in rs) / len(rs) / 60
         lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + f" | {realised} | {oracle} | {minutes:.1f} |")
     return lines

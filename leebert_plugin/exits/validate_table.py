@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from leebert_plugin.devices import fairseq_device_args, fairseq_env
-from leebert_plugin.errors import PREFIX, UsageError
+from leebert_plugin.errors import PREFIX, UsageError, usage_error_line
 from leebert_plugin.launch import ROOT, json_records
 
 
@@ -34,12 +34,14 @@ def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], su
         cmd += ["--exit-threshold", str(threshold)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(device))
     if proc.returncode != 0:
+        mine = usage_error_line(RuntimeError(proc.stderr))
+        if mine is not None:  # the plugin's own one-line error: passed on as it is
+            problem, _, fix = mine[len(PREFIX):].strip().partition(". Fix: ")
+            raise UsageError(problem, fix or "see fairseq-validate --help")
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
         last = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        if last.startswith(PREFIX):  # the plugin's own one-line error: pass it on as it is
-            problem, _, fix = last[len(PREFIX):].strip().partition(". Fix: ")
-            raise UsageError(problem, fix or "see the line above")
-        raise UsageError(f"fairseq-validate failed on {ckpt} ({last})", "check the checkpoint, the data folder and the policy")
+        raise UsageError(f"fairseq-validate failed on {ckpt} ({last.strip()})",
+                         "check the checkpoint, the data folder and the policy")
     records = json_records(proc.stdout, subset)
     if not records:
         raise UsageError(f"fairseq-validate printed no stats for subset {subset!r}",
