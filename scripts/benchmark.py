@@ -59,8 +59,9 @@ def main() -> None:
     p.add_argument("--exit-pooling", choices=["cls", "mean"], default="mean")
     p.add_argument("--exit-lr-scale", type=float, default=10.0)
     p.add_argument("--ablation", nargs="+", default=[], metavar="NAME",
-                   help=f"also train the variants of these ablations ('all', or of: {', '.join(ABLATIONS)}), "
-                        "each paired with its method's runs in the same --out")
+                   help=f"also train the variants of these ablations ('all', or of: {', '.join(ABLATIONS)}; "
+                        "or single variants by name, e.g. leebert-darts2), each paired with its method's runs "
+                        "in the same --out")
     p.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap")
     p.add_argument("--override", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                    help="an extra hydra override for every run (or METHOD's runs only), replacing the "

@@ -235,6 +235,8 @@ def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(
     assert [a for a in pabee_cls if "exit_pooling" in a] == ["+model.exit_pooling=cls"]  # replaces the recipe's mean
     assert m.overrides_for(cls.name) == ["+model.exit_pooling=cls", "task.d2_ratio=0.4"]
     assert [v.name for v in variants(["meta", "distill", "meta"])] == ["leebert-darts2", "leebert-darts1", "leebert-lle"]
+    assert [v.name for v in variants(["smartbert-closed", "distill", "leebert-lle", "leebert-wlr3e-2"])] == \
+        ["smartbert-closed", "leebert-lle", "leebert-wlr3e-2"]  # single variants by name, each once
     assert len(variants(["all"])) == sum(len(v) for v in ABLATIONS.values())
     with pytest.raises(UsageError, match="unknown ablation 'lae'"):
         variants(["lae"])

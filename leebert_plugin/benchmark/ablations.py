@@ -69,9 +69,13 @@ ABLATIONS: Dict[str, Tuple[Variant, ...]] = {
 
 
 def variants(names: Sequence[str]) -> List[Variant]:
-    """The variants of the ablations ``names`` (``all``: every ablation), in table order."""
-    unknown = [n for n in names if n != "all" and n not in ABLATIONS]
+    """The variants of ``names``: ablations (``all``: every one) or single variants by their own name
+    (``leebert-darts2``), each once, in the order given (an ablation's variants in table order)."""
+    by_name = {v.name: v for group in ABLATIONS.values() for v in group}
+    unknown = [n for n in names if n != "all" and n not in ABLATIONS and n not in by_name]
     if unknown:
-        raise UsageError(f"unknown ablation {unknown[0]!r}", f"use 'all' or some of {', '.join(ABLATIONS)}")
-    chosen = list(ABLATIONS) if "all" in names else list(dict.fromkeys(names))
-    return [v for name in chosen for v in ABLATIONS[name]]
+        raise UsageError(f"unknown ablation {unknown[0]!r}",
+                         f"use 'all', some of {', '.join(ABLATIONS)}, or variants such as {', '.join(list(by_name)[:3])}")
+    chosen = list(ABLATIONS) if "all" in names else names
+    picked = [v for name in chosen for v in (ABLATIONS[name] if name in ABLATIONS else (by_name[name],))]
+    return list(dict.fromkeys(picked))
