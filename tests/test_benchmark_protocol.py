@@ -254,3 +254,12 @@ def test_ablations_compare_each_variant_with_its_method():
         ["| leebert-x - pabee", "full depth"], ["| leebert-x - pabee", "2x"]]
     assert "leebert-x better" in next(r for r in rows if "| 2x |" in r)
     assert not any("missing" in r for r in rows)
+    # the targets of the method a variant stands in for ("leebert" here: its variant of "leebert"),
+    # with the variant in its place, flagged as one of several tried
+    lee_variant = Variant("leebert-x", "leebert", ())
+    text = summary({"pabee": list(pab.values()), "leebert-x": list(lee.values())}, "setting: unit", reps=100,
+                   variants=[lee_variant])
+    swapped = text.split("Targets with a variant in its method's place")[1].splitlines()
+    assert "one of the 1 variants tried" in swapped[0]
+    assert any(line.startswith("- leebert-x in place of leebert: LeeBERT at least 0.5 points above PABEE at 2x")
+               and line.endswith("-> met") for line in swapped)

@@ -208,12 +208,8 @@ def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants:
                    if a in by_seed and b in by_seed]
     lines = [header, "", *method_table(runs), "",
              "Paired differences A - B (test accuracy points; same seeds; each side's point chosen on dev):", "",
-             *comparison_table(comparisons), "", "Targets:"]
-    for t in TARGETS:
-        if t.a in by_seed and t.b in by_seed:
-            c = compare(by_seed[t.a], by_seed[t.b], t.a_at, t.b_at, reps)
-            lines.append(f"- {t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
-                         f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+             *comparison_table(comparisons), "", "Targets:",
+             *target_lines(by_seed, [(t, t.a) for t in TARGETS], reps)]
     rules = rule_comparisons(by_seed, reps)
     if rules:
         lines += ["", "The per-exit rule calibrated on dev against the best published rule (global normalised-entropy "
@@ -223,4 +219,21 @@ def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants:
         lines += ["", "Ablations: each variant - its method at the recipe's defaults (test accuracy points; "
                       "same seeds; points chosen on dev):", "",
                   *comparison_table(ablation_comparisons(by_seed, variants, reps))]
+        swapped = target_lines(by_seed, [(t, v.name) for v in variants for t in TARGETS if t.a == v.method], reps)
+        if swapped:
+            lines += ["", f"Targets with a variant in its method's place (one of the {len(variants)} variants "
+                          "tried: a variant that meets a target its method misses is a lead to confirm on other "
+                          "seeds, not yet a result):", *swapped]
     return "\n".join(lines) + "\n"
+
+
+def target_lines(by_seed: Dict[str, Dict[int, Run]], checks: Sequence, reps: int) -> List[str]:
+    """One line per (target, runs standing for its method ``a``): the paired interval and the verdict."""
+    lines = []
+    for t, a in checks:
+        if a in by_seed and t.b in by_seed:
+            c = compare(by_seed[a], by_seed[t.b], t.a_at, t.b_at, reps)
+            who = "" if a == t.a else f"{a} in place of {t.a}: "
+            lines.append(f"- {who}{t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
+                         f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+    return lines
