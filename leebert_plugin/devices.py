@@ -11,7 +11,7 @@ of the scripts is the same measurement on a GPU as on the CPU.
 import argparse
 import os
 import time
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from fairseq import utils
@@ -103,6 +103,28 @@ def seconds(fn, device: Optional[torch.device] = None) -> float:
     with Stopwatch(device) as watch:
         fn()
     return watch.seconds
+
+
+def interleaved_seconds(variants: Dict[str, Callable[[int], object]], items: int, repeats: int,
+                        device: Optional[torch.device] = None) -> Dict[str, List[float]]:
+    """Seconds of each variant over ``items`` work items (``variant(j)`` does item ``j``), per repeat.
+
+    Within a repeat the variants take turns item by item, their order rotated from one item to the
+    next, and each variant's time is the sum of its items: a slow spell of the machine (seconds,
+    on a shared host) then falls on every variant alike, which whole passes one after another do
+    not give, and no variant always runs right after another on the same input (warm caches)."""
+    names = list(variants)
+    out = {name: [] for name in names}
+    for _ in range(repeats):
+        watches = {name: Stopwatch(device) for name in names}
+        for j in range(items):
+            for r in range(len(names)):
+                name = names[(j + r) % len(names)]
+                with watches[name]:
+                    variants[name](j)
+        for name in names:
+            out[name].append(watches[name].seconds)
+    return out
 
 
 def fairseq_device_args(device: torch.device, hydra: bool = False) -> List[str]:

@@ -12,6 +12,7 @@ checkpoint into ``Exception("Cannot load model parameters ...")`` inside the ``e
 from typing import Optional
 
 PREFIX = "leebert-plugin: error:"
+SEPARATOR = ". Fix: "
 
 
 class UsageError(ValueError):
@@ -20,7 +21,14 @@ class UsageError(ValueError):
     def __init__(self, problem: str, fix: str):
         self.problem = problem
         self.fix = fix
-        super().__init__(f"{PREFIX} {problem}. Fix: {fix}")
+        super().__init__(f"{PREFIX} {problem}{SEPARATOR}{fix}")
+
+    @classmethod
+    def from_line(cls, line: str) -> "UsageError":
+        """The error that printed ``line`` (as :func:`usage_error_line` finds it in another
+        process's output), to raise again in this one."""
+        problem, _, fix = line[line.find(PREFIX) + len(PREFIX):].strip().partition(SEPARATOR)
+        return cls(problem, fix)
 
 
 def usage_error_line(exc: Optional[BaseException]) -> Optional[str]:

@@ -2,7 +2,7 @@
 """Is the batched early exit really faster? Wall-clock against the plain full-depth forward.
 
     python scripts/bench_speed.py [--layers 6 --dim 384 --heads 6 --ffn 1536] [--batch-sizes 1 8 32 128]
-                                  [--min-len 16 --max-len 64] [--repeats 5] [--threads 0] [--device cuda]
+                                  [--min-len 16 --max-len 64] [--repeats 9] [--threads 0] [--device cuda]
     python scripts/bench_speed.py --checkpoint CKPT --data DATA --policy normalized_entropy --threshold 0.3
                                   [--subset test] [--samples 256] [--batch-sizes 1 8 32 128]
 
@@ -11,14 +11,17 @@ assignment (each sample leaves at a layer drawn uniformly, or as ``--exit-probs`
 numbers measure the mechanism, not a model's confidence. With ``--checkpoint`` a trained model's
 own policy decides on a real split (the first ``--samples`` sentences, in fairseq's batch order).
 Either way the plugin's real layer loop runs (batch shrinking, padding trimming, exit heads at every
-executed exit). Per batch size, in the same process, interleaved:
+executed exit). Per batch size, in the same process:
 
 * plain: fairseq's RoBERTa encoder forward at full depth, then the last exit's classifier;
 * early exit: the plugin's loop under the policy;
 * all exits: the plugin's loop at full depth with every exit evaluated (to price the heads).
 
-Reported: the layer speed-up (L / mean executed layers), the wall-clock speed-up (plain / early
-exit, medians), their ratio, the exit heads' cost as a share of the plain forward, and, on the
+The three take turns batch by batch (``leebert_plugin.devices.interleaved_seconds``), so that a
+slow spell of the machine falls on all three alike. Reported: the layer speed-up (L / mean
+executed layers), the wall-clock speed-up (the median over repeats of plain / early exit), its
+ratio to the layer speed-up with the range over repeats (the noise a verdict must clear), the exit
+heads' cost as a share of the plain forward, and, on the
 first batch, the median cost of one transformer layer and of one exit check (head + policy step).
 Everything runs on ``--device`` (default: CUDA if available, else the CPU); every clock read waits
 for the GPU's queued kernels (``leebert_plugin.devices.Stopwatch``).
@@ -35,7 +38,7 @@ from torch import Tensor
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.data.synthetic import random_token_batch
-from leebert_plugin.devices import add_device_argument, resolve_device, seconds
+from leebert_plugin.devices import add_device_argument, interleaved_seconds, resolve_device, seconds
 from leebert_plugin.exits.evaluate import batches, load, plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
@@ -122,7 +125,7 @@ def main():
     p.add_argument("--exit-patience", type=int, default=1)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--samples", type=int, default=256, help="sentences per measurement (split into batches)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=0)
     add_device_argument(p)
     args = p.parse_args()
@@ -134,40 +137,35 @@ def main():
     model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
     print(f"{about}; median of {args.repeats}; device {args.device}; torch threads {torch.get_num_threads()}")
     print(f"{'batch':>5} {'plain ms':>9} {'early ms':>9} {'all-exits ms':>12} {'layer x':>8} {'wall x':>7} "
-          f"{'wall/layer':>10} {'heads %':>8} {'1 layer ms':>10} {'1 exit ms':>9}")
+          f"{'wall/layer':>10} {'(range)':>11} {'heads %':>8} {'1 layer ms':>10} {'1 exit ms':>9}")
     never = build_policy("none", model.exit_heads[head].num_classes)
     with torch.no_grad():
         for bsz in args.batch_sizes:
             work = plan(bsz)
-            layers: List[Tensor] = []
+            layers: List[Tensor] = [torch.zeros(0)] * len(work)
 
-            def plain():
-                for tokens, _ in work:
-                    plain_forward(model, head, tokens)
+            def plain(j: int):
+                plain_forward(model, head, work[j][0])
 
-            def early():
-                layers.clear()
-                for tokens, policy in work:
-                    _, extra = model(tokens, classification_head_name=head, exit_policy=policy)
-                    layers.append(extra["exits"].layers_run)
+            def early(j: int):
+                tokens, policy = work[j]
+                _, extra = model(tokens, classification_head_name=head, exit_policy=policy)
+                layers[j] = extra["exits"].layers_run
 
-            def all_exits():
-                for tokens, _ in work:
-                    model(tokens, classification_head_name=head, exit_policy=never)
+            def all_exits(j: int):
+                model(work[j][0], classification_head_name=head, exit_policy=never)
 
-            plain(), early(), all_exits()  # warm-up
-            t = {"plain": [], "early": [], "all": []}
-            for _ in range(args.repeats):  # interleaved, so that noise hits all three alike
-                t["plain"].append(seconds(plain, args.device))
-                t["early"].append(seconds(early, args.device))
-                t["all"].append(seconds(all_exits, args.device))
+            variants = {"plain": plain, "early": early, "all": all_exits}
+            interleaved_seconds(variants, len(work), 1, args.device)  # warm-up
+            t = interleaved_seconds(variants, len(work), args.repeats, args.device)
             med = {k: statistics.median(v) for k, v in t.items()}
             layer_x = model.num_layers / float(torch.cat(layers).float().mean())
-            wall_x = med["plain"] / med["early"]
-            heads = (med["all"] - med["plain"]) / med["plain"] * 100
+            paired = [p / e / layer_x for p, e in zip(t["plain"], t["early"])]  # wall / layer, repeat by repeat
+            wall_x = statistics.median(paired) * layer_x
+            heads = statistics.median((a - p) / p * 100 for a, p in zip(t["all"], t["plain"]))
             layer_ms, exit_ms = per_call_ms(model, head, work[0][0], work[0][1], 5 * args.repeats)
             print(f"{bsz:5d} {1000 * med['plain']:9.1f} {1000 * med['early']:9.1f} {1000 * med['all']:12.1f} "
-                  f"{layer_x:8.2f} {wall_x:7.2f} {wall_x / layer_x:10.2f} {heads:8.1f} {layer_ms:10.3f} {exit_ms:9.3f}")
+                  f"{layer_x:8.2f} {wall_x:7.2f} {wall_x / layer_x:10.2f} {min(paired):5.2f}-{max(paired):<5.2f} {heads:8.1f} {layer_ms:10.3f} {exit_ms:9.3f}")
 
 
 if __name__ == "__main__":

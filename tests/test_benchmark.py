@@ -6,7 +6,7 @@ import math
 
 from helpers import BIN, run, validate
 
-from leebert_plugin.benchmark.evaluation import ENTROPY_GRID, GATED_GRID, VERSION, Outcomes
+from leebert_plugin.benchmark.evaluation import CALIBRATED_SPEEDUPS, ENTROPY_GRID, GATED_GRID, VERSION, Outcomes
 
 
 def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):
@@ -25,7 +25,16 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
         rows = list(csv.DictReader(f, delimiter="\t"))
     pabee = {(r["policy"], r["patience"], r["threshold"]): r for r in rows if r["method"] == "pabee"}
     per_exit = [r for r in rows if r["method"] == "pabee" and r["policy"] == "per_exit_entropy"]
-    assert len(pabee) - len(per_exit) == 1 + 3 + len(ENTROPY_GRID)  # full depth, patience 1..3, the entropy grid
+    entropy_points = [r for r in rows if r["method"] == "pabee" and r["policy"] == "normalized_entropy"]
+    assert len(pabee) - len(per_exit) - len(entropy_points) == 1 + 3  # full depth, patience 1..3
+    assert set(ENTROPY_GRID) <= {float(r["threshold"]) for r in entropy_points}  # the fixed grid ...
+    calibrated = [r for r in entropy_points if float(r["threshold"]) not in ENTROPY_GRID]
+    fastest = max(float(r["dev_speedup"]) for r in entropy_points)
+    reachable = [s for axis, s in CALIBRATED_SPEEDUPS if axis == "layers" and s <= fastest]
+    assert reachable and 1 <= len(calibrated) <= len(CALIBRATED_SPEEDUPS)  # ... and thresholds calibrated on dev
+    for s in reachable:  # the slowest calibrated point at least s x fast on dev is no faster than any grid point that is
+        at_least = [float(r["dev_speedup"]) for r in entropy_points if float(r["dev_speedup"]) >= s]
+        assert min(float(r["dev_speedup"]) for r in calibrated if float(r["dev_speedup"]) >= s) == min(at_least)
     assert 5 <= len(per_exit) <= 20 and (out / "rules.png").stat().st_size > 1000  # the per-exit rule's levels
     assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
     gated = sorted(float(r["threshold"]) for r in rows if r["method"] == "smartbert" and r["policy"] == "entropy")

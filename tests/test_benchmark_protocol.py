@@ -10,7 +10,7 @@ import pytest
 
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
-from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.evaluation import GATED_SINCE, Outcomes
 from leebert_plugin.benchmark.matrix import Matrix, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.report import TARGETS, Run, compare, realised_speedup, summary
@@ -219,6 +219,13 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
         redone = run_matrix(m, log=lambda line: None)["pabee"][0].result
         assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0 and redone.get("device") == after
         assert json.loads((save / "result.json").read_text()).get("device") == after
+    # a change to the replayed grid leaves a gated run's real passes alone, not a replayed run's
+    monkeypatch.setattr(matrix, "evaluate", lambda *a: fresh)
+    for gated, redo in ((True, False), (False, True)):
+        (save / "result.json").write_text(json.dumps(dict(old, gated=gated, evaluation=GATED_SINCE)))
+        said.clear()
+        run_matrix(m, log=said.append)
+        assert any("evaluating again" in line for line in said) == redo
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

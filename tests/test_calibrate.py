@@ -1,10 +1,13 @@
-"""The per-exit rule's calibration on dev (leebert_plugin.exits.calibrate), on synthetic traces."""
+"""Calibration on dev (leebert_plugin.exits.calibrate): the per-exit rule's thresholds and the global
+threshold for a speed-up, on synthetic traces."""
 import math
 
 import pytest
 import torch
 
-from leebert_plugin.exits.calibrate import ALPHA_OFFSETS, alpha_grid, per_exit_thresholds
+from leebert_plugin.exits.calibrate import (
+    ALPHA_OFFSETS, alpha_grid, layer_speedup, per_exit_thresholds, threshold_for_speedup,
+)
 from leebert_plugin.exits.evaluate import ExitTrace, replay
 from leebert_plugin.exits.policies import build_policy, entropy
 
@@ -59,3 +62,30 @@ def test_a_higher_level_lets_fewer_go_early_and_levels_follow_the_last_exit():
 def test_calibration_refuses_a_gated_trace():
     with pytest.raises(ValueError, match="skip-gated"):
         per_exit_thresholds(synthetic_trace(gated=True), 0.9)
+
+
+def global_speedup(t, tau):
+    return layer_speedup(t, replay(build_policy("normalized_entropy", t.logits.size(-1), tau, 1), t))
+
+
+@pytest.mark.parametrize("target", [1.1, 1.5, 2.0, 3.0])
+def test_the_global_threshold_for_a_speedup_is_the_smallest_that_reaches_it(target):
+    t = synthetic_trace(seed=2)
+    tau = threshold_for_speedup(t, target)
+    assert tau is not None and 0.0 < tau <= 1.0
+    assert global_speedup(t, tau) >= target
+    # the next lower cut (the entropy value just under tau no longer leaves) is too slow
+    h = entropy(t.logits[:-1].reshape(-1, 3)) / math.log(3)
+    below = h[h < tau].max()
+    assert global_speedup(t, float(below)) < target
+    # another measure of speed-up is honoured the same way
+    slower = threshold_for_speedup(t, target, lambda exit_at: 0.5 * layer_speedup(t, exit_at))
+    assert slower is None or (slower > tau and 0.5 * global_speedup(t, slower) >= target)
+
+
+def test_an_unreachable_speedup_has_no_threshold_and_gated_traces_are_refused():
+    t = synthetic_trace(seed=2)
+    assert threshold_for_speedup(t, 4.01) is None  # exits at layers 1-4: at most 4x
+    assert threshold_for_speedup(t, 4.0) is not None  # everyone at the first exit
+    with pytest.raises(ValueError, match="skip-gated"):
+        threshold_for_speedup(synthetic_trace(gated=True), 2.0)

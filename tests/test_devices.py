@@ -9,6 +9,7 @@ from leebert_plugin.devices import (
     Stopwatch,
     fairseq_device_args,
     fairseq_env,
+    interleaved_seconds,
     place,
     resolve_device,
     seconds,
@@ -111,6 +112,18 @@ def test_seconds_times_one_call(synchronised):
     assert synchronised == [torch.device("cuda:1")] * 2
 
 
+def test_variants_take_turns_item_by_item_and_each_gets_its_own_time():
+    calls = []
+    variants = {name: (lambda j, name=name, pause=pause: (calls.append((name, j)), time.sleep(pause)))
+                for name, pause in (("a", 0.0), ("b", 0.01), ("c", 0.0))}
+    t = interleaved_seconds(variants, items=3, repeats=2)
+    # item by item, the order rotated each item, every item once per variant and repeat
+    assert calls[:9] == [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1), ("c", 2), ("a", 2), ("b", 2)]
+    assert calls[9:] == calls[:9]
+    assert {k: len(v) for k, v in t.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(b >= 0.03 > a for a, b in zip(t["a"], t["b"]))  # b's three sleeps are b's alone
+
+
 # ---- moving models and batches --------------------------------------------------------------------
 def test_a_batch_moves_whole_to_the_device():
     sample = {"id": torch.arange(3), "nsentences": 3,
@@ -173,7 +186,9 @@ def test_bench_speed_runs_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "device cpu" in proc.stdout
     (row,) = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["2"]]
-    assert len(row) == 10 and all(float(cell) > 0 for cell in row[1:4])  # plain, early, all-exits ms
+    assert len(row) == 11 and all(float(cell) > 0 for cell in row[1:4])  # plain, early, all-exits ms
+    low, high = map(float, row[7].split("-"))  # wall / layer's range over the repeats holds its median
+    assert low <= float(row[6]) <= high
 
 
 def test_bench_clo_runs_on_the_cpu():

@@ -2,7 +2,8 @@
 
 A run's operating points are its model at full depth (no exit policy) and every point of its
 policy grid: for models without skip gates, PABEE's patience ``1 .. L-1`` and a normalised-entropy
-grid, each an exact replay of the exits' logits (:func:`~leebert_plugin.exits.evaluate.replay`);
+grid (fixed thresholds, plus the thresholds calibrated on dev to run at the speed-ups of
+:data:`CALIBRATED_SPEEDUPS`: :func:`~leebert_plugin.exits.calibrate.threshold_for_speedup`), each an exact replay of the exits' logits (:func:`~leebert_plugin.exits.evaluate.replay`);
 for SmartBERT, real gated passes over an entropy grid (a replay is not exact under gates). The
 grid is the whole tuning budget of a method, the same for every method of a kind: thresholds are
 chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test. Models without gates
@@ -24,9 +25,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds
+from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds, threshold_for_speedup
 from leebert_plugin.exits.evaluate import (
-    batches, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
+    ExitTrace, batches, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
 )
 from leebert_plugin.exits.policies import build_policy
 
@@ -38,8 +39,23 @@ ENTROPY_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 
 # SmartBERT's own rule thresholds entropy in nats; its grid is these fractions of ln C (so 20 classes
 # get the same budget as 2), shorter than ENTROPY_GRID because each point is a real gated pass.
 GATED_GRID = (0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.8, 0.85, 0.9, 0.94, 0.97, 0.99)
+# Global thresholds calibrated on dev for these speed-ups ((axis, S): the smallest threshold at which
+# dev runs at least S x), added to ENTROPY_GRID: the point chosen at S x then runs at S x on dev, not
+# at the next grid point's 2.2x, and exits too unsure for the fixed grid still reach the fast points.
+# The same for every method without gates, so no method gets a larger tuning budget than another.
+CALIBRATED_SPEEDUPS = tuple(("layers", s) for s in (1.25, 1.5, 1.75, 1.9, 2.0, 2.25, 2.5, 3.0, 4.0)) + tuple(
+    ("flops", s) for s in (1.5, 2.0, 3.0))
 SPLITS = {"dev": "valid", "test": "test"}
-VERSION = 3  # result.json's "evaluation": 2 added the per-exit rule, 3 the finer grids; older ones are re-evaluated
+# result.json's "evaluation": 2 added the per-exit rule, 3 the finer grids, 4 the calibrated global
+# thresholds; runs scored by an older one are evaluated again
+VERSION = 4
+GATED_SINCE = 3  # the gated passes' grid last changed in evaluation 3: a gated run scored since is current
+
+
+def required_version(result: Dict) -> int:
+    """The oldest evaluation whose figures still stand for a run of ``result``'s kind: a change to
+    the replayed grid does not redo SmartBERT's gated passes (a dozen real passes a run)."""
+    return GATED_SINCE if result.get("gated") else VERSION
 
 
 @dataclass
@@ -70,6 +86,15 @@ def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str
         out.update({f"{prefix}_metric": row["accuracy"], f"{prefix}_speedup": row["layer_speedup"],
                     f"{prefix}_flops_speedup": row["flops_speedup"]})
     return out
+
+
+def entropy_grid(dev: ExitTrace, model, head: str) -> List[float]:
+    """:data:`ENTROPY_GRID` and the thresholds calibrated on ``dev`` for :data:`CALIBRATED_SPEEDUPS`
+    (those dev can reach), increasing, without repeats."""
+    measure = {"layers": None,
+               "flops": lambda exit_at: score(dev, exit_at, model, head)["flops_speedup"]}
+    calibrated = (threshold_for_speedup(dev, s, measure[axis]) for axis, s in CALIBRATED_SPEEDUPS)
+    return sorted(set(ENTROPY_GRID) | {th for th in calibrated if th is not None})
 
 
 def _by_id(ids: torch.Tensor, *values: torch.Tensor) -> Tuple[np.ndarray, ...]:
@@ -108,7 +133,7 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tupl
         grid = [("none", None, 0, ())]
         if last > 0:
             grid += [("patience", None, p, ()) for p in range(1, model.num_layers)]
-            grid += [("normalized_entropy", th, 1, ()) for th in ENTROPY_GRID]
+            grid += [("normalized_entropy", th, 1, ()) for th in entropy_grid(traces["dev"], model, head)]
             grid += [("per_exit_entropy", a, 1, per_exit_thresholds(traces["dev"], a))
                      for a in alpha_grid(traces["dev"])]
         for name, th, patience, taus in grid:

@@ -23,7 +23,7 @@ import torch
 
 from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import PER_EXIT_POLICY, RULES, At, choose
-from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate
+from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate, required_version
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
@@ -142,7 +142,7 @@ def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
 
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
     """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
-    run evaluated by an older evaluation (``evaluation.VERSION``) is evaluated again, not retrained,
+    run evaluated by an older evaluation (``evaluation.required_version``) is evaluated again, not retrained,
     when its checkpoint is still there (a committed record has none: it is kept as it was scored).
     A finished run is kept whatever device trained it, with a line saying so when it is not this
     matrix's: its accuracy stands, its training minutes are that device's."""
@@ -150,7 +150,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
     for seed in m.seeds:
         for name in m.methods:
             run = finished(m, name, seed)
-            stale = run is not None and run.result.get("evaluation", 1) < VERSION
+            stale = run is not None and run.result.get("evaluation", 1) < required_version(run.result)
             if stale and not (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
                 log(f"benchmark: {name} seed {seed}: kept as evaluation {run.result.get('evaluation', 1)} scored it "
                     f"(its checkpoint is gone: a committed record); delete its result.json to train it again")

@@ -19,12 +19,12 @@ patiences), so the rule gets no larger tuning budget. Calibration and choice bot
 test is never seen.
 """
 import math
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 
-from leebert_plugin.exits.evaluate import ExitTrace
-from leebert_plugin.exits.policies import entropy
+from leebert_plugin.exits.evaluate import ExitTrace, replay
+from leebert_plugin.exits.policies import build_policy, entropy
 
 ALPHA_OFFSETS = (-0.2, -0.15, -0.1, -0.08, -0.06, -0.04, -0.03, -0.02, -0.01, 0.0,
                  0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25)
@@ -62,3 +62,44 @@ def per_exit_thresholds(t: ExitTrace, alpha: float) -> List[float]:
         taus.append(tau)
         running &= ~(h[k] < tau)
     return taus
+
+
+def layer_speedup(t: ExitTrace, exit_at: torch.Tensor) -> float:
+    """``L / mean layers run`` of the samples of ``t`` leaving at ``exit_at``."""
+    return t.num_layers / float(torch.tensor(t.exit_layers)[exit_at].float().mean())
+
+
+def threshold_for_speedup(t: ExitTrace, target: float,
+                          speedup: Callable[[torch.Tensor], float] = None) -> Optional[float]:
+    """The smallest global normalised-entropy threshold whose replay on ``t`` runs at least
+    ``target`` x fast (``speedup(exit_at)``, by default :func:`layer_speedup`); None if none does.
+
+    A sample leaves at the first exit ``k < E - 1`` with ``H(p_k) / ln C < tau``, so every sample
+    leaves no later as ``tau`` grows and the speed-up is monotone in ``tau``. It changes only where
+    ``tau`` passes one of the values ``u_1 < .. < u_m`` of ``H / ln C`` at those exits; the candidates
+    are the midpoints ``(u_i + u_{i+1}) / 2`` (and 1 past ``u_m``), searched by bisection. The
+    smallest that reaches ``target`` keeps the most samples for the deeper, surer exits.
+    """
+    if t.gated:
+        raise ValueError("a global threshold is calibrated by replay: not for skip-gated models")
+    speedup = speedup or (lambda exit_at: layer_speedup(t, exit_at))
+    exits, _, classes = t.logits.shape
+    if exits < 2:
+        return None
+    u = torch.unique(entropy(t.logits[:-1].reshape(-1, classes)) / math.log(classes))  # sorted
+    u = u[u < 1.0]
+    candidates = [float(a + b) / 2 for a, b in zip(u[:-1], u[1:])] + [1.0]
+
+    def fast_enough(tau: float) -> bool:
+        return speedup(replay(build_policy("normalized_entropy", classes, tau, 1), t)) >= target - 1e-9
+
+    if not fast_enough(candidates[-1]):
+        return None
+    lo, hi = 0, len(candidates) - 1  # the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fast_enough(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo]

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from leebert_plugin.devices import fairseq_device_args, fairseq_env
-from leebert_plugin.errors import PREFIX, UsageError, usage_error_line
+from leebert_plugin.errors import UsageError, usage_error_line
 from leebert_plugin.launch import ROOT, json_records
 
 
@@ -36,8 +36,7 @@ def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], su
     if proc.returncode != 0:
         mine = usage_error_line(RuntimeError(proc.stderr))
         if mine is not None:  # the plugin's own one-line error: passed on as it is
-            problem, _, fix = mine[len(PREFIX):].strip().partition(". Fix: ")
-            raise UsageError(problem, fix or "see fairseq-validate --help")
+            raise UsageError.from_line(mine)
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
         last = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UsageError(f"fairseq-validate failed on {ckpt} ({last.strip()})",
