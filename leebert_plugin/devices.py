@@ -109,17 +109,20 @@ def interleaved_seconds(variants: Dict[str, Callable[[int], object]], items: int
                         device: Optional[torch.device] = None) -> Dict[str, List[float]]:
     """Seconds of each variant over ``items`` work items (``variant(j)`` does item ``j``), per repeat.
 
-    Within a repeat the variants take turns item by item, their order rotated from one item to the
-    next, and each variant's time is the sum of its items: a slow spell of the machine (seconds,
-    on a shared host) then falls on every variant alike, which whole passes one after another do
-    not give, and no variant always runs right after another on the same input (warm caches)."""
+    The variants take turns item by item, their order rotated from one turn to the next (across
+    repeats too, so that with fewer items than variants each still takes every place), and each
+    variant's time in a repeat is the sum of its items: a slow spell of the machine (seconds, on a
+    shared host) then falls on every variant alike, which whole passes one after another do not
+    give, and no variant always runs right after another on the same input (warm caches)."""
     names = list(variants)
     out = {name: [] for name in names}
+    turn = 0
     for _ in range(repeats):
         watches = {name: Stopwatch(device) for name in names}
         for j in range(items):
+            turn += 1
             for r in range(len(names)):
-                name = names[(j + r) % len(names)]
+                name = names[(turn - 1 + r) % len(names)]
                 with watches[name]:
                     variants[name](j)
         for name in names:

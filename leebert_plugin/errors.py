@@ -27,7 +27,10 @@ class UsageError(ValueError):
     def from_line(cls, line: str) -> "UsageError":
         """The error that printed ``line`` (as :func:`usage_error_line` finds it in another
         process's output), to raise again in this one."""
-        problem, _, fix = line[line.find(PREFIX) + len(PREFIX):].strip().partition(SEPARATOR)
+        at = line.find(PREFIX)
+        if at < 0:
+            raise ValueError(f"not a {PREFIX!r} line: {line!r}")
+        problem, _, fix = line[at + len(PREFIX) + 1:].rstrip("\r\n").partition(SEPARATOR)
         return cls(problem, fix)
 
 

@@ -35,7 +35,10 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     for s in reachable:  # the slowest calibrated point at least s x fast on dev is no faster than any grid point that is
         at_least = [float(r["dev_speedup"]) for r in entropy_points if float(r["dev_speedup"]) >= s]
         assert min(float(r["dev_speedup"]) for r in calibrated if float(r["dev_speedup"]) >= s) == min(at_least)
-    assert 5 <= len(per_exit) <= 20 and (out / "rules.png").stat().st_size > 1000  # the per-exit rule's levels
+    # the per-exit rule's levels: its grid and as many calibrated for a speed-up as the global threshold got
+    assert 5 <= len(per_exit) <= 20 + len(CALIBRATED_SPEEDUPS) and (out / "rules.png").stat().st_size > 1000
+    assert all(any(float(r["dev_speedup"]) >= s for r in per_exit) for s in reachable)
+    assert f"Evaluation {VERSION} (runs with skip gates" in summary and "older evaluation" not in summary
     assert {r["policy"] for r in rows if r["method"] == "smartbert"} == {"none", "entropy"}  # real gated passes
     gated = sorted(float(r["threshold"]) for r in rows if r["method"] == "smartbert" and r["policy"] == "entropy")
     assert gated == [f * math.log(2) for f in GATED_GRID]  # the grid's fractions of ln C, in nats (C = 2 here)

@@ -10,10 +10,10 @@ import pytest
 
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
-from leebert_plugin.benchmark.evaluation import GATED_SINCE, Outcomes
+from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
 from leebert_plugin.benchmark.matrix import Matrix, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
-from leebert_plugin.benchmark.report import TARGETS, Run, compare, realised_speedup, summary
+from leebert_plugin.benchmark.report import TARGETS, Run, compare, evaluation_line, realised_speedup, summary
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
 from leebert_plugin.errors import UsageError
 
@@ -270,3 +270,17 @@ def test_ablations_compare_each_variant_with_its_method():
     assert "one of the 1 variants tried" in swapped[0]
     assert any(line.startswith("- leebert-x in place of leebert: LeeBERT at least 0.5 points above PABEE at 2x")
                and line.endswith("-> met") for line in swapped)
+
+
+def test_the_summary_names_runs_an_older_evaluation_scored():
+    ok = make_run("pabee", 1, [pt(80, 1.0, 79, 1.0, "none")], [[True]])
+    ok.result.update(evaluation=VERSION, gated=False)
+    gated = make_run("smartbert", 1, [pt(70, 1.0, 69, 1.0, "none")], [[True]])
+    gated.result.update(evaluation=GATED_SINCE, gated=True)
+    assert "older evaluation" not in evaluation_line({"pabee": [ok], "smartbert": [gated]})
+    stale = make_run("pabee", 2, [pt(80, 1.0, 79, 1.0, "none")], [[True]])
+    stale.result.update(evaluation=GATED_SINCE, gated=False)  # a replayed run's grid changed since
+    line = evaluation_line({"pabee": [ok, stale], "smartbert": [gated]})
+    assert f"pabee seed 2 (evaluation {GATED_SINCE})" in line and "not like for like" in line
+    assert "seed 1" not in line
+    assert line in summary({"pabee": [ok, stale]}, "header", reps=10)

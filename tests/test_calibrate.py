@@ -1,14 +1,14 @@
 """Calibration on dev (leebert_plugin.exits.calibrate): the per-exit rule's thresholds and the global
-threshold for a speed-up, on synthetic traces."""
+threshold and the per-exit level for a speed-up, on synthetic traces."""
 import math
 
 import pytest
 import torch
 
 from leebert_plugin.exits.calibrate import (
-    ALPHA_OFFSETS, alpha_grid, layer_speedup, per_exit_thresholds, threshold_for_speedup,
+    ALPHA_OFFSETS, alpha_for_speedup, alpha_grid, per_exit_thresholds, threshold_for_speedup,
 )
-from leebert_plugin.exits.evaluate import ExitTrace, replay
+from leebert_plugin.exits.evaluate import ExitTrace, layer_speedup, replay
 from leebert_plugin.exits.policies import build_policy, entropy
 
 
@@ -68,6 +68,10 @@ def global_speedup(t, tau):
     return layer_speedup(t, replay(build_policy("normalized_entropy", t.logits.size(-1), tau, 1), t))
 
 
+def per_exit_speedup(t, alpha):
+    return layer_speedup(t, leaving(t, per_exit_thresholds(t, alpha))[0])
+
+
 @pytest.mark.parametrize("target", [1.1, 1.5, 2.0, 3.0])
 def test_the_global_threshold_for_a_speedup_is_the_smallest_that_reaches_it(target):
     t = synthetic_trace(seed=2)
@@ -78,14 +82,26 @@ def test_the_global_threshold_for_a_speedup_is_the_smallest_that_reaches_it(targ
     h = entropy(t.logits[:-1].reshape(-1, 3)) / math.log(3)
     below = h[h < tau].max()
     assert global_speedup(t, float(below)) < target
-    # another measure of speed-up is honoured the same way
-    slower = threshold_for_speedup(t, target, lambda exit_at: 0.5 * layer_speedup(t, exit_at))
-    assert slower is None or (slower > tau and 0.5 * global_speedup(t, slower) >= target)
+    # another measure of the speed-up (FLOPs, say) is honoured the same way: here 0.8 x the layers'
+    slower = threshold_for_speedup(t, target, lambda exit_at: 0.8 * layer_speedup(t, exit_at))
+    assert slower > tau and 0.8 * global_speedup(t, slower) >= target > 0.8 * global_speedup(t, float(h[h < slower].max()))
 
 
-def test_an_unreachable_speedup_has_no_threshold_and_gated_traces_are_refused():
+@pytest.mark.parametrize("target", [1.1, 1.5, 2.0, 3.0])
+def test_the_per_exit_level_for_a_speedup_is_the_highest_that_reaches_it(target):
     t = synthetic_trace(seed=2)
-    assert threshold_for_speedup(t, 4.01) is None  # exits at layers 1-4: at most 4x
-    assert threshold_for_speedup(t, 4.0) is not None  # everyone at the first exit
-    with pytest.raises(ValueError, match="skip-gated"):
-        threshold_for_speedup(synthetic_trace(gated=True), 2.0)
+    alpha = alpha_for_speedup(t, target)
+    assert alpha is not None and 0.0 <= alpha <= 1.0
+    assert per_exit_speedup(t, alpha) >= target
+    assert alpha == 1.0 or per_exit_speedup(t, alpha + 2 ** -20) < target  # a level higher is too slow
+    assert alpha_for_speedup(t, target, lambda exit_at: 0.8 * layer_speedup(t, exit_at)) < alpha
+
+
+def test_an_unreachable_speedup_has_no_point_and_gated_or_single_exit_traces_get_none():
+    t = synthetic_trace(seed=2)
+    for calibrate in (threshold_for_speedup, alpha_for_speedup):
+        assert calibrate(t, 4.01) is None  # exits at layers 1-4: at most 4x
+        assert calibrate(t, 4.0) is not None  # everyone at the first exit
+        assert calibrate(synthetic_trace(exits=1), 1.5) is None  # one exit: nothing to leave early by
+        with pytest.raises(ValueError, match="skip-gated"):
+            calibrate(synthetic_trace(gated=True), 2.0)

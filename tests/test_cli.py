@@ -40,9 +40,15 @@ def test_the_line_is_found_behind_a_re_raise_and_in_a_workers_traceback_text():
     assert usage_error_line(spawned) == str(BAD)
     assert usage_error_line(RuntimeError("out of memory")) is None
     assert usage_error_line(None) is None
-    # raised again in the caller's process: the same problem and fix, the same line
+    # raised again in the caller's process: the same problem and fix, the same line, even where
+    # they hold sentences of their own
     again = UsageError.from_line(usage_error_line(spawned))
     assert (again.problem, again.fix, str(again)) == (BAD.problem, BAD.fix, str(BAD))
+    wordy = UsageError("no data. The folder is empty", "run prepare_data. Then retry")
+    again = UsageError.from_line(f"stderr noise\n{wordy}\n")
+    assert (again.problem, again.fix) == (wordy.problem, wordy.fix)
+    with pytest.raises(ValueError, match="not a 'leebert-plugin: error:' line"):
+        UsageError.from_line("Traceback (most recent call last)")
 
 
 def test_run_turns_a_usage_error_into_its_line_and_leaves_other_errors_alone():

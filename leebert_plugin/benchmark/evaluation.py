@@ -2,14 +2,15 @@
 
 A run's operating points are its model at full depth (no exit policy) and every point of its
 policy grid: for models without skip gates, PABEE's patience ``1 .. L-1`` and a normalised-entropy
-grid (fixed thresholds, plus the thresholds calibrated on dev to run at the speed-ups of
-:data:`CALIBRATED_SPEEDUPS`: :func:`~leebert_plugin.exits.calibrate.threshold_for_speedup`), each an exact replay of the exits' logits (:func:`~leebert_plugin.exits.evaluate.replay`);
-for SmartBERT, real gated passes over an entropy grid (a replay is not exact under gates). The
-grid is the whole tuning budget of a method, the same for every method of a kind: thresholds are
-chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test. Models without gates
-also get the points of the per-exit rule calibrated on dev (``per_exit_entropy``, one point per
-level of :func:`~leebert_plugin.exits.calibrate.alpha_grid`, its thresholds in ``thresholds``);
-the methods are compared on the published rules, the per-exit rule against them
+grid (fixed thresholds, plus those calibrated on dev to run at the speed-ups of
+:data:`CALIBRATED_SPEEDUPS`), each an exact replay of the exits' logits
+(:func:`~leebert_plugin.exits.evaluate.replay`); for SmartBERT, real gated passes over an entropy
+grid (a replay is not exact under gates, and calibrating one would take a dozen real passes per
+speed-up). The grid is the whole tuning budget of a method, the same for every method of a kind:
+thresholds are chosen on dev (:mod:`leebert_plugin.benchmark.choice`) and never on test. Models
+without gates also get the points of the per-exit rule calibrated on dev (``per_exit_entropy``,
+one point per level of :func:`alpha_levels`, its thresholds in ``thresholds``); the methods are
+compared on the published rules, the per-exit rule against them
 (:mod:`leebert_plugin.benchmark.report`).
 
 Besides each point's figures (``points``), the test outcome of every example at every point is
@@ -20,14 +21,14 @@ id, so that two methods' points can be compared example by example (the paired b
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds, threshold_for_speedup
+from leebert_plugin.exits.calibrate import alpha_for_speedup, alpha_grid, per_exit_thresholds, threshold_for_speedup
 from leebert_plugin.exits.evaluate import (
-    ExitTrace, batches, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
+    ExitTrace, batches, flops_speedup, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
 )
 from leebert_plugin.exits.policies import build_policy
 
@@ -39,16 +40,17 @@ ENTROPY_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 
 # SmartBERT's own rule thresholds entropy in nats; its grid is these fractions of ln C (so 20 classes
 # get the same budget as 2), shorter than ENTROPY_GRID because each point is a real gated pass.
 GATED_GRID = (0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.8, 0.85, 0.9, 0.94, 0.97, 0.99)
-# Global thresholds calibrated on dev for these speed-ups ((axis, S): the smallest threshold at which
-# dev runs at least S x), added to ENTROPY_GRID: the point chosen at S x then runs at S x on dev, not
-# at the next grid point's 2.2x, and exits too unsure for the fixed grid still reach the fast points.
-# The same for every method without gates, so no method gets a larger tuning budget than another.
+# Points calibrated on dev for these speed-ups ((axis, S): the smallest global threshold, and the
+# highest per-exit level, at which dev runs at least S x), added to ENTROPY_GRID and to the per-exit
+# levels: the point chosen at S x then runs at S x on dev, not at the next grid point's 2.2x, and
+# exits too unsure for the fixed grid still reach the fast points. The same for every method without
+# gates and for both rules, so none gets a point made for a compared speed-up that another lacks.
 CALIBRATED_SPEEDUPS = tuple(("layers", s) for s in (1.25, 1.5, 1.75, 1.9, 2.0, 2.25, 2.5, 3.0, 4.0)) + tuple(
     ("flops", s) for s in (1.5, 2.0, 3.0))
 SPLITS = {"dev": "valid", "test": "test"}
 # result.json's "evaluation": 2 added the per-exit rule, 3 the finer grids, 4 the calibrated global
-# thresholds; runs scored by an older one are evaluated again
-VERSION = 4
+# thresholds, 5 the calibrated per-exit levels; runs scored by an older one are evaluated again
+VERSION = 5
 GATED_SINCE = 3  # the gated passes' grid last changed in evaluation 3: a gated run scored since is current
 
 
@@ -88,13 +90,28 @@ def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str
     return out
 
 
+def _speedups(dev: ExitTrace, model, head: str) -> Dict[str, Optional[Callable[[torch.Tensor], float]]]:
+    """How each axis of :data:`CALIBRATED_SPEEDUPS` measures a speed-up on ``dev`` (None: layers,
+    the calibration's default)."""
+    return {"layers": None, "flops": lambda exit_at: flops_speedup(dev, exit_at, model, head)}
+
+
 def entropy_grid(dev: ExitTrace, model, head: str) -> List[float]:
-    """:data:`ENTROPY_GRID` and the thresholds calibrated on ``dev`` for :data:`CALIBRATED_SPEEDUPS`
-    (those dev can reach), increasing, without repeats."""
-    measure = {"layers": None,
-               "flops": lambda exit_at: score(dev, exit_at, model, head)["flops_speedup"]}
+    """:data:`ENTROPY_GRID` and the global thresholds calibrated on ``dev`` for
+    :data:`CALIBRATED_SPEEDUPS` (those dev can reach), increasing, without repeats."""
+    measure = _speedups(dev, model, head)
     calibrated = (threshold_for_speedup(dev, s, measure[axis]) for axis, s in CALIBRATED_SPEEDUPS)
     return sorted(set(ENTROPY_GRID) | {th for th in calibrated if th is not None})
+
+
+def alpha_levels(dev: ExitTrace, model, head: str) -> List[float]:
+    """The per-exit rule's levels: :func:`~leebert_plugin.exits.calibrate.alpha_grid` and the
+    levels calibrated on ``dev`` for :data:`CALIBRATED_SPEEDUPS`, increasing, without repeats: the
+    same calibrated speed-ups as the global threshold's, so neither rule has a point made for a
+    compared speed-up that the other lacks."""
+    measure = _speedups(dev, model, head)
+    calibrated = (alpha_for_speedup(dev, s, measure[axis]) for axis, s in CALIBRATED_SPEEDUPS)
+    return sorted(set(alpha_grid(dev)) | {a for a in calibrated if a is not None})
 
 
 def _by_id(ids: torch.Tensor, *values: torch.Tensor) -> Tuple[np.ndarray, ...]:
@@ -135,7 +152,7 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tupl
             grid += [("patience", None, p, ()) for p in range(1, model.num_layers)]
             grid += [("normalized_entropy", th, 1, ()) for th in entropy_grid(traces["dev"], model, head)]
             grid += [("per_exit_entropy", a, 1, per_exit_thresholds(traces["dev"], a))
-                     for a in alpha_grid(traces["dev"])]
+                     for a in alpha_levels(traces["dev"], model, head)]
         for name, th, patience, taus in grid:
             exits = {s: (torch.full((t.logits.size(1),), last) if name == "none"
                          else replay(build_policy(name, classes, None if taus else th, patience, taus), t))

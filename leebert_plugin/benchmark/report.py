@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import FULL, PER_EXIT_POLICY, At, choose
-from leebert_plugin.benchmark.evaluation import Outcomes
+from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes, required_version
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval
 
 METHOD_COLUMNS = (FULL, At("layers", 1.5), At("layers", 2.0), At("layers", 3.0), At("flops", 2.0))
@@ -200,13 +200,26 @@ def rule_comparisons(by_seed: Dict[str, Dict[int, Run]], reps: int = 2000) -> Li
     return out
 
 
+def evaluation_line(runs: Dict[str, List[Run]]) -> str:
+    """Which evaluation scored the runs, naming any run an older one scored (a committed record
+    whose checkpoint is gone): its grid differs from the others', so its comparisons are not like
+    for like."""
+    older = [f"{r.method} seed {r.seed} (evaluation {r.result.get('evaluation', 1)})"
+             for rs in runs.values() for r in rs if r.result.get("evaluation", 1) < required_version(r.result)]
+    line = f"Evaluation {VERSION} (runs with skip gates: {GATED_SINCE} or later)."
+    if older:
+        line += (" **Scored by an older evaluation, on another grid (their checkpoints are gone): "
+                 + ", ".join(older) + "; their comparisons are not like for like.**")
+    return line
+
+
 def summary(runs: Dict[str, List[Run]], header: str, reps: int = 2000, variants: Sequence[Variant] = ()) -> str:
     """The markdown summary: the method table, the paired differences, the target verdicts, and
     with ``variants``, each ablation variant against its method."""
     by_seed = {m: {r.seed: r for r in rs} for m, rs in runs.items() if rs}
     comparisons = [compare(by_seed[a], by_seed[b], a_at, b_at, reps) for a, a_at, b, b_at in COMPARISONS
                    if a in by_seed and b in by_seed]
-    lines = [header, "", *method_table(runs), "",
+    lines = [header, "", evaluation_line(runs), "", *method_table(runs), "",
              "Paired differences A - B (test accuracy points; same seeds; each side's point chosen on dev):", "",
              *comparison_table(comparisons), "", "Targets:",
              *target_lines(by_seed, [(t, t.a) for t in TARGETS], reps)]

@@ -192,13 +192,24 @@ def predictions(t: ExitTrace, exit_at: Tensor) -> Tensor:
     return t.logits.gather(0, exit_at.view(1, -1, 1).expand(1, -1, t.logits.size(-1)))[0].argmax(-1)
 
 
+def layer_speedup(t: ExitTrace, exit_at: Tensor) -> float:
+    """``L / mean layers run`` when the samples of ``t`` leave at ``exit_at``."""
+    return t.num_layers / float(torch.tensor(t.exit_layers)[exit_at].float().mean())
+
+
+def flops_speedup(t: ExitTrace, exit_at: Tensor, model, head: str) -> float:
+    """The full model's FLOPs over ``t`` divided by those spent when the samples leave at
+    ``exit_at``, every exit up to the chosen one evaluated."""
+    layers = torch.tensor(t.exit_layers)[exit_at]
+    ran = sample_flops(model, head, t.lengths, layers, exit_at + 1, torch.zeros_like(exit_at))
+    return float(full_model_flops(model, head, t.lengths).sum()) / float(ran.sum())
+
+
 def score(t: ExitTrace, exit_at: Tensor, model=None, head: str = "") -> Dict[str, float]:
     """Metrics and layer speed-up of the predictions taken at ``exit_at`` (and, given the model,
-    the FLOPs speed-up: every exit up to the chosen one evaluated)."""
+    the FLOPs speed-up)."""
     row = classification_metrics(predictions(t, exit_at), t.targets, t.logits.size(-1), t.positive)
-    layers = torch.tensor(t.exit_layers)[exit_at]
-    row["layer_speedup"] = t.num_layers / float(layers.float().mean())
+    row["layer_speedup"] = layer_speedup(t, exit_at)
     if model is not None:
-        ran = sample_flops(model, head, t.lengths, layers, exit_at + 1, torch.zeros_like(exit_at))
-        row["flops_speedup"] = float(full_model_flops(model, head, t.lengths).sum()) / float(ran.sum())
+        row["flops_speedup"] = flops_speedup(t, exit_at, model, head)
     return row
