@@ -130,6 +130,14 @@ def interleaved_seconds(variants: Dict[str, Callable[[int], object]], items: int
     return out
 
 
+def ratios_per_repeat(times: Dict[str, List[float]], numerator: str, denominator: str) -> List[float]:
+    """``times[numerator][r] / times[denominator][r]`` for each repeat ``r`` of
+    :func:`interleaved_seconds`: a ratio of two variants timed in the same repeat, where a slow
+    spell fell on both, so its spread over the repeats is the measurement's noise (a ratio of two
+    medians taken over different repeats would hide it)."""
+    return [n / d for n, d in zip(times[numerator], times[denominator], strict=True)]
+
+
 def fairseq_device_args(device: torch.device, hydra: bool = False) -> List[str]:
     """What a fairseq subprocess (``fairseq-validate``, or ``fairseq-hydra-train`` with
     ``hydra``) needs to run on ``device``: the CPU flag for the CPU, nothing for CUDA (fairseq

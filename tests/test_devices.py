@@ -11,6 +11,7 @@ from leebert_plugin.devices import (
     fairseq_env,
     interleaved_seconds,
     place,
+    ratios_per_repeat,
     resolve_device,
     seconds,
     to_device,
@@ -123,6 +124,14 @@ def test_variants_take_turns_item_by_item_and_each_gets_its_own_time():
                      ("c", 0), ("a", 0), ("b", 0), ("a", 1), ("b", 1), ("c", 1)]
     assert {k: len(v) for k, v in t.items()} == {"a": 2, "b": 2, "c": 2}
     assert all(b >= 0.02 > a for a, b in zip(t["a"], t["b"]))  # b's two sleeps are b's alone
+
+
+def test_ratios_pair_the_variants_repeat_by_repeat():
+    times = {"plain": [2.0, 4.0, 3.0], "early": [1.0, 4.0, 1.5]}
+    # the slow second repeat fell on both: its ratio is 1, not 4 / 1.5 or 2 / 4
+    assert ratios_per_repeat(times, "plain", "early") == [2.0, 1.0, 2.0]
+    with pytest.raises(ValueError):  # repeats that do not pair up
+        ratios_per_repeat({"a": [1.0, 2.0], "b": [1.0]}, "a", "b")
 
 
 # ---- moving models and batches --------------------------------------------------------------------
