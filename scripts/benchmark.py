@@ -17,12 +17,14 @@ test (``choice.py``); methods are compared by paired differences with a 95% inte
 and a paired bootstrap over test examples within each seed (``stats.py``, ``report.py``). Finished
 runs are reused; a killed run resumes from its last checkpoint (``matrix.py``).
 
-Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz),
+Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
+for runs without gates: every exit's dev and test logits),
 ``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds), ``OUT/summary.md``,
 ``OUT/pareto.png`` and ``OUT/rules.png`` (the per-exit rule against the published ones).
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
-an older evaluation scored are evaluated again (not retrained) when the evaluation changes.
+an older evaluation scored are scored again (not retrained) when the evaluation changes: from their
+traces when they have them, else from their checkpoint.
 """
 import argparse
 import sys

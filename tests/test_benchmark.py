@@ -74,14 +74,21 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")
     assert abs(float(smart["dev_speedup"]) - measured["speedup"]) < 0.01
-    # a second call reuses the finished runs instead of training again; an older evaluation is redone
-    result["evaluation"] = 1
-    (save / "result.json").write_text(json.dumps(result))
+    # a second call reuses the finished runs instead of training again; an older evaluation is redone,
+    # from a run's traces when it has them (the same figures as its first scoring), else from its checkpoint
+    assert (save / "traces.npz").is_file() and not (out / "smartbert" / "seed1" / "traces.npz").exists()
+    full_ft = out / "full_ft" / "seed1"
+    (full_ft / "traces.npz").unlink()
+    for folder in (save, full_ft):
+        (folder / "result.json").write_text(json.dumps(dict(json.loads((folder / "result.json").read_text()),
+                                                            evaluation=1)))
     again = run(cmd, timeout=600)
     assert again.returncode == 0 and "benchmark: pabee seed 1 ..." not in again.stdout
-    assert f"benchmark: pabee seed 1: evaluating again (evaluation 1 -> {VERSION})" in again.stdout
-    assert "benchmark: full_ft seed 1" not in again.stdout
-    assert json.loads((save / "result.json").read_text())["train_seconds"] == result["train_seconds"]
+    assert f"benchmark: pabee seed 1: scoring again from its traces (evaluation 1 -> {VERSION})" in again.stdout
+    assert f"benchmark: full_ft seed 1: evaluating again (evaluation 1 -> {VERSION})" in again.stdout
+    assert "benchmark: smartbert seed 1: evaluating" not in again.stdout
+    assert json.loads((save / "result.json").read_text()) == result
+    assert (full_ft / "traces.npz").is_file()
     # finished runs are not reused under other overrides, and a misspelt method prefix is refused
     other = run(cmd[:-2] + ["--override", "common.log_interval=5"], timeout=600)
     assert other.returncode != 0 and "was trained with overrides" in other.stderr and "Fix:" in other.stderr

@@ -197,7 +197,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)).save(save / "outcomes.npz")
     import leebert_plugin.benchmark.matrix as matrix
     monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(matrix, "evaluate", lambda *a: pytest.fail("a run without its checkpoint was re-evaluated"))
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a run without its checkpoint was re-evaluated"))
     said = []
     runs = run_matrix(m, log=said.append)
     assert runs["pabee"][0].result == old and "kept as evaluation 1 scored it" in said[0] and len(said) == 1
@@ -212,7 +212,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     (save / "checkpoint_last.pt").write_bytes(b"a checkpoint")
     fresh = ({"evaluation": 99, "points": old["points"], "test_oracle": old["test_oracle"]},
              Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)))
-    monkeypatch.setattr(matrix, "evaluate", lambda *a: fresh)
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: fresh)
     monkeypatch.setattr(matrix, "VERSION", 99)
     for before, after in (({"device": "cuda"}, "cuda"), ({}, None)):
         (save / "result.json").write_text(json.dumps(dict(old, **before)))
@@ -220,12 +220,22 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
         assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0 and redone.get("device") == after
         assert json.loads((save / "result.json").read_text()).get("device") == after
     # a change to the replayed grid leaves a gated run's real passes alone, not a replayed run's
-    monkeypatch.setattr(matrix, "evaluate", lambda *a: fresh)
     for gated, redo in ((True, False), (False, True)):
         (save / "result.json").write_text(json.dumps(dict(old, gated=gated, evaluation=GATED_SINCE)))
         said.clear()
         run_matrix(m, log=said.append)
         assert any("evaluating again" in line for line in said) == redo
+    # with its traces, a run is scored again from them, not from its checkpoint, which may be gone
+    (save / "checkpoint_last.pt").unlink()
+    (save / "traces.npz").write_bytes(b"traces")
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a run with traces was evaluated again"))
+    monkeypatch.setattr(matrix, "load_traces", lambda path: {"read": path})
+    monkeypatch.setattr(matrix, "score_traces", lambda traces: fresh if traces == {"read": save / "traces.npz"} else None)
+    (save / "result.json").write_text(json.dumps(old))
+    said.clear()
+    redone = run_matrix(m, log=said.append)["pabee"][0].result
+    assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0
+    assert said == ["benchmark: pabee seed 1: scoring again from its traces (evaluation 1 -> 99)"]
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

@@ -4,7 +4,9 @@ import torch
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import evaluate
-from leebert_plugin.exits.evaluate import batches, load, oracle_exits, plain_seconds, replay, run, score, trace
+from leebert_plugin.exits.evaluate import (
+    batches, load, load_traces, oracle_exits, plain_seconds, replay, run, save_traces, score, trace,
+)
 from leebert_plugin.exits.calibrate import alpha_grid, per_exit_thresholds
 from leebert_plugin.exits.policies import build_policy
 
@@ -39,7 +41,7 @@ def test_replay_takes_the_exits_of_real_early_exit(name, threshold, patience, lo
     assert torch.equal(torch.tensor(t.exit_layers)[exit_at], torch.cat(real))
     if name == "per_exit_entropy":
         assert len(set(exit_at.tolist())) > 1, "the calibrated rule should mix exits for this check to bite"
-    replayed = score(t, exit_at, model, task.cfg.classification_head_name)
+    replayed = score(t, exit_at)  # FLOPs from the trace's own units: no model needed
     measured = run(model, task, data, policy, device="cpu")
     for key in ("accuracy", "f1", "mcc", "layer_speedup", "flops_speedup"):
         assert replayed[key] == pytest.approx(measured[key], abs=1e-9), key
@@ -56,6 +58,25 @@ def test_some_policy_mixes_exits_and_the_oracle_bounds_them(loaded):
     for n, th, p in POLICIES:  # at the oracle's accuracy or better, nothing is faster than it
         row = score(t, replay(build_policy(n, 2, th, p), t))
         assert row["accuracy"] < oracle["accuracy"] or row["layer_speedup"] <= oracle["layer_speedup"]
+
+
+def test_a_saved_trace_replays_and_scores_as_the_pass_that_made_it(loaded, tmp_path):
+    model, task, data = loaded
+    made = {"dev": trace(model, task, data), "test": trace(model, task, data[:2])}
+    path = tmp_path / "traces.npz"
+    save_traces(path, made)
+    back = load_traces(path)
+    assert set(back) == {"dev", "test"} and not list(tmp_path.glob("*.part*"))
+    for split, t in made.items():
+        b = back[split]
+        for name in ("logits", "targets", "lengths", "ids", "layer_flops", "exit_flops"):
+            assert torch.equal(getattr(b, name), getattr(t, name)), (split, name)
+        assert (b.exit_layers, b.num_layers, b.positive, b.gated) == (t.exit_layers, t.num_layers, t.positive, t.gated)
+    policy = build_policy("normalized_entropy", 2, 0.9, 1)
+    exit_at = replay(policy, back["dev"])
+    assert len(set(exit_at.tolist())) > 1, "the check bites only when the exits mix"
+    assert score(back["dev"], exit_at) == score(made["dev"], replay(policy, made["dev"]))
+    assert "flops_speedup" in score(back["dev"], exit_at)
 
 
 def test_every_batch_goes_to_the_device_and_the_figures_do_not_depend_on_who_chose_it(loaded, monkeypatch):

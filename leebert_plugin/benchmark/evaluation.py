@@ -16,7 +16,9 @@ compared on the published rules, the per-exit rule against them
 Besides each point's figures (``points``), the test outcome of every example at every point is
 kept (:class:`Outcomes`, ``outcomes.npz`` beside ``result.json``), ordered by the dataset's sample
 id, so that two methods' points can be compared example by example (the paired bootstrap of
-:mod:`leebert_plugin.benchmark.stats`).
+:mod:`leebert_plugin.benchmark.stats`). A run without gates also keeps its dev and test traces
+(``traces.npz``: every exit's logits and each example's FLOPs units), from which
+:func:`score_traces` scores it again, without the model, when the evaluation changes.
 """
 import math
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ import torch
 
 from leebert_plugin.exits.calibrate import alpha_for_speedup, alpha_grid, per_exit_thresholds, threshold_for_speedup
 from leebert_plugin.exits.evaluate import (
-    ExitTrace, batches, flops_speedup, load, oracle_exits, pass_outcomes, predictions, replay, score, trace,
+    ExitTrace, batches, flops_speedup, load, oracle_exits, pass_outcomes, predictions, replay, save_traces, score,
+    trace,
 )
 from leebert_plugin.exits.policies import build_policy
 
@@ -90,26 +93,26 @@ def point(policy: str, threshold: Optional[float], patience: int, rows: Dict[str
     return out
 
 
-def _speedups(dev: ExitTrace, model, head: str) -> Dict[str, Optional[Callable[[torch.Tensor], float]]]:
+def _speedups(dev: ExitTrace) -> Dict[str, Optional[Callable[[torch.Tensor], float]]]:
     """How each axis of :data:`CALIBRATED_SPEEDUPS` measures a speed-up on ``dev`` (None: layers,
     the calibration's default)."""
-    return {"layers": None, "flops": lambda exit_at: flops_speedup(dev, exit_at, model, head)}
+    return {"layers": None, "flops": lambda exit_at: flops_speedup(dev, exit_at)}
 
 
-def entropy_grid(dev: ExitTrace, model, head: str) -> List[float]:
+def entropy_grid(dev: ExitTrace) -> List[float]:
     """:data:`ENTROPY_GRID` and the global thresholds calibrated on ``dev`` for
     :data:`CALIBRATED_SPEEDUPS` (those dev can reach), increasing, without repeats."""
-    measure = _speedups(dev, model, head)
+    measure = _speedups(dev)
     calibrated = (threshold_for_speedup(dev, s, measure[axis]) for axis, s in CALIBRATED_SPEEDUPS)
     return sorted(set(ENTROPY_GRID) | {th for th in calibrated if th is not None})
 
 
-def alpha_levels(dev: ExitTrace, model, head: str) -> List[float]:
+def alpha_levels(dev: ExitTrace) -> List[float]:
     """The per-exit rule's levels: :func:`~leebert_plugin.exits.calibrate.alpha_grid` and the
     levels calibrated on ``dev`` for :data:`CALIBRATED_SPEEDUPS`, increasing, without repeats: the
     same calibrated speed-ups as the global threshold's, so neither rule has a point made for a
     compared speed-up that the other lacks."""
-    measure = _speedups(dev, model, head)
+    measure = _speedups(dev)
     calibrated = (alpha_for_speedup(dev, s, measure[axis]) for axis, s in CALIBRATED_SPEEDUPS)
     return sorted(set(alpha_grid(dev)) | {a for a in calibrated if a is not None})
 
@@ -119,57 +122,84 @@ def _by_id(ids: torch.Tensor, *values: torch.Tensor) -> Tuple[np.ndarray, ...]:
     return (ids[order].numpy(),) + tuple(v[order].numpy() for v in values)
 
 
-def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Tuple[Dict, Outcomes]:
-    """The run's figures (``points``: full depth first, then the grid; oracle rows) and its test
-    outcomes. Without skip gates, the full-depth point costs the plain model's FLOPs (only the last
-    exit runs when deployed without a policy); with gates it is a real pass (gates still skip)."""
-    model, task = load(checkpoint, data, device)
-    head = task.cfg.classification_head_name
-    loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
-    gated = model.skip_gates is not None
-    classes = model.exit_heads[head].num_classes
-    result: Dict = {"evaluation": VERSION, "layers": model.num_layers, "gated": gated, "points": []}
-    correct: List[np.ndarray] = []
-    layers: List[np.ndarray] = []
-    ids = None
+class _Kept:
+    """The test outcomes of a run's points, gathered point by point (examples by sample id)."""
 
-    def keep(test_ids, pred, target, ran) -> None:
-        nonlocal ids
+    def __init__(self):
+        self.ids: Optional[np.ndarray] = None
+        self.correct: List[np.ndarray] = []
+        self.layers: List[np.ndarray] = []
+
+    def add(self, test_ids, pred, target, ran) -> None:
         sorted_ids, p, t, r = _by_id(test_ids, pred, target, ran)
-        if ids is not None and not np.array_equal(ids, sorted_ids):
+        if self.ids is not None and not np.array_equal(self.ids, sorted_ids):
             raise RuntimeError("test sample ids differ between two passes over the same split")
-        ids = sorted_ids
-        correct.append(p == t)
-        layers.append(r.astype(np.int16))
+        self.ids = sorted_ids
+        self.correct.append(p == t)
+        self.layers.append(r.astype(np.int16))
 
+    def outcomes(self) -> Outcomes:
+        return Outcomes(self.ids, np.stack(self.correct), np.stack(self.layers))
+
+
+def _new_result(traces: Dict[str, ExitTrace], gated: bool) -> Dict:
+    """The head of a run's figures, with each split's oracle row (the earliest right exit: the
+    ceiling no policy over these exits beats)."""
+    result: Dict = {"evaluation": VERSION, "layers": traces["test"].num_layers, "gated": gated, "points": []}
+    for name, t in traces.items():
+        result[f"{name}_oracle"] = score(t, oracle_exits(t))
+    return result
+
+
+def score_traces(traces: Dict[str, ExitTrace]) -> Tuple[Dict, Outcomes]:
+    """The figures and test outcomes of a run without skip gates, from its dev and test traces
+    alone (``evaluate`` made them; :func:`~leebert_plugin.exits.evaluate.load_traces` reads them
+    back): every point is a replay, so no model is needed. The full-depth point costs the plain
+    model's FLOPs (only the last exit runs when deployed without a policy)."""
+    dev, test = traces["dev"], traces["test"]
+    if test.gated:
+        raise ValueError("a run with skip gates is scored by real passes (evaluate), not from its traces")
+    result, kept = _new_result(traces, gated=False), _Kept()
+    classes, last = test.logits.size(-1), len(test.exit_layers) - 1
+    grid = [("none", None, 0, ())]
+    if last > 0:
+        grid += [("patience", None, p, ()) for p in range(1, test.num_layers)]
+        grid += [("normalized_entropy", th, 1, ()) for th in entropy_grid(dev)]
+        grid += [("per_exit_entropy", a, 1, per_exit_thresholds(dev, a)) for a in alpha_levels(dev)]
+    for name, th, patience, taus in grid:
+        exits = {s: (torch.full((t.logits.size(1),), last) if name == "none"
+                     else replay(build_policy(name, classes, None if taus else th, patience, taus), t))
+                 for s, t in traces.items()}
+        rows = {s: score(traces[s], e) for s, e in exits.items()}
+        if name == "none":
+            for row in rows.values():
+                row["flops_speedup"] = 1.0
+        result["points"].append(point(name, th, patience, rows, taus))
+        kept.add(test.ids, predictions(test, exits["test"]), test.targets, torch.tensor(test.exit_layers)[exits["test"]])
+    return result, kept.outcomes()
+
+
+def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64,
+             traces_path: Optional[Path] = None) -> Tuple[Dict, Outcomes]:
+    """The run's figures (``points``: full depth first, then the grid; oracle rows) and its test
+    outcomes. Without skip gates, every point is a replay of the dev and test traces
+    (:func:`score_traces`), which are written to ``traces_path`` when given, so that a later
+    evaluation can score the run again without its checkpoint; with gates every point is a real
+    pass (gates still skip at full depth)."""
+    model, task = load(checkpoint, data, device)
+    loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
     traces = {name: trace(model, task, d) for name, d in loaded.items()}
-    for name, t in traces.items():  # the earliest right exit: the ceiling no policy over these exits beats
-        result[f"{name}_oracle"] = score(t, oracle_exits(t), model, head)
-    if not gated:
-        last = len(model.exit_layers) - 1
-        grid = [("none", None, 0, ())]
-        if last > 0:
-            grid += [("patience", None, p, ()) for p in range(1, model.num_layers)]
-            grid += [("normalized_entropy", th, 1, ()) for th in entropy_grid(traces["dev"], model, head)]
-            grid += [("per_exit_entropy", a, 1, per_exit_thresholds(traces["dev"], a))
-                     for a in alpha_levels(traces["dev"], model, head)]
-        for name, th, patience, taus in grid:
-            exits = {s: (torch.full((t.logits.size(1),), last) if name == "none"
-                         else replay(build_policy(name, classes, None if taus else th, patience, taus), t))
-                     for s, t in traces.items()}
-            rows = {s: score(traces[s], e, model, head) for s, e in exits.items()}
-            if name == "none":
-                for row in rows.values():
-                    row["flops_speedup"] = 1.0
-            result["points"].append(point(name, th, patience, rows, taus))
-            t = traces["test"]
-            keep(t.ids, predictions(t, exits["test"]), t.targets, torch.tensor(t.exit_layers)[exits["test"]])
-        return result, Outcomes(ids, np.stack(correct), np.stack(layers))
+    if model.skip_gates is None:
+        if traces_path is not None:
+            save_traces(traces_path, traces)
+        return score_traces(traces)
+    result, kept = _new_result(traces, gated=True), _Kept()
+    classes = model.exit_heads[task.cfg.classification_head_name].num_classes
     for name, th in [("none", None)] + [("entropy", frac * math.log(classes)) for frac in GATED_GRID]:
         policy = build_policy(name, classes, th, 1)
         passes = {s: pass_outcomes(model, task, d, policy) for s, d in loaded.items()}
         result["points"].append(point(name, th, 1 if th is not None else 0,
                                       {s: o.metrics() for s, o in passes.items()}))
         o = passes["test"]
-        keep(o.ids, o.pred, o.target, o.layers)
-    return result, Outcomes(ids, np.stack(correct), np.stack(layers))
+        kept.add(o.ids, o.pred, o.target, o.layers)
+    return result, kept.outcomes()

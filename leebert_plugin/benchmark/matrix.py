@@ -23,16 +23,18 @@ import torch
 
 from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import PER_EXIT_POLICY, RULES, At, choose
-from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate, required_version
+from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate, required_version, score_traces
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
+from leebert_plugin.exits.evaluate import load_traces
 from leebert_plugin.exits.pareto import front
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.launch import ROOT, train_with_progress
 
 BIN = Path(sys.executable).parent
+TRACES = "traces.npz"  # a run's dev and test traces (runs without gates): scored again without the checkpoint
 
 DATASETS = {"rt": "rt-bin", "20ng": "20ng-bin"}  # folders written by scripts/prepare_offline_benchmark.sh
 SIZES = {"1k": "-1k", "3k": "-3k", "all": ""}
@@ -127,10 +129,18 @@ def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
 
 
 def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str]) -> Run:
-    """Evaluate the trained run ``name`` seed ``seed`` and write its ``outcomes.npz`` and ``result.json``
-    (``device``: the kind it trained on; left out when unknown, a record older than the field)."""
+    """Evaluate the trained run ``name`` seed ``seed`` from its checkpoint and write its record
+    (:func:`_write`), its traces too when it has no gates."""
     save = m.save_dir(name, seed)
-    result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device)
+    return _write(m, name, seed, seconds, trained_on,
+                  *evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES))
+
+
+def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], result: Dict,
+           outcomes: Outcomes) -> Run:
+    """Write the run's ``outcomes.npz`` and ``result.json`` (``device``: the kind it trained on; left
+    out when unknown, a record older than the field)."""
+    save = m.save_dir(name, seed)
     result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name),
               **({"device": trained_on} if trained_on else {}), **result}
     outcomes.save(save / "outcomes.npz")
@@ -142,8 +152,9 @@ def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
 
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
     """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
-    run evaluated by an older evaluation (``evaluation.required_version``) is evaluated again, not retrained,
-    when its checkpoint is still there (a committed record has none: it is kept as it was scored).
+    run evaluated by an older evaluation (``evaluation.required_version``) is scored again, not
+    retrained: from its traces when it has them (``traces.npz``, committed with the record), else from
+    its checkpoint when that is still there (not committed), else it is kept as it was scored.
     A finished run is kept whatever device trained it, with a line saying so when it is not this
     matrix's: its accuracy stands, its training minutes are that device's."""
     runs: Dict[str, List[Run]] = {name: [] for name in m.methods}
@@ -151,9 +162,15 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
         for name in m.methods:
             run = finished(m, name, seed)
             stale = run is not None and run.result.get("evaluation", 1) < required_version(run.result)
-            if stale and not (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
+            traces = m.save_dir(name, seed) / TRACES
+            if stale and traces.is_file():
+                log(f"benchmark: {name} seed {seed}: scoring again from its traces (evaluation "
+                    f"{run.result.get('evaluation', 1)} -> {VERSION})")
+                run = _write(m, name, seed, run.result["train_seconds"], run.result.get("device"),
+                             *score_traces(load_traces(traces)))
+            elif stale and not (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
                 log(f"benchmark: {name} seed {seed}: kept as evaluation {run.result.get('evaluation', 1)} scored it "
-                    f"(its checkpoint is gone: a committed record); delete its result.json to train it again")
+                    f"(it has neither traces nor a checkpoint); delete its result.json to train it again")
             elif stale:
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")

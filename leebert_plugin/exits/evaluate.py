@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from fairseq import checkpoint_utils
 from torch import Tensor
 
 from leebert_plugin.devices import DeviceLike, Stopwatch, place, resolve_device, to_device
 from leebert_plugin.exits import glue_metrics
-from leebert_plugin.exits.flops import full_model_flops, sample_flops
+from leebert_plugin.exits.flops import full_model_flops, sample_flops, unit_flops
 from leebert_plugin.exits.policies import ExitPolicy
 
 
@@ -134,16 +135,58 @@ def plain_seconds(model, task, data, device: DeviceLike = None) -> float:
 
 @dataclass
 class ExitTrace:
-    """Every exit's logits at full depth over a split: ``logits`` is ``E x N x C``."""
+    """Every exit's logits at full depth over a split: ``logits`` is ``E x N x C``.
+
+    With ``layer_flops`` and ``exit_flops`` (per sample, the FLOPs of one layer and of one exit
+    evaluation: :func:`~leebert_plugin.exits.flops.unit_flops`) a trace is all a replay and its
+    score need, FLOPs included: :func:`save_traces` keeps it, and a run can be scored again
+    without its checkpoint."""
 
     logits: Tensor
     targets: Tensor
-    lengths: Tensor  # real tokens per sample (for FLOPs)
+    lengths: Tensor  # real tokens per sample
     exit_layers: List[int]
     num_layers: int
     positive: int
     gated: bool  # with skip gates, early exit checks no exit at a skipped layer: no exact replay
     ids: Optional[Tensor] = None  # the dataset's sample ids, in the order of ``targets``
+    layer_flops: Optional[Tensor] = None
+    exit_flops: Optional[Tensor] = None
+
+
+_TENSORS = ("logits", "targets", "lengths", "ids", "layer_flops", "exit_flops")
+_SCALARS = ("num_layers", "positive", "gated")
+
+
+def save_traces(path: Path, traces: Dict[str, ExitTrace]) -> None:
+    """Write ``traces`` (split name -> trace) to one ``.npz``, whole or not at all (a partial file,
+    renamed when complete). Logits stay float32: a replay of the saved trace is the replay of the
+    pass that made it, decision for decision."""
+    arrays = {}
+    for split, t in traces.items():
+        if "/" in split:
+            raise ValueError(f"split name {split!r} has a '/'")
+        arrays.update({f"{split}/{k}": getattr(t, k).numpy() for k in _TENSORS if getattr(t, k) is not None})
+        arrays.update({f"{split}/{k}": np.asarray(getattr(t, k)) for k in _SCALARS})
+        arrays[f"{split}/exit_layers"] = np.asarray(t.exit_layers)
+    partial = Path(path).with_name(Path(path).name + ".part.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
+
+
+def load_traces(path: Path) -> Dict[str, ExitTrace]:
+    """The traces :func:`save_traces` wrote, by split name."""
+    with np.load(path) as z:
+        fields: Dict[str, Dict] = {}
+        for key in z.files:
+            split, name = key.split("/", 1)
+            fields.setdefault(split, {})[name] = z[key]
+    out = {}
+    for split, f in fields.items():
+        tensors = {k: torch.from_numpy(f[k]) for k in _TENSORS if k in f}
+        out[split] = ExitTrace(exit_layers=[int(v) for v in f["exit_layers"]], num_layers=int(f["num_layers"]),
+                               positive=int(f["positive"]), gated=bool(f["gated"]), **tensors)
+    return out
 
 
 def trace(model, task, data, device: DeviceLike = None) -> ExitTrace:
@@ -160,9 +203,11 @@ def trace(model, task, data, device: DeviceLike = None) -> ExitTrace:
             per_batch.append(torch.stack(extra["exits"].exit_logits).cpu())
             targets.append(sample["target"].view(-1).cpu())
             lengths.append(tokens.ne(task.source_dictionary.pad()).sum(-1).cpu())
-    return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), torch.cat(lengths), list(model.exit_layers),
+    lengths = torch.cat(lengths)
+    layer_flops, exit_flops = unit_flops(model, head, lengths)
+    return ExitTrace(torch.cat(per_batch, 1), torch.cat(targets), lengths, list(model.exit_layers),
                      model.num_layers, glue_metrics.positive_class(task.label_dictionary),
-                     model.skip_gates is not None, torch.cat(ids))
+                     model.skip_gates is not None, torch.cat(ids), layer_flops, exit_flops)
 
 
 def replay(policy: ExitPolicy, t: ExitTrace) -> Tensor:
@@ -197,19 +242,23 @@ def layer_speedup(t: ExitTrace, exit_at: Tensor) -> float:
     return t.num_layers / float(torch.tensor(t.exit_layers)[exit_at].float().mean())
 
 
-def flops_speedup(t: ExitTrace, exit_at: Tensor, model, head: str) -> float:
-    """The full model's FLOPs over ``t`` divided by those spent when the samples leave at
-    ``exit_at``, every exit up to the chosen one evaluated."""
+def flops_speedup(t: ExitTrace, exit_at: Tensor) -> float:
+    """The plain model's FLOPs over ``t`` (every layer, the last exit once) divided by those spent
+    when the samples leave at ``exit_at``, every exit up to the chosen one evaluated:
+    sum(L f_layer + f_exit) / sum(l_i f_layer + (k_i + 1) f_exit), per-sample units of the trace."""
+    if t.layer_flops is None or t.exit_flops is None:
+        raise ValueError("this trace has no FLOPs units (layer_flops, exit_flops): make it with trace()")
     layers = torch.tensor(t.exit_layers)[exit_at]
-    ran = sample_flops(model, head, t.lengths, layers, exit_at + 1, torch.zeros_like(exit_at))
-    return float(full_model_flops(model, head, t.lengths).sum()) / float(ran.sum())
+    full = t.num_layers * t.layer_flops + t.exit_flops
+    ran = layers * t.layer_flops + (exit_at + 1) * t.exit_flops
+    return float(full.sum()) / float(ran.sum())
 
 
-def score(t: ExitTrace, exit_at: Tensor, model=None, head: str = "") -> Dict[str, float]:
-    """Metrics and layer speed-up of the predictions taken at ``exit_at`` (and, given the model,
-    the FLOPs speed-up)."""
+def score(t: ExitTrace, exit_at: Tensor) -> Dict[str, float]:
+    """Metrics and layer speed-up of the predictions taken at ``exit_at``, and the FLOPs speed-up
+    when the trace has its FLOPs units."""
     row = classification_metrics(predictions(t, exit_at), t.targets, t.logits.size(-1), t.positive)
     row["layer_speedup"] = layer_speedup(t, exit_at)
-    if model is not None:
-        row["flops_speedup"] = flops_speedup(t, exit_at, model, head)
+    if t.layer_flops is not None:
+        row["flops_speedup"] = flops_speedup(t, exit_at)
     return row

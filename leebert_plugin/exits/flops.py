@@ -8,6 +8,8 @@ alone; padding in a batch is extra work this number leaves out.
   transformer layer:  4 T d^2 (Q, K, V, output) + 2 T^2 d (scores, mixing) + 2 T d f (FFN)
   exit head, gate:    their ``macs(T)``, once per evaluation
 """
+from typing import Tuple
+
 from torch import Tensor
 
 
@@ -15,22 +17,26 @@ def layer_macs(length: Tensor, dim: int, ffn_dim: int) -> Tensor:
     return 4 * length * dim * dim + 2 * length * length * dim + 2 * length * dim * ffn_dim
 
 
+def unit_flops(model, head_name: str, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    """FLOPs per sample of one transformer layer and of one evaluation of an exit: the units every
+    count below is made of (a trace keeps them, so a replay needs no model to count FLOPs)."""
+    args = model.args
+    lengths = lengths.long()
+    return (2 * layer_macs(lengths, args.encoder_embed_dim, args.encoder_ffn_embed_dim),
+            2 * model.exit_heads[head_name].macs(lengths))
+
+
 def sample_flops(model, head_name: str, lengths: Tensor, layers_run: Tensor, exits_run: Tensor,
                  gates_run: Tensor) -> Tensor:
     """FLOPs per sample of what actually ran: executed layers, evaluated exits and gates."""
-    args = model.args
-    lengths = lengths.to(layers_run.device).long()
-    flops = layers_run * layer_macs(lengths, args.encoder_embed_dim, args.encoder_ffn_embed_dim)
-    flops = flops + exits_run * model.exit_heads[head_name].macs(lengths)
+    layer, exit_ = unit_flops(model, head_name, lengths.to(layers_run.device))
+    flops = layers_run * layer + exits_run * exit_
     if model.skip_gates is not None:
-        flops = flops + gates_run * model.skip_gates.macs(lengths)
-    return 2 * flops
+        flops = flops + gates_run * 2 * model.skip_gates.macs(lengths.to(layers_run.device).long())
+    return flops
 
 
 def full_model_flops(model, head_name: str, lengths: Tensor) -> Tensor:
     """The plain model's FLOPs per sample: every layer and the final classifier, no gates."""
-    lengths = lengths.long()
-    ones = lengths.new_ones(lengths.shape)
-    args = model.args
-    return 2 * (model.num_layers * ones * layer_macs(lengths, args.encoder_embed_dim, args.encoder_ffn_embed_dim)
-                + model.exit_heads[head_name].macs(lengths))
+    layer, exit_ = unit_flops(model, head_name, lengths)
+    return model.num_layers * layer + exit_
