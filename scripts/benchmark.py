@@ -6,6 +6,7 @@
     python scripts/benchmark.py --setting medium                     # 3,000 snippets (one 3-hour session, 2 cores)
     python scripts/benchmark.py --setting full --dataset 20ng        # the whole training set (a GPU)
     python scripts/benchmark.py --setting reduced --ablation distill weights   # + LeeBERT's ablations
+    python scripts/benchmark.py --across runs/benchmark/rt-reduced runs/benchmark/rt-medium   # sizes side by side
 
 Every run is a real ``fairseq-hydra-train`` of the GLUE SST-2 config of the method (full
 fine-tuning with the last exit only, PABEE, DeeBERT's two stages, LeeBERT with ``clo``, SmartBERT's
@@ -34,10 +35,10 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, run_matrix, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, read_records, run_matrix, write_points,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget
-from leebert_plugin.benchmark.report import summary
+from leebert_plugin.benchmark.report import across_tables, summary
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
@@ -69,8 +70,19 @@ def main() -> None:
                    help="an extra hydra override for every run (or METHOD's runs only), replacing the "
                         "benchmark's own value of KEY, e.g. smartbert:+model.skip_gate_bias=-3; repeatable")
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<dataset>-<setting>")
+    p.add_argument("--across", type=Path, nargs="+", metavar="OUT",
+                   help="train nothing: print the finished runs of these --out folders side by side (one "
+                        "column each, e.g. the sizes of one data set), each compared within its own seeds")
     add_device_argument(p)
     args = p.parse_args()
+    if args.across:
+        columns = {str(out): read_records(out) for out in args.across}
+        empty = [name for name, runs in columns.items() if not runs]
+        if empty:
+            raise UsageError(f"no finished runs in {', '.join(empty)}",
+                             "pass --out folders of earlier benchmark runs (each holds <method>/seed<k>/result.json)")
+        print("\n".join(across_tables(columns, args.bootstrap)))
+        return
     device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
     ablation = variants(args.ablation)
     size, epochs = SETTINGS[args.setting]

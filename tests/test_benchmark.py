@@ -4,7 +4,7 @@ import csv
 import json
 import math
 
-from helpers import BIN, run, validate
+from helpers import BIN, assert_one_clear_error, run, validate
 
 from leebert_plugin.benchmark.evaluation import CALIBRATED_SPEEDUPS, ENTROPY_GRID, GATED_GRID, VERSION, Outcomes
 
@@ -94,3 +94,10 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     assert other.returncode != 0 and "was trained with overrides" in other.stderr and "Fix:" in other.stderr
     typo = run(cmd + ["--override", "smartbret:+model.skip_gate_bias=-2"], timeout=600)
     assert typo.returncode != 0 and "unknown method 'smartbret'" in typo.stderr
+    # the finished runs of --out folders side by side (here one folder), training nothing
+    across = run(cmd[:2] + ["--across", str(out), "--bootstrap", "50"], timeout=300)
+    assert across.returncode == 0, across.stderr[-2000:]
+    assert "| pabee | full depth |" in across.stdout and "| pabee - full_ft | 2x vs full depth |" in across.stdout
+    assert "benchmark: " not in across.stdout  # nothing trained or scored again
+    missing = run(cmd[:2] + ["--across", str(out), str(tmp_path / "no-runs")], timeout=300)
+    assert_one_clear_error(missing, "no finished runs", "no-runs")

@@ -11,9 +11,11 @@ import pytest
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
-from leebert_plugin.benchmark.matrix import Matrix, run_matrix
+from leebert_plugin.benchmark.matrix import Matrix, read_records, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
-from leebert_plugin.benchmark.report import TARGETS, Run, compare, evaluation_line, realised_speedup, summary
+from leebert_plugin.benchmark.report import (
+    TARGETS, Run, across_tables, compare, evaluation_line, realised_speedup, summary,
+)
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
 from leebert_plugin.errors import UsageError
 
@@ -157,6 +159,42 @@ def test_comparison_pairs_by_seed_and_by_example():
         compare(lee, pab, At("layers", 2.0), At("layers", 2.0), reps=50)
 
 
+def test_matrices_side_by_side_pair_within_each_column(tmp_path):
+    small_lee, small_pab = two_methods([2.0, 2.5, 3.0, 2.0, 2.5])  # LeeBERT ahead at one size ...
+    big_lee, big_pab = two_methods([0.5, 1.5, 0.0])  # ... a tie at the other
+    columns = {"1k": {"leebert": list(small_lee.values()), "pabee": list(small_pab.values())},
+               "3k": {"leebert": list(big_lee.values()), "pabee": list(big_pab.values())}}
+    del columns["3k"]["pabee"][2:]  # 2 PABEE seeds at 3k: the column pairs 2 seeds
+    lines = across_tables(columns, reps=50)
+    row = next(line for line in lines if line.startswith("| leebert - pabee | 2x |"))
+    small, big = row.rstrip(" |").split(" | ")[2:4]
+    assert small.startswith("+2.40 [") and small.endswith("(5 seeds; leebert better)")
+    assert big.startswith("+1.00 [") and big.endswith("(2 seeds; tie)")  # seed 3 has no PABEE run there
+    full = next(line for line in lines if line.startswith("| pabee | full depth |"))
+    assert full.count("(5 seeds)") == 1 and full.count("(2 seeds)") == 1
+    assert next(line for line in lines if line.startswith("| leebert - deebert | 2x |")).endswith("| - | - |")
+    assert f"1k: Evaluation {VERSION}" in lines[-2] and lines[-1].startswith("3k: ")
+    # no seed in common: nothing paired (not "not reached"); one seed: its value, no verdict
+    columns["3k"]["pabee"] = [Run("pabee", 7, r.result, r.outcomes) for r in columns["3k"]["pabee"]]
+    row = next(line for line in across_tables(columns, reps=10) if line.startswith("| leebert - pabee | 2x |"))
+    assert row.endswith("| no seed in common |")
+    columns["3k"]["pabee"][0].seed = 1
+    row = next(line for line in across_tables(columns, reps=10) if line.startswith("| leebert - pabee | 2x |"))
+    assert row.endswith(" (n=1) |") and "tie" not in row.split(" | ")[-1]
+    # read back from records folders: the runs a matrix over them would reuse, by name and seed
+    for name, runs in columns["1k"].items():
+        for r, seed in zip(runs, (1, 10, 2)):
+            save = tmp_path / "1k" / name / f"seed{seed}"
+            save.mkdir(parents=True)
+            (save / "result.json").write_text(json.dumps(r.result))
+            r.outcomes.save(save / "outcomes.npz")
+    (tmp_path / "1k" / "pabee" / "seed9").mkdir()  # unfinished: no record
+    (tmp_path / "1k" / "pabee" / "seedlings").mkdir()  # not a seed folder
+    back = read_records(tmp_path / "1k")
+    assert {n: [r.seed for r in rs] for n, rs in back.items()} == {"leebert": [1, 2, 10], "pabee": [1, 2, 10]}
+    assert back["pabee"][2].result["points"] == columns["1k"]["pabee"][1].result["points"]  # seed 10's record
+
+
 def test_noisy_differences_are_ties_and_targets_follow_their_rule():
     lee, pab = two_methods([3.0, -2.0, 2.5, -1.0, 0.5])
     text = summary({"leebert": list(lee.values()), "pabee": list(pab.values())}, "setting: unit", reps=100)
@@ -231,11 +269,19 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a run with traces was evaluated again"))
     monkeypatch.setattr(matrix, "load_traces", lambda path: {"read": path})
     monkeypatch.setattr(matrix, "score_traces", lambda traces: fresh if traces == {"read": save / "traces.npz"} else None)
+    monkeypatch.setattr(matrix, "trace_format", lambda path: matrix.TRACE_FORMAT)
     (save / "result.json").write_text(json.dumps(old))
     said.clear()
     redone = run_matrix(m, log=said.append)["pabee"][0].result
     assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0
     assert said == ["benchmark: pabee seed 1: scoring again from its traces (evaluation 1 -> 99)"]
+    # traces saved under another format, or beside a gated run, are not used
+    for result, fmt in ((old, matrix.TRACE_FORMAT - 1), (dict(old, gated=True), matrix.TRACE_FORMAT)):
+        monkeypatch.setattr(matrix, "trace_format", lambda path, fmt=fmt: fmt)
+        (save / "result.json").write_text(json.dumps(result))
+        said.clear()
+        assert run_matrix(m, log=said.append)["pabee"][0].result == result
+        assert "kept as evaluation 1 scored it" in said[0]
 
 
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):

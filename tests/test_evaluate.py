@@ -1,7 +1,10 @@
 """A replay of the full-depth exit logits takes the same exits as real batched early exit."""
+import dataclasses
+
 import pytest
 import torch
 
+from leebert_plugin.benchmark.evaluation import score_traces
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import evaluate
 from leebert_plugin.exits.evaluate import (
@@ -77,6 +80,18 @@ def test_a_saved_trace_replays_and_scores_as_the_pass_that_made_it(loaded, tmp_p
     assert len(set(exit_at.tolist())) > 1, "the check bites only when the exits mix"
     assert score(back["dev"], exit_at) == score(made["dev"], replay(policy, made["dev"]))
     assert "flops_speedup" in score(back["dev"], exit_at)
+    # a whole run's figures and outcomes come out the same from the saved traces
+    (first, first_outcomes), (again, again_outcomes) = score_traces(made), score_traces(back)
+    assert again == first and len(first["points"]) > 20
+    assert (again_outcomes.correct == first_outcomes.correct).all() and (again_outcomes.ids == first_outcomes.ids).all()
+    assert evaluate.trace_format(path) == evaluate.TRACE_FORMAT
+    # traces without FLOPs units, or of a gated model, are refused with the reason
+    bare = {s: dataclasses.replace(t, layer_flops=None) for s, t in made.items()}
+    with pytest.raises(ValueError, match="no FLOPs units"):
+        score_traces(bare)
+    assert "flops_speedup" not in score(bare["dev"], exit_at)
+    with pytest.raises(ValueError, match="skip gates"):
+        score_traces({s: dataclasses.replace(t, gated=True) for s, t in made.items()})
 
 
 def test_every_batch_goes_to_the_device_and_the_figures_do_not_depend_on_who_chose_it(loaded, monkeypatch):

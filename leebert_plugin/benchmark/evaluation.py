@@ -159,6 +159,8 @@ def score_traces(traces: Dict[str, ExitTrace]) -> Tuple[Dict, Outcomes]:
     dev, test = traces["dev"], traces["test"]
     if test.gated:
         raise ValueError("a run with skip gates is scored by real passes (evaluate), not from its traces")
+    if any(t.layer_flops is None or t.exit_flops is None for t in traces.values()):
+        raise ValueError("these traces have no FLOPs units (layer_flops, exit_flops): make them with trace()")
     result, kept = _new_result(traces, gated=False), _Kept()
     classes, last = test.logits.size(-1), len(test.exit_layers) - 1
     grid = [("none", None, 0, ())]
@@ -193,6 +195,8 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64,
         if traces_path is not None:
             save_traces(traces_path, traces)
         return score_traces(traces)
+    if traces_path is not None:  # a gated run is not scored from traces: none of an earlier run's may stay
+        Path(traces_path).unlink(missing_ok=True)
     result, kept = _new_result(traces, gated=True), _Kept()
     classes = model.exit_heads[task.cfg.classification_head_name].num_classes
     for name, th in [("none", None)] + [("entropy", frac * math.log(classes)) for frac in GATED_GRID]:

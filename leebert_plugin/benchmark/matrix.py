@@ -14,6 +14,7 @@ encoder).
 """
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
-from leebert_plugin.exits.evaluate import load_traces
+from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, trace_format
 from leebert_plugin.exits.pareto import front
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.launch import ROOT, train_with_progress
@@ -114,18 +115,36 @@ def train(m: Matrix, method: str, seed: int) -> float:
     return seconds
 
 
-def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
-    """The finished run, or None; a run trained under other overrides is refused."""
-    save = m.save_dir(method, seed)
+def _read_run(save: Path, name: str, seed: int) -> Optional[Run]:
+    """The run recorded in ``save`` (``result.json`` and ``outcomes.npz``), or None when it is not finished."""
     done, outcomes = save / "result.json", save / "outcomes.npz"
     if not (done.is_file() and outcomes.is_file()):
         return None
-    result = json.loads(done.read_text())
+    return Run(name, seed, json.loads(done.read_text()), Outcomes.load(outcomes))
+
+
+def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
+    """The finished run, or None; a run trained under other overrides is refused."""
+    run = _read_run(m.save_dir(method, seed), method, seed)
     mine = m.overrides_for(method)
-    if result.get("overrides", []) != mine:
-        raise UsageError(f"{done} was trained with overrides {result.get('overrides', [])}, not {mine}",
+    if run is not None and run.result.get("overrides", []) != mine:
+        raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained with overrides "
+                         f"{run.result.get('overrides', [])}, not {mine}",
                          "pass --out to a new folder, or the same --override values")
-    return Run(method, seed, result, Outcomes.load(outcomes))
+    return run
+
+
+def read_records(out: Path) -> Dict[str, List[Run]]:
+    """Every finished run in the records folder ``out`` (``<name>/seed<k>/`` with ``result.json``
+    and ``outcomes.npz``), by name and by seed, read as they are: nothing trained or scored again."""
+    found = sorted((save.parent.name, int(match.group(1)), save) for save in out.glob("*/seed*")
+                   if (match := re.fullmatch(r"seed([0-9]+)", save.name)))
+    runs: Dict[str, List[Run]] = {}
+    for name, seed, save in found:
+        run = _read_run(save, name, seed)
+        if run is not None:
+            runs.setdefault(name, []).append(run)
+    return runs
 
 
 def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str]) -> Run:
@@ -163,7 +182,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             run = finished(m, name, seed)
             stale = run is not None and run.result.get("evaluation", 1) < required_version(run.result)
             traces = m.save_dir(name, seed) / TRACES
-            if stale and traces.is_file():
+            if stale and not run.result.get("gated") and traces.is_file() and trace_format(traces) == TRACE_FORMAT:
                 log(f"benchmark: {name} seed {seed}: scoring again from its traces (evaluation "
                     f"{run.result.get('evaluation', 1)} -> {VERSION})")
                 run = _write(m, name, seed, run.result["train_seconds"], run.result.get("device"),

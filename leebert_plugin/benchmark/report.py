@@ -166,9 +166,52 @@ def comparison_table(comparisons: Sequence[Comparison]) -> List[str]:
     lines = ["| A - B | at | difference, 95% interval over seeds | verdict | paired bootstrap per seed "
              "(test examples) |", "|---|---|---|---|---|"]
     for c in comparisons:
-        at = str(c.a_at) if c.a_at == c.b_at else f"{c.a_at} vs {c.b_at}"
         boots = "; ".join(f"s{s}: {iv}" for s, iv in zip(c.seeds, c.per_seed))
-        lines.append(f"| {c.a} - {c.b} | {at} | {c.over_seeds} | {c.verdict()} | {boots} |")
+        lines.append(f"| {c.a} - {c.b} | {_at_label(c.a_at, c.b_at)} | {c.over_seeds} | {c.verdict()} | {boots} |")
+    return lines
+
+
+def _at_label(a_at: At, b_at: At) -> str:
+    return str(a_at) if a_at == b_at else f"{a_at} vs {b_at}"
+
+
+def _with_seeds(value: str, n: int) -> str:
+    return value if n == 1 else f"{value} ({n} seeds)"  # one seed's value already says n=1
+
+
+def across_tables(columns: Dict[str, Dict[str, List[Run]]], reps: int = 2000) -> List[str]:
+    """Several matrices side by side, one column each (records folders of one data set at other
+    training sizes, say): each method's test accuracy at full depth, then every comparison of
+    :data:`COMPARISONS` as the paired difference over that column's seeds, its 95% interval and
+    verdict (no verdict on fewer than 2 seeds in common), and under the tables which evaluation
+    scored each column's runs. Runs are paired within a column only: another size is another
+    experiment, so a trend across columns is read from intervals that each stand alone. The per-seed
+    bootstrap is computed (:func:`compare`) but not shown: the table holds one cell per column."""
+    names = list(columns)
+    head = ["| " + " | ".join(["method", "at", *names]) + " |", "|---" * (len(names) + 2) + "|"]
+    methods = list(dict.fromkeys(m for runs in columns.values() for m, rs in runs.items() if rs))
+    lines = ["Test accuracy at full depth (mean ± half-width of the 95% interval over seeds; seeds):", "", *head]
+    for method in methods:
+        cells = [_with_seeds(method_interval(runs[method], FULL).as_value(), len(runs[method])) if runs.get(method)
+                 else "-" for runs in columns.values()]
+        lines.append(f"| {method} | {FULL} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences A - B (test accuracy points; seeds paired within each column):", "",
+              head[0].replace("| method |", "| A - B |", 1), head[1]]
+    for a, a_at, b, b_at in COMPARISONS:
+        cells = []
+        for runs in columns.values():
+            if not (runs.get(a) and runs.get(b)):
+                cells.append("-")
+                continue
+            c = compare({r.seed: r for r in runs[a]}, {r.seed: r for r in runs[b]}, a_at, b_at, reps)
+            if len(c.seeds) < 2:  # nothing to pair, or one seed (its value says n=1): no verdict
+                cells.append(str(c.over_seeds) if c.seeds else "no seed in common")
+            elif c.over_seeds is NOT_REACHED:
+                cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds)")
+            else:
+                cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds; {c.verdict()})")
+        lines.append(f"| {a} - {b} | {_at_label(a_at, b_at)} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"{name}: {evaluation_line(runs)}" for name, runs in columns.items())]
     return lines
 
 

@@ -156,6 +156,9 @@ class ExitTrace:
 
 _TENSORS = ("logits", "targets", "lengths", "ids", "layer_flops", "exit_flops")
 _SCALARS = ("num_layers", "positive", "gated")
+# what a saved trace holds; raise it when trace() or the FLOPs units change, so that older files are
+# not replayed as if they held the new content (:func:`trace_format` tells a reader which it has)
+TRACE_FORMAT = 1
 
 
 def save_traces(path: Path, traces: Dict[str, ExitTrace]) -> None:
@@ -169,9 +172,19 @@ def save_traces(path: Path, traces: Dict[str, ExitTrace]) -> None:
         arrays.update({f"{split}/{k}": getattr(t, k).numpy() for k in _TENSORS if getattr(t, k) is not None})
         arrays.update({f"{split}/{k}": np.asarray(getattr(t, k)) for k in _SCALARS})
         arrays[f"{split}/exit_layers"] = np.asarray(t.exit_layers)
+    arrays["format"] = np.asarray(TRACE_FORMAT)
     partial = Path(path).with_name(Path(path).name + ".part.npz")
-    np.savez_compressed(partial, **arrays)
-    partial.replace(path)
+    try:
+        np.savez_compressed(partial, **arrays)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def trace_format(path: Path) -> int:
+    """The :data:`TRACE_FORMAT` the traces at ``path`` were saved under."""
+    with np.load(path) as z:
+        return int(z["format"]) if "format" in z.files else 0
 
 
 def load_traces(path: Path) -> Dict[str, ExitTrace]:
@@ -179,6 +192,8 @@ def load_traces(path: Path) -> Dict[str, ExitTrace]:
     with np.load(path) as z:
         fields: Dict[str, Dict] = {}
         for key in z.files:
+            if key == "format":
+                continue
             split, name = key.split("/", 1)
             fields.setdefault(split, {})[name] = z[key]
     out = {}
@@ -259,6 +274,6 @@ def score(t: ExitTrace, exit_at: Tensor) -> Dict[str, float]:
     when the trace has its FLOPs units."""
     row = classification_metrics(predictions(t, exit_at), t.targets, t.logits.size(-1), t.positive)
     row["layer_speedup"] = layer_speedup(t, exit_at)
-    if t.layer_flops is not None:
+    if t.layer_flops is not None and t.exit_flops is not None:
         row["flops_speedup"] = flops_speedup(t, exit_at)
     return row
