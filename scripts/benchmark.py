@@ -81,7 +81,7 @@ def main() -> None:
         if empty:
             raise UsageError(f"no finished runs in {', '.join(empty)}",
                              "pass --out folders of earlier benchmark runs (each holds <method>/seed<k>/result.json)")
-        print("\n".join(across_tables(columns, args.bootstrap)))
+        print("\n".join(across_tables(columns)))
         return
     device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
     ablation = variants(args.ablation)

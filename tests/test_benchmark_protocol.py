@@ -144,6 +144,8 @@ def test_comparison_pairs_by_seed_and_by_example():
     assert c.over_seeds.excludes_zero() and c.verdict() == "leebert better"
     assert [iv.mean for iv in c.per_seed] == pytest.approx([2.0, 2.5, 3.0, 2.0, 2.5])
     assert all(iv.low > 0 for iv in c.per_seed)  # A is right wherever B is, and then some
+    no_boot = compare(lee, pab, At("layers", 2.0), At("layers", 2.0), reps=0)  # --across: seeds only
+    assert no_boot.per_seed == [] and no_boot.over_seeds == c.over_seeds
     # full depth: the same answers, a tie
     same = compare(lee, pab, FULL, FULL, reps=100)
     assert same.over_seeds.mean == 0.0 and same.verdict() == "tie"
@@ -165,7 +167,7 @@ def test_matrices_side_by_side_pair_within_each_column(tmp_path):
     columns = {"1k": {"leebert": list(small_lee.values()), "pabee": list(small_pab.values())},
                "3k": {"leebert": list(big_lee.values()), "pabee": list(big_pab.values())}}
     del columns["3k"]["pabee"][2:]  # 2 PABEE seeds at 3k: the column pairs 2 seeds
-    lines = across_tables(columns, reps=50)
+    lines = across_tables(columns)
     row = next(line for line in lines if line.startswith("| leebert - pabee | 2x |"))
     small, big = row.rstrip(" |").split(" | ")[2:4]
     assert small.startswith("+2.40 [") and small.endswith("(5 seeds; leebert better)")
@@ -176,10 +178,10 @@ def test_matrices_side_by_side_pair_within_each_column(tmp_path):
     assert f"1k: Evaluation {VERSION}" in lines[-2] and lines[-1].startswith("3k: ")
     # no seed in common: nothing paired (not "not reached"); one seed: its value, no verdict
     columns["3k"]["pabee"] = [Run("pabee", 7, r.result, r.outcomes) for r in columns["3k"]["pabee"]]
-    row = next(line for line in across_tables(columns, reps=10) if line.startswith("| leebert - pabee | 2x |"))
+    row = next(line for line in across_tables(columns) if line.startswith("| leebert - pabee | 2x |"))
     assert row.endswith("| no seed in common |")
     columns["3k"]["pabee"][0].seed = 1
-    row = next(line for line in across_tables(columns, reps=10) if line.startswith("| leebert - pabee | 2x |"))
+    row = next(line for line in across_tables(columns) if line.startswith("| leebert - pabee | 2x |"))
     assert row.endswith(" (n=1) |") and "tie" not in row.split(" | ")[-1]
     # read back from records folders: the runs a matrix over them would reuse, by name and seed
     for name, runs in columns["1k"].items():

@@ -110,7 +110,8 @@ def method_interval(runs: Sequence[Run], at: At, key: str = "test_metric") -> In
 
 def compare(runs_a: Dict[int, Run], runs_b: Dict[int, Run], a_at: At, b_at: At,
             reps: int = 2000) -> Comparison:
-    """``A at a_at - B at b_at`` (test accuracy) over the seeds both have, paired by seed."""
+    """``A at a_at - B at b_at`` (test accuracy) over the seeds both have, paired by seed, with each
+    seed's paired bootstrap over the test examples (``reps`` resamples; 0: none, ``per_seed`` empty)."""
     seeds = sorted(set(runs_a) & set(runs_b))
     a_name = runs_a[seeds[0]].method if seeds else ""
     b_name = runs_b[seeds[0]].method if seeds else ""
@@ -126,8 +127,9 @@ def compare(runs_a: Dict[int, Run], runs_b: Dict[int, Run], a_at: At, b_at: At,
         if ra.outcomes.ids.shape != rb.outcomes.ids.shape or (ra.outcomes.ids != rb.outcomes.ids).any():
             raise ValueError(f"{a_name} and {b_name} seed {s} were tested on different examples: "
                              "compare runs of the same data folder")
-        boots.append(paired_bootstrap(ra.outcomes.correct[ia], rb.outcomes.correct[ib], reps=reps, seed=s))
-    return Comparison(a_name, a_at, b_name, b_at, seeds, seed_interval(diffs), boots)
+        if reps:
+            boots.append(paired_bootstrap(ra.outcomes.correct[ia], rb.outcomes.correct[ib], reps=reps, seed=s))
+    return Comparison(a_name, a_at, b_name, b_at, seeds, seed_interval(diffs), boots if reps else [])
 
 
 def realised_speedup(runs: Sequence[Run], at: At) -> str:
@@ -179,14 +181,14 @@ def _with_seeds(value: str, n: int) -> str:
     return value if n == 1 else f"{value} ({n} seeds)"  # one seed's value already says n=1
 
 
-def across_tables(columns: Dict[str, Dict[str, List[Run]]], reps: int = 2000) -> List[str]:
+def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     """Several matrices side by side, one column each (records folders of one data set at other
     training sizes, say): each method's test accuracy at full depth, then every comparison of
     :data:`COMPARISONS` as the paired difference over that column's seeds, its 95% interval and
     verdict (no verdict on fewer than 2 seeds in common), and under the tables which evaluation
     scored each column's runs. Runs are paired within a column only: another size is another
-    experiment, so a trend across columns is read from intervals that each stand alone. The per-seed
-    bootstrap is computed (:func:`compare`) but not shown: the table holds one cell per column."""
+    experiment, so a trend across columns is read from intervals that each stand alone. The table
+    holds one cell per column, so no per-seed bootstrap is computed."""
     names = list(columns)
     head = ["| " + " | ".join(["method", "at", *names]) + " |", "|---" * (len(names) + 2) + "|"]
     methods = list(dict.fromkeys(m for runs in columns.values() for m, rs in runs.items() if rs))
@@ -203,7 +205,7 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]], reps: int = 2000) ->
             if not (runs.get(a) and runs.get(b)):
                 cells.append("-")
                 continue
-            c = compare({r.seed: r for r in runs[a]}, {r.seed: r for r in runs[b]}, a_at, b_at, reps)
+            c = compare({r.seed: r for r in runs[a]}, {r.seed: r for r in runs[b]}, a_at, b_at, reps=0)
             if len(c.seeds) < 2:  # nothing to pair, or one seed (its value says n=1): no verdict
                 cells.append(str(c.over_seeds) if c.seeds else "no seed in common")
             elif c.over_seeds is NOT_REACHED:
@@ -244,14 +246,15 @@ def rule_comparisons(by_seed: Dict[str, Dict[int, Run]], reps: int = 2000) -> Li
 
 
 def evaluation_line(runs: Dict[str, List[Run]]) -> str:
-    """Which evaluation scored the runs, naming any run an older one scored (a committed record
-    whose checkpoint is gone): its grid differs from the others', so its comparisons are not like
-    for like."""
+    """Which evaluation scored the runs, naming any run an older one scored (a record that was not
+    scored again: neither its traces nor its checkpoint were at hand, or it was not among the runs
+    the command evaluated): its grid differs from the others', so its comparisons are not like for
+    like."""
     older = [f"{r.method} seed {r.seed} (evaluation {r.result.get('evaluation', 1)})"
              for rs in runs.values() for r in rs if r.result.get("evaluation", 1) < required_version(r.result)]
     line = f"Evaluation {VERSION} (runs with skip gates: {GATED_SINCE} or later)."
     if older:
-        line += (" **Scored by an older evaluation, on another grid (their checkpoints are gone): "
+        line += (" **Scored by an older evaluation, on another grid (not scored again): "
                  + ", ".join(older) + "; their comparisons are not like for like.**")
     return line
 
