@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 import leebert_plugin  # noqa: F401  (registers everything)
 from leebert_plugin import launch
 from leebert_plugin.launch import BIN, ROOT, free_port, json_records, run  # noqa: F401  (the tests' names)
-from leebert_plugin.data.synthetic import random_token_batch
+from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture
 
 HEAD = "sentence_classification_head"
@@ -27,10 +27,7 @@ class _Task:
 
 
 def tiny_dictionary(n: int = 50) -> Dictionary:
-    d = Dictionary()
-    for i in range(n):
-        d.add_symbol(f"w{i}")
-    return d
+    return word_dictionary(n)
 
 
 def tiny_model(num_classes: int = 3, seed: int = 0, **overrides) -> ExitRobertaModel:

@@ -4,6 +4,14 @@ from fairseq.data import Dictionary
 from torch import Tensor
 
 
+def word_dictionary(n: int) -> Dictionary:
+    """fairseq's special symbols and ``n`` words ``w0 .. w{n-1}``: the vocabulary of random models."""
+    d = Dictionary()
+    for i in range(n):
+        d.add_symbol(f"w{i}")
+    return d
+
+
 def random_token_batch(dictionary: Dictionary, bsz: int, min_len: int, max_len: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (bsz,), generator=g)

@@ -1,0 +1,102 @@
+"""What a LeeBERT/CLO update costs against a plain multi_exit update (``scripts/bench_clo.py`` is
+the command line).
+
+Each variant (:class:`TrainStep`) runs the plugin's real training step, the task's ``train_step``
+(forward, backward, and for clo the D1/D2 split and, every ``interval`` updates, the meta step),
+plus the optimizer step, on one fixed random batch. :func:`interleaved_updates` runs the variants
+in rounds, one after another within a round, so that a slow spell of the machine falls on each;
+:func:`meta_split` separates clo's updates that carry a meta step from those that do not.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+from omegaconf import OmegaConf
+
+from leebert_plugin.devices import seconds, to_device
+from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
+from leebert_plugin.speed_bench import random_model
+from leebert_plugin.tasks.early_exit_sentence_prediction import (
+    EarlyExitSentencePredictionConfig,
+    EarlyExitSentencePredictionTask,
+)
+
+
+@dataclass
+class TrainStep:
+    """One variant: what fairseq's trainer would hold for it."""
+
+    task: EarlyExitSentencePredictionTask
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: object
+
+    def seconds_per_update(self, sample: dict, first: int, n: int, device: torch.device) -> List[float]:
+        """Seconds of updates ``first .. first + n - 1`` on ``sample``, one each."""
+
+        def update(number: int) -> None:
+            self.optimizer.zero_grad()
+            self.task.train_step(sample, self.model, self.criterion, self.optimizer, number)
+            self.optimizer.step()
+
+        return [seconds(lambda: update(number), device) for number in range(first, first + n)]
+
+
+def build_step(layers: int, dim: int, ffn: int, heads: int, criterion_cfg, optimizer: str, device: torch.device,
+               mode: str = "clo", interval: int = 10, lr: float = 1e-4) -> TrainStep:
+    """A random-weight model (:func:`~leebert_plugin.speed_bench.random_model`, seed 0: every
+    variant starts from the same weights) with the criterion of ``criterion_cfg`` and ``optimizer``
+    (``clo`` with ``mode`` and ``interval``, or ``adam``), on ``device``."""
+    labels = Dictionary()
+    for label in ("0", "1"):
+        labels.add_symbol(label)
+    common = dict(lr=[lr], tpu=False)
+    clo_cfg = OmegaConf.structured(CLOConfig(_name="clo", mode=mode, w_update_interval=interval, **common))
+    task_cfg = OmegaConf.structured(EarlyExitSentencePredictionConfig(data="unused", num_classes=2, seed=1))
+    task_cfg.optimizer_settings = clo_cfg if optimizer == "clo" else None  # what fairseq's config interpolates
+    model = random_model(layers, dim, ffn, heads).train()
+    task = EarlyExitSentencePredictionTask(task_cfg, model.encoder.dictionary, labels)
+    model.to(device)  # before the optimizer takes the parameters, as fairseq's trainer does
+    criterion = task.build_criterion(OmegaConf.structured(criterion_cfg)).to(device)
+    if optimizer == "clo":
+        opt = CLOOptimizer(clo_cfg, model.parameters())
+    else:
+        opt = FairseqAdam(OmegaConf.structured(FairseqAdamConfig(**common)), list(model.parameters()))
+    return TrainStep(task, model, criterion, opt)
+
+
+def fixed_batch(batch: int, length: int, device: torch.device, seed: int = 0) -> dict:
+    """A fairseq sample of ``batch`` random sentences of ``length`` tokens (first ``<s>``), random
+    binary targets, on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, 1000, (batch, length), generator=g)
+    tokens[:, 0] = 0
+    sample = {"id": torch.arange(batch), "nsentences": batch, "ntokens": tokens.numel(),
+              "net_input": {"src_tokens": tokens, "src_lengths": torch.full((batch,), length)},
+              "target": torch.randint(0, 2, (batch,), generator=g)}
+    return to_device(sample, device)
+
+
+def interleaved_updates(steps: Dict[str, TrainStep], sample: dict, rounds: int, per_round: int,
+                        device: torch.device) -> Dict[str, List[float]]:
+    """Seconds of each update of each variant: two warm-up updates each, then ``rounds`` rounds in
+    which every variant runs ``per_round`` updates (numbered on from round to round, so that clo's
+    meta steps fall at the same numbers as in training)."""
+    for step in steps.values():
+        step.seconds_per_update(sample, 1, 2, device)
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for r in range(rounds):
+        for name, step in steps.items():
+            times[name] += step.seconds_per_update(sample, r * per_round, per_round, device)
+    return times
+
+
+def meta_split(times: Sequence[float], per_round: int, interval: int) -> Tuple[List[float], List[float]]:
+    """clo's update times of :func:`interleaved_updates` split into those with a meta step (update
+    numbers divisible by ``interval``; each round starts at a multiple of ``per_round``, itself a
+    multiple of ``interval``) and those without."""
+    meta = [t for i, t in enumerate(times) if i % per_round % interval == 0]
+    rest = [t for i, t in enumerate(times) if i % per_round % interval != 0]
+    return meta, rest
