@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+from fairseq.criterions import CRITERION_REGISTRY
 from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
 
 from leebert_plugin.devices import seconds, to_device
 from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
-from leebert_plugin.speed_bench import random_model
+from leebert_plugin.data.synthetic import word_dictionary
+from leebert_plugin.models.exit_roberta import random_exit_model
 from leebert_plugin.tasks.early_exit_sentence_prediction import (
     EarlyExitSentencePredictionConfig,
     EarlyExitSentencePredictionTask,
@@ -46,9 +48,9 @@ class TrainStep:
 
 def build_step(layers: int, dim: int, ffn: int, heads: int, criterion_cfg, optimizer: str, device: torch.device,
                mode: str = "clo", interval: int = 10, lr: float = 1e-4) -> TrainStep:
-    """A random-weight model (:func:`~leebert_plugin.speed_bench.random_model`, seed 0: every
-    variant starts from the same weights) with the criterion of ``criterion_cfg`` and ``optimizer``
-    (``clo`` with ``mode`` and ``interval``, or ``adam``), on ``device``."""
+    """A random-weight model (:func:`~leebert_plugin.models.exit_roberta.random_exit_model`, seed
+    0: every variant starts from the same weights) with the criterion of ``criterion_cfg`` and
+    ``optimizer`` (``clo`` with ``mode`` and ``interval``, or ``adam``), on ``device``."""
     labels = Dictionary()
     for label in ("0", "1"):
         labels.add_symbol(label)
@@ -56,10 +58,13 @@ def build_step(layers: int, dim: int, ffn: int, heads: int, criterion_cfg, optim
     clo_cfg = OmegaConf.structured(CLOConfig(_name="clo", mode=mode, w_update_interval=interval, **common))
     task_cfg = OmegaConf.structured(EarlyExitSentencePredictionConfig(data="unused", num_classes=2, seed=1))
     task_cfg.optimizer_settings = clo_cfg if optimizer == "clo" else None  # what fairseq's config interpolates
-    model = random_model(layers, dim, ffn, heads).train()
+    model = random_exit_model(word_dictionary(1000), 2, encoder_layers=layers, encoder_embed_dim=dim,
+                              encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, max_positions=512).train()
     task = EarlyExitSentencePredictionTask(task_cfg, model.encoder.dictionary, labels)
     model.to(device)  # before the optimizer takes the parameters, as fairseq's trainer does
     criterion = task.build_criterion(OmegaConf.structured(criterion_cfg)).to(device)
+    if not isinstance(criterion, CRITERION_REGISTRY[criterion_cfg._name]):
+        raise ValueError(f"criterion {criterion_cfg._name!r} built a {type(criterion).__name__}")
     if optimizer == "clo":
         opt = CLOOptimizer(clo_cfg, model.parameters())
     else:
@@ -67,12 +72,12 @@ def build_step(layers: int, dim: int, ffn: int, heads: int, criterion_cfg, optim
     return TrainStep(task, model, criterion, opt)
 
 
-def fixed_batch(batch: int, length: int, device: torch.device, seed: int = 0) -> dict:
-    """A fairseq sample of ``batch`` random sentences of ``length`` tokens (first ``<s>``), random
-    binary targets, on ``device``."""
+def fixed_batch(dictionary: Dictionary, batch: int, length: int, device: torch.device, seed: int = 0) -> dict:
+    """A fairseq sample of ``batch`` random sentences of ``length`` words of ``dictionary`` (first
+    ``<s>``, no padding), random binary targets, on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(4, 1000, (batch, length), generator=g)
-    tokens[:, 0] = 0
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (batch, length), generator=g)
+    tokens[:, 0] = dictionary.bos()
     sample = {"id": torch.arange(batch), "nsentences": batch, "ntokens": tokens.numel(),
               "net_input": {"src_tokens": tokens, "src_lengths": torch.full((batch,), length)},
               "target": torch.randint(0, 2, (batch,), generator=g)}
@@ -82,10 +87,12 @@ def fixed_batch(batch: int, length: int, device: torch.device, seed: int = 0) ->
 def interleaved_updates(steps: Dict[str, TrainStep], sample: dict, rounds: int, per_round: int,
                         device: torch.device) -> Dict[str, List[float]]:
     """Seconds of each update of each variant: two warm-up updates each, then ``rounds`` rounds in
-    which every variant runs ``per_round`` updates (numbered on from round to round, so that clo's
-    meta steps fall at the same numbers as in training)."""
+    which every variant runs ``per_round`` updates, numbered 0, 1, ... on from round to round, so
+    that clo's meta steps fall where :func:`meta_split` looks for them. The warm-up updates are
+    numbered after the timed ones: the bi-level object runs at most one meta step per update
+    number, so a warm-up meta step at a number the rounds use would take that update's."""
     for step in steps.values():
-        step.seconds_per_update(sample, 1, 2, device)
+        step.seconds_per_update(sample, rounds * per_round, 2, device)
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for r in range(rounds):
         for name, step in steps.items():

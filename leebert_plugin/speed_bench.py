@@ -16,7 +16,6 @@ spell of the machine falls on all three alike. The figures (:class:`SpeedRow`): 
 repeats is the measurement's noise); the exit heads' share of a plain forward; and on the first
 batch the median cost of one transformer layer and of one exit check (:func:`per_call_ms`).
 """
-import argparse
 import statistics
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
@@ -28,39 +27,40 @@ from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
 from leebert_plugin.devices import interleaved_seconds, ratios_per_repeat, seconds
 from leebert_plugin.exits.evaluate import plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
-from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_base_architecture
+from leebert_plugin.errors import UsageError
+from leebert_plugin.models.exit_roberta import ExitRobertaModel, random_exit_model
 
 HEAD = "sentence_classification_head"
 Plan = List[Tuple[Tensor, ExitPolicy]]  # (tokens, the policy that decides their exits) per batch
 
 
-class _Task:
-    def __init__(self, dictionary):
-        self.source_dictionary = dictionary
-
-
 def random_model(layers: int, dim: int, ffn: int, heads: int, exit_head: str = "pabee", num_classes: int = 2,
                  seed: int = 0) -> ExitRobertaModel:
-    """An exit model with random weights (:data:`HEAD` registered), in eval mode, on the CPU, over
-    :func:`~leebert_plugin.data.synthetic.word_dictionary`'s 1,000 words."""
-    margs = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn,
-                               encoder_attention_heads=heads, max_positions=512, exit_head=exit_head)
-    exit_base_architecture(margs)
-    torch.manual_seed(seed)
-    model = ExitRobertaModel.build_model(margs, _Task(word_dictionary(1000)))
-    model.register_classification_head(HEAD, num_classes=num_classes)
-    return model.eval()
+    """The benchmarks' model without a checkpoint: random weights over
+    :func:`~leebert_plugin.data.synthetic.word_dictionary`'s 1,000 words, an exit at every layer,
+    :data:`HEAD` registered, in eval mode, on the CPU."""
+    return random_exit_model(word_dictionary(1000), num_classes, seed=seed, head=HEAD, encoder_layers=layers,
+                             encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads,
+                             max_positions=512, exit_head=exit_head)
 
 
 def assigned_plan(model: ExitRobertaModel, samples: int, min_len: int, max_len: int, exit_probs: Sequence[float],
                   device: torch.device, seed: int = 1) -> Callable[[int], Plan]:
-    """Random sentences (``samples`` a batch size, at least one batch) whose exits are drawn, per
-    sample, from ``exit_probs`` (one probability per exit; empty: uniform) and imposed by
-    :class:`~leebert_plugin.exits.policies.AssignedExit`: the loop's cost, not a model's confidence."""
+    """Random sentences whose exits are imposed: the loop's cost, not a model's confidence.
+
+    ``plan(bsz)`` gives ``samples // bsz`` batches (at least one) of ``bsz`` sentences of
+    ``min_len``..``max_len`` tokens; each sentence's exit is drawn from ``exit_probs`` (one weight
+    per exit of ``model``, not necessarily normalised; empty: uniform) and imposed by
+    :class:`~leebert_plugin.exits.policies.AssignedExit`. The draws come from one generator shared
+    by every ``plan`` call, so they depend on the order of the batch sizes asked for."""
     num_exits = len(model.exit_layers)
-    probs = torch.tensor(list(exit_probs) or [1.0 / num_exits] * num_exits)
+    probs = torch.tensor([float(p) for p in exit_probs] or [1.0] * num_exits)
     if probs.numel() != num_exits:
-        raise ValueError(f"{probs.numel()} exit probabilities for {num_exits} exits")
+        raise UsageError(f"{probs.numel()} exit probabilities for a model with {num_exits} exits",
+                         f"give one non-negative weight per exit ({num_exits}), or none for uniform exits")
+    if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()) or float(probs.sum()) <= 0:
+        raise UsageError(f"exit probabilities {list(exit_probs)} are not weights",
+                         "give finite non-negative weights with a positive sum")
     g = torch.Generator().manual_seed(seed)
     dictionary = model.encoder.dictionary
 
@@ -74,7 +74,8 @@ def assigned_plan(model: ExitRobertaModel, samples: int, min_len: int, max_len: 
 
 @dataclass
 class SpeedRow:
-    """One batch size's figures (times in ms, medians over repeats)."""
+    """One batch size's figures (times in ms, medians over repeats). ``batch_size`` is the first
+    batch's real size: a split smaller than the size asked for gives one smaller batch."""
 
     batch_size: int
     plain_ms: float

@@ -52,7 +52,8 @@ def main() -> None:
                              interval=args.interval, **size),
     }
     per_round = max(args.interval, args.updates // args.rounds // args.interval * args.interval)
-    times = interleaved_updates(steps, fixed_batch(args.batch, args.length, device), args.rounds, per_round, device)
+    sample = fixed_batch(steps[clo_name].model.encoder.dictionary, args.batch, args.length, device)
+    times = interleaved_updates(steps, sample, args.rounds, per_round, device)
     base = statistics.mean(times["multi_exit + adam"])
     print(f"model: {args.layers} layers, dim {args.dim}, ffn {args.ffn}; batch {args.batch} x {args.length} tokens; "
           f"{len(times[clo_name])} updates per variant; device {device}; torch threads {torch.get_num_threads()}")

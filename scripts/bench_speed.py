@@ -65,7 +65,8 @@ def main():
     p.add_argument("--exit-head", default="pabee")
     p.add_argument("--min-len", type=cli.number(int, 1), default=16)
     p.add_argument("--max-len", type=cli.number(int, 1), default=64)
-    p.add_argument("--exit-probs", type=float, nargs="*", default=[], help="probability of each exit (default uniform)")
+    p.add_argument("--exit-probs", type=cli.number(float, 0), nargs="*", default=[],
+                   help="without --checkpoint: the weight of each exit, one per layer (default: uniform)")
     p.add_argument("--checkpoint", help="a trained checkpoint: its own policy decides the exits on --data")
     p.add_argument("--data", help="the preprocessed data folder (with --checkpoint)")
     p.add_argument("--subset", default="test")
@@ -73,7 +74,8 @@ def main():
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--exit-patience", type=int, default=1)
     p.add_argument("--batch-sizes", type=cli.number(int, 1), nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--samples", type=cli.number(int, 1), default=256, help="sentences per measurement (split into batches)")
+    p.add_argument("--samples", type=cli.number(int, 1), default=256,
+                   help="sentences per measurement: whole batches, at least one (a random batch, or the split's first)")
     p.add_argument("--repeats", type=cli.number(int, 1), default=9)
     p.add_argument("--threads", type=cli.number(int, 0), default=0)
     add_device_argument(p)
@@ -85,8 +87,8 @@ def main():
         p.error("--checkpoint needs --data (the preprocessed data folder)")
     if args.max_len < args.min_len:
         p.error(f"--max-len {args.max_len} is below --min-len {args.min_len}")
-    if args.exit_probs and len(args.exit_probs) != args.layers and not args.checkpoint:
-        p.error(f"--exit-probs needs one probability per exit ({args.layers}), got {len(args.exit_probs)}")
+    if args.exit_probs and args.checkpoint:
+        p.error("--exit-probs imposes exits on a random model; with --checkpoint the model's policy decides them")
     model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
     print(f"{about}; median of {args.repeats}; device {args.device}; torch threads {torch.get_num_threads()}")
     print(SpeedRow.HEADER)

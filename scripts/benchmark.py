@@ -65,7 +65,8 @@ def main() -> None:
                    help=f"also train the variants of these ablations ('all', or of: {', '.join(ABLATIONS)}; "
                         "or single variants by name, e.g. leebert-darts2), each paired with its method's runs "
                         "in the same --out")
-    p.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap")
+    p.add_argument("--bootstrap", type=cli.number(int, 1), default=2000,
+                   help="resamples of the paired bootstrap of each seed (not used by --across)")
     p.add_argument("--override", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                    help="an extra hydra override for every run (or METHOD's runs only), replacing the "
                         "benchmark's own value of KEY, e.g. smartbert:+model.skip_gate_bias=-3; repeatable")

@@ -1,5 +1,4 @@
 """Shared builders for the tests: a tiny exit model in-process, and CLI runners."""
-import argparse
 import hashlib
 import subprocess
 from pathlib import Path
@@ -13,17 +12,9 @@ import leebert_plugin  # noqa: F401  (registers everything)
 from leebert_plugin import launch
 from leebert_plugin.launch import BIN, ROOT, free_port, json_records, run  # noqa: F401  (the tests' names)
 from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
-from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture
+from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture, random_exit_model
 
 HEAD = "sentence_classification_head"
-
-
-class _Task:
-    def __init__(self, dictionary: Dictionary):
-        self.source_dictionary = dictionary
-
-    def max_positions(self) -> int:
-        return 64
 
 
 def tiny_dictionary(n: int = 50) -> Dictionary:
@@ -32,12 +23,8 @@ def tiny_dictionary(n: int = 50) -> Dictionary:
 
 def tiny_model(num_classes: int = 3, seed: int = 0, **overrides) -> ExitRobertaModel:
     """A 4-layer, 64-dim exit_roberta with random weights, in eval mode."""
-    torch.manual_seed(seed)
-    args = argparse.Namespace(max_positions=64, **overrides)
-    exit_roberta_tiny_architecture(args)
-    model = ExitRobertaModel.build_model(args, _Task(tiny_dictionary()))
-    model.register_classification_head(HEAD, num_classes=num_classes)
-    return model.eval()
+    return random_exit_model(tiny_dictionary(), num_classes, exit_roberta_tiny_architecture, seed, HEAD,
+                             max_positions=64, **overrides)
 
 
 def random_batch(model: ExitRobertaModel, bsz: int, seed: int = 1, min_len: int = 3, max_len: int = 20):

@@ -201,6 +201,20 @@ def test_bench_speed_runs_on_the_cpu():
     assert low <= float(row[6]) <= high
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--min-len", "9", "--max-len", "3"], ("--max-len 3 is below --min-len 9",)),
+    (["--exit-probs", "1", "1", "1"], ("3 exit probabilities for a model with 2 exits",)),  # TINY_SPEED: 2 layers
+    (["--exit-probs", "0", "0"], ("are not weights", "positive sum")),
+    (["--exit-probs", "-1", "1"], ("-1 is below 0",)),
+    (["--checkpoint", "x.pt", "--data", "d", "--exit-probs", "1"], ("--exit-probs imposes exits on a random model",)),
+])
+def test_bench_speed_refuses_bad_settings_in_one_line(flags, words):
+    proc = run([str(BIN / "python"), "scripts/bench_speed.py", *TINY_SPEED, "--batch-sizes", "2", "--samples", "2",
+                "--repeats", "1", "--device", "cpu", *flags])
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert_one_clear_error(proc, *words)
+
+
 def test_bench_clo_runs_on_the_cpu():
     proc = run([str(BIN / "python"), "scripts/bench_clo.py", "--layers", "1", "--dim", "16", "--heads", "2",
                 "--ffn", "32", "--batch", "4", "--length", "8", "--updates", "2", "--rounds", "1", "--interval", "2",

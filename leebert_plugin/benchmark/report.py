@@ -121,7 +121,8 @@ def compare(runs_a: Dict[int, Run], runs_b: Dict[int, Run], a_at: At, b_at: At,
         ia, ib = ra.index(a_at), rb.index(b_at)
         if ia is None or ib is None:
             diffs.append(None)
-            boots.append(NOT_REACHED)
+            if reps:
+                boots.append(NOT_REACHED)
             continue
         diffs.append(ra.result["points"][ia]["test_metric"] - rb.result["points"][ib]["test_metric"])
         if ra.outcomes.ids.shape != rb.outcomes.ids.shape or (ra.outcomes.ids != rb.outcomes.ids).any():
@@ -129,7 +130,7 @@ def compare(runs_a: Dict[int, Run], runs_b: Dict[int, Run], a_at: At, b_at: At,
                              "compare runs of the same data folder")
         if reps:
             boots.append(paired_bootstrap(ra.outcomes.correct[ia], rb.outcomes.correct[ib], reps=reps, seed=s))
-    return Comparison(a_name, a_at, b_name, b_at, seeds, seed_interval(diffs), boots if reps else [])
+    return Comparison(a_name, a_at, b_name, b_at, seeds, seed_interval(diffs), boots)
 
 
 def realised_speedup(runs: Sequence[Run], at: At) -> str:

@@ -1,4 +1,5 @@
 """``exit_roberta``: fairseq's RoBERTa with an exit classifier after every (or selected) layer."""
+import argparse
 import logging
 from typing import List, Optional
 
@@ -315,3 +316,24 @@ def exit_bert_tiny_architecture(args):
     """BERT-Tiny's shape (2 x 128, 2 heads, FFN 512)."""
     _default_shape(args, layers=2, dim=128, ffn=512, heads=2)
     exit_bert_base_architecture(args)
+
+
+class _DictionaryOnly:
+    """What ``build_model`` reads of a task: its dictionary."""
+
+    def __init__(self, dictionary):
+        self.source_dictionary = dictionary
+
+
+def random_exit_model(dictionary, num_classes: int, architecture=exit_base_architecture, seed: int = 0,
+                      head: str = "sentence_classification_head", **args) -> ExitRobertaModel:
+    """An exit model with random weights (``torch.manual_seed(seed)`` first, so the same arguments
+    give the same weights) and the exits of ``head`` registered, in eval mode, on the CPU: the
+    model of the benchmarks without a checkpoint and of the tests. ``args`` are model arguments on
+    top of ``architecture``'s defaults (``encoder_layers=6``, ``exit_layers="2,4"``, ...)."""
+    torch.manual_seed(seed)
+    margs = argparse.Namespace(**args)
+    architecture(margs)
+    model = ExitRobertaModel.build_model(margs, _DictionaryOnly(dictionary))
+    model.register_classification_head(head, num_classes=num_classes)
+    return model.eval()
