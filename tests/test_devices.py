@@ -196,7 +196,7 @@ def test_bench_speed_runs_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "device cpu" in proc.stdout
     (row,) = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["2"]]
-    assert len(row) == 11 and all(float(cell) > 0 for cell in row[1:4])  # plain, early, all-exits ms
+    assert len(row) == 13 and all(float(cell) > 0 for cell in row[1:4])  # plain, early, all-exits ms
     low, high = map(float, row[7].split("-"))  # wall / layer's range over the repeats holds its median
     assert low <= float(row[6]) <= high
 

@@ -6,7 +6,8 @@ from helpers import tiny_model
 from leebert_plugin import speed_bench
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import AssignedExit
-from leebert_plugin.speed_bench import HEAD, SpeedRow, assigned_plan, measure, random_model
+from leebert_plugin.data.synthetic import random_token_batch
+from leebert_plugin.speed_bench import HEAD, SpeedRow, assigned_plan, bound_schedule, layers_only, measure, random_model
 
 CPU = torch.device("cpu")
 
@@ -47,7 +48,7 @@ def test_measure_reports_the_layer_speed_up_the_policy_imposed(model):
     assert row.batch_size == 2 and row.layer_x == pytest.approx(1.5)
     assert min(row.plain_ms, row.early_ms, row.all_exits_ms, row.layer_ms, row.exit_ms) > 0
     cells = row.line().split()
-    assert len(cells) == 11 and cells[0] == "2" and float(cells[4]) == pytest.approx(1.5, abs=0.005)
+    assert len(cells) == 13 and cells[0] == "2" and float(cells[4]) == pytest.approx(1.5, abs=0.005)
     assert len(row.line()) == len(SpeedRow.HEADER)  # the columns line up under the header
 
 
@@ -59,9 +60,7 @@ def test_measure_takes_each_ratio_within_its_repeat(model, monkeypatch):
 
     def fake(variants, items, repeats, device=None):
         calls.append(repeats)
-        for j in range(items):  # the early pass still runs: the layers it ran give the layer speed-up
-            variants["early"](j)
-        return {"plain": [6.0, 6.0, 6.0], "early": [2.0, 4.0, 3.0], "all": [6.6, 6.6, 6.6]}
+        return {"plain": [6.0, 6.0, 6.0], "early": [2.0, 4.0, 3.0], "all": [6.6, 6.6, 6.6], "bound": [1.5, 3.0, 3.0]}
 
     monkeypatch.setattr(speed_bench, "interleaved_seconds", fake)
     work = assigned_plan(model, samples=2, min_len=3, max_len=6, exit_probs=[0.0, 1.0, 0.0], device=CPU)(2)
@@ -70,3 +69,29 @@ def test_measure_takes_each_ratio_within_its_repeat(model, monkeypatch):
     assert row.wall_per_layer == pytest.approx((1.5 / 1.5, 2.0 / 1.5, 3.0 / 1.5))
     assert row.wall_x == pytest.approx(2.0) and row.heads_pct == pytest.approx(10.0)
     assert (row.plain_ms, row.early_ms, row.all_exits_ms) == pytest.approx((6000.0, 3000.0, 6600.0))
+    # the bound: plain / bound per repeat 4, 2, 2 -> median 2 / 1.5; early / bound 1.33, 1.33, 1 -> +33.3%
+    assert row.bound_per_layer == pytest.approx(2.0 / 1.5) and row.loop_pct == pytest.approx(100 / 3)
+
+
+def test_the_bound_does_the_early_exit_pass_s_work_and_nothing_else():
+    """layers_only runs each sample through exactly its layers and its one exit: its logits are the
+    early-exit pass's, on a batch with padding and exits at some layers only."""
+    four = tiny_model(num_classes=3, exit_layers="2,3,4", seed=4)
+    tokens = random_token_batch(four.encoder.dictionary, 6, 3, 12, seed=5)
+    policy = AssignedExit(torch.tensor([0, 2, 1, 0, 2, 1]))  # exits at layers 2, 4, 3, 2, 4, 3
+    with torch.no_grad():
+        logits, extra = four(tokens, classification_head_name=HEAD, exit_policy=policy)
+        stages = bound_schedule(four, tokens, extra["exits"].exit_layer)
+        bound = layers_only(four, HEAD, tokens, stages)
+    assert len(stages) == 4 and [st.keep is None for st in stages] == [True, True, False, False]
+    assert [None if st.leave is None else st.slots.tolist() for st in stages] == [None, [0, 3], [2, 5], [1, 4]]
+    assert torch.allclose(bound, logits, atol=1e-5)
+
+
+def test_measure_prices_the_bound_without_gates_only(model):
+    work = assigned_plan(model, samples=4, min_len=3, max_len=6, exit_probs=[], device=CPU)(2)
+    row = measure(model, HEAD, work, repeats=2, device=CPU)
+    assert row.bound_per_layer > 0 and row.loop_pct is not None and row.line().split()[-2:] != ["-", "-"]
+    gated = tiny_model(num_classes=2, skip_gates=True)
+    work = assigned_plan(gated, samples=2, min_len=3, max_len=6, exit_probs=[], device=CPU)(2)
+    assert measure(gated, HEAD, work, repeats=1, device=CPU).bound_per_layer is None
