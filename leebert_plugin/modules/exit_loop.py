@@ -147,26 +147,32 @@ class _Running:
 
     ``slot``: each row's index in the output; ``x``: ``T x n x C``; ``pad``: ``n x T``, and
     ``pad_arg``, the same or None where no row has padding (the form layers and heads take);
-    ``span``: ``2 x n``, :func:`_span`; ``state``: the policy's; ``tally``: ``2 x n``, the layers
-    each row skipped and the exit checks it missed by skipping an exit layer.
+    ``span``: ``2 x n``, :func:`_span` (None for a batch of one row: a single row never needs it);
+    ``state``: the policy's; ``tally``: ``2 x n``, the layers each row skipped and the exit checks it
+    missed by skipping an exit layer (None without gates: nothing is ever skipped).
     """
 
     slot: Tensor
     x: Tensor
     pad: Tensor
     pad_arg: Optional[Tensor]
-    span: Tensor
+    span: Optional[Tensor]
     state: dict
-    tally: Tensor
+    tally: Optional[Tensor]
 
     def select(self, rows: Tensor, length: int, has_padding: bool) -> "_Running":
         """The rows ``rows`` (integer indices), trimmed to ``length`` positions: index tensors and a
         Python slice, so no host sync (a boolean mask would need one to size its result)."""
         pad = self.pad[:, :length].index_select(0, rows)
         return _Running(slot=self.slot.index_select(0, rows), x=self.x[:length].index_select(1, rows), pad=pad,
-                        pad_arg=pad if has_padding else None, span=self.span.index_select(1, rows),
+                        pad_arg=pad if has_padding else None, span=_rows(self.span, rows),
                         state={name: value.index_select(0, rows) for name, value in self.state.items()},
-                        tally=self.tally.index_select(1, rows))
+                        tally=_rows(self.tally, rows))
+
+
+def _rows(columns: Optional[Tensor], rows: Tensor) -> Optional[Tensor]:
+    """The columns ``rows`` of a ``k x n`` per-row record, or None for an absent one."""
+    return None if columns is None else columns.index_select(1, rows)
 
 
 def _span(padding_mask: Tensor) -> Tensor:
@@ -182,28 +188,35 @@ def _span(padding_mask: Tensor) -> Tensor:
     return torch.stack((end, -first_pad))
 
 
-def _census(outside: Tensor, span: Tensor) -> Tuple[int, int, int]:
+def _census(outside: Tensor, span: Optional[Tensor]) -> Tuple[int, int, int]:
     """How many rows ``outside`` (bool: leaving, or skipping a layer) marks, and the padded length
     the other rows need and the first padding position among them, as Python ints: the loop's one
-    host sync per decision, the three scalars fetched together by one ``tolist``."""
+    host sync per decision, the three scalars fetched together by one ``tolist``.
+
+    With one row, all or none of the rows are outside, so nobody stays behind whose length could
+    matter: the count alone is fetched (the lengths returned, ``0``, are never read), and no span
+    is needed. Batch-1 serving takes this path at every exit; it saves a few small kernels there."""
+    if outside.size(0) == 1:
+        return int(outside[0]), 0, 0
     extent = span.masked_fill(outside, torch.iinfo(span.dtype).min).amax(1)
     count, length, neg_first_pad = torch.cat((outside.sum(0, keepdim=True), extent)).tolist()
     return count, length, -neg_first_pad
 
 
-def _leave(out: ExitOutput, tally: Tensor, run: _Running, rows: Optional[Tensor], logits: Tensor,
+def _leave(out: ExitOutput, tally: Optional[Tensor], run: _Running, rows: Optional[Tensor], logits: Tensor,
            layer_no: int, exits_passed: int) -> None:
     """Write the results of the rows ``rows`` of ``run`` (None: all of them) to their output slots:
     their ``logits``, exit layer, ``exits_passed`` (the skipped checks are subtracted at the end)
-    and their ``tally`` columns."""
+    and, with gates, their ``tally`` columns."""
     if rows is not None:
-        logits, slots, counts = logits.index_select(0, rows), run.slot.index_select(0, rows), run.tally.index_select(1, rows)
+        logits, slots, counts = logits.index_select(0, rows), run.slot.index_select(0, rows), _rows(run.tally, rows)
     else:
         slots, counts = run.slot, run.tally
     out.logits.index_copy_(0, slots, logits)
     out.exit_layer.index_fill_(0, slots, layer_no)
     out.exits_run.index_fill_(0, slots, exits_passed)
-    tally.index_copy_(1, slots, counts)
+    if tally is not None:
+        tally.index_copy_(1, slots, counts)
 
 
 def early_exit_pass(
@@ -232,9 +245,11 @@ def early_exit_pass(
     x, padding_mask = _embed(encoder, src_tokens)
     bsz, device = src_tokens.size(0), src_tokens.device
     out = _new_output(x, padding_mask, num_layers)
-    tally = torch.zeros(2, bsz, dtype=torch.long, device=device)  # layers skipped, exit checks missed
+    # layers skipped and exit checks missed, per sample (only gates skip)
+    tally = torch.zeros(2, bsz, dtype=torch.long, device=device) if gates is not None else None
     run = _Running(slot=torch.arange(bsz, device=device), x=x, pad=padding_mask, pad_arg=_mask_or_none(padding_mask),
-                   span=_span(padding_mask), state=policy.init_state(bsz, device), tally=tally.clone())
+                   span=_span(padding_mask) if bsz > 1 else None, state=policy.init_state(bsz, device),
+                   tally=None if tally is None else tally.clone())
     n, first_check = bsz, True  # rows still running; no exit checked yet
     for i in range(num_layers):
         layer_no = i + 1
@@ -284,9 +299,11 @@ def early_exit_pass(
         order = torch.argsort(done, stable=True)  # kept rows first, each group in its order
         _leave(out, tally, run, order[n_keep:], logits, layer_no, k + 1)
         run, n = run.select(order[:n_keep], length, first_pad < length), n_keep
+    if gates is None:  # nothing skipped: every layer up to the exit ran, every exit up to it was checked
+        out.layers_run = out.exit_layer.clone()
+        return out
     out.layers_skipped, missed_checks = tally
     out.exits_run -= missed_checks
     out.layers_run = out.exit_layer - out.layers_skipped
-    if gates is not None:
-        out.gates_run = out.exit_layer.clone()  # a gate before every layer a sample reaches
+    out.gates_run = out.exit_layer.clone()  # a gate before every layer a sample reaches
     return out
