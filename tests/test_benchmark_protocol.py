@@ -286,6 +286,53 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
         assert "kept as evaluation 1 scored it" in said[0]
 
 
+def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(tmp_path, monkeypatch):
+    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"))
+    save = m.save_dir("pabee", 1)
+    save.mkdir(parents=True)
+    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "evaluation": VERSION,
+              "gated": False, "points": [dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])]}
+    outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
+    (save / "result.json").write_text(json.dumps(record))
+    outcomes.save(save / "outcomes.npz")
+    import leebert_plugin.benchmark.matrix as matrix
+    monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a current run was evaluated again"))
+    traced, written = [], []
+    monkeypatch.setattr(matrix, "traces_of", lambda ckpt, data, device: traced.append(ckpt) or {"traces": ckpt})
+    monkeypatch.setattr(matrix, "save_traces", lambda path, traces: written.append((path, traces)))
+    said = []
+    run_matrix(m, log=said.append)  # no checkpoint: nothing to trace
+    assert traced == [] and said == []
+    (save / "checkpoint_last.pt").write_bytes(b"a checkpoint")
+    # the traces give the record (its thresholds as a tuple, as score_traces makes them): written
+    same = dict(record, points=[dict(record["points"][0], thresholds=(0.1, 0.2))])
+    same = {k: v for k, v in same.items() if k not in ("method", "seed", "train_seconds", "overrides")}
+    monkeypatch.setattr(matrix, "score_traces", lambda traces: (same, outcomes))
+    run_matrix(m, log=said.append)
+    assert written == [(save / "traces.npz", {"traces": save / "checkpoint_last.pt"})]
+    assert said == ["benchmark: pabee seed 1: traces written (traced from its checkpoint; they give its record exactly)"]
+    # a figure or an outcome that differs: nothing written, and the line says what differs
+    other = Outcomes(np.arange(3), np.array([[True, False, True]]), np.ones((1, 3), dtype=np.int16))
+    for fresh, what in (((dict(same, test_oracle={"layer_speedup": 2.0}), outcomes), "test_oracle"),
+                        ((same, other), "outcomes.npz")):
+        monkeypatch.setattr(matrix, "score_traces", lambda traces, fresh=fresh: fresh)
+        written.clear()
+        said.clear()
+        assert run_matrix(m, log=said.append)["pabee"][0].result == record
+        assert written == [] and said == [f"benchmark: pabee seed 1: its checkpoint's traces do not give its record "
+                                          f"({what} differ): no traces written"]
+    # a gated run, or one whose traces are there in the current format, is left alone
+    monkeypatch.setattr(matrix, "traces_of", lambda *a: pytest.fail("traced again"))
+    (save / "result.json").write_text(json.dumps(dict(record, gated=True)))
+    run_matrix(m, log=said.append)
+    (save / "result.json").write_text(json.dumps(record))
+    (save / "traces.npz").write_bytes(b"traces")
+    monkeypatch.setattr(matrix, "trace_format", lambda path: matrix.TRACE_FORMAT)
+    run_matrix(m, log=said.append)
+
+
 def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(tmp_path):
     lle, cls = ABLATIONS["distill"][0], ABLATIONS["exit_pooling"][1]
     m = Matrix(tmp_path, tmp_path / "out", ["leebert", lle.name, cls.name], [3], Budget(2), 100, "exit_bert_tiny", 4,

@@ -77,6 +77,11 @@ class Outcomes:
         np.savez_compressed(partial, ids=self.ids, correct=self.correct, layers=self.layers)
         partial.replace(path)
 
+    def same_as(self, other: "Outcomes") -> bool:
+        """Every array equal, shape and values (dtypes aside: ``layers`` is stored as int16)."""
+        return all(np.array_equal(a, b) for a, b in ((self.ids, other.ids), (self.correct, other.correct),
+                                                     (self.layers, other.layers)))
+
     @classmethod
     def load(cls, path: Path) -> "Outcomes":
         with np.load(path) as z:
@@ -181,6 +186,20 @@ def score_traces(traces: Dict[str, ExitTrace]) -> Tuple[Dict, Outcomes]:
     return result, kept.outcomes()
 
 
+def _traced(checkpoint: Path, data: Path, device, batch_size: int):
+    """The run's model and task, its dev and test batches, and every exit's logits over them."""
+    model, task = load(checkpoint, data, device)
+    loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
+    return model, task, loaded, {name: trace(model, task, d) for name, d in loaded.items()}
+
+
+def traces_of(checkpoint: Path, data: Path, device, batch_size: int = 64) -> Optional[Dict[str, ExitTrace]]:
+    """The dev and test traces :func:`evaluate` would write for this run (None with skip gates:
+    such a run is scored by real passes): for a record written before runs kept their traces."""
+    model, _, _, traces = _traced(checkpoint, data, device, batch_size)
+    return traces if model.skip_gates is None else None
+
+
 def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64,
              traces_path: Optional[Path] = None) -> Tuple[Dict, Outcomes]:
     """The run's figures (``points``: full depth first, then the grid; oracle rows) and its test
@@ -188,9 +207,7 @@ def evaluate(checkpoint: Path, data: Path, device, batch_size: int = 64,
     (:func:`score_traces`), which are written to ``traces_path`` when given, so that a later
     evaluation can score the run again without its checkpoint; with gates every point is a real
     pass (gates still skip at full depth)."""
-    model, task = load(checkpoint, data, device)
-    loaded = {name: batches(task, subset, batch_size) for name, subset in SPLITS.items()}
-    traces = {name: trace(model, task, d) for name, d in loaded.items()}
+    model, task, loaded, traces = _traced(checkpoint, data, device, batch_size)
     if model.skip_gates is None:
         if traces_path is not None:
             save_traces(traces_path, traces)

@@ -24,12 +24,14 @@ import torch
 
 from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import PER_EXIT_POLICY, RULES, At, choose
-from leebert_plugin.benchmark.evaluation import VERSION, Outcomes, evaluate, required_version, score_traces
+from leebert_plugin.benchmark.evaluation import (
+    VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
+)
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
-from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, trace_format
+from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
 from leebert_plugin.exits.pareto import front
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.launch import ROOT, train_with_progress
@@ -169,11 +171,39 @@ def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
     return Run(name, seed, result, outcomes)
 
 
+def _has_traces(path: Path) -> bool:
+    return path.is_file() and trace_format(path) == TRACE_FORMAT
+
+
+def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], None]) -> None:
+    """Give a finished run without gates, scored by the current evaluation before runs kept their
+    traces, its ``traces.npz``, traced from its checkpoint: written only when scoring them gives
+    its record exactly (every figure of ``result.json``, and the test outcomes), so the traces are
+    the record's and a later evaluation can score the run again without the checkpoint, which is
+    not committed. About as long as the run's evaluation, once."""
+    save = m.save_dir(name, seed)
+    traces = traces_of(save / "checkpoint_last.pt", m.data, m.device)
+    if traces is None:
+        return
+    result, outcomes = score_traces(traces)
+    result = json.loads(json.dumps(result))  # as result.json holds it (lists, not tuples)
+    differ = [k for k in result if result[k] != run.result.get(k)]
+    if not differ and not outcomes.same_as(run.outcomes):
+        differ = ["outcomes.npz"]
+    if differ:
+        log(f"benchmark: {name} seed {seed}: its checkpoint's traces do not give its record ({', '.join(differ)} "
+            "differ): no traces written")
+        return
+    save_traces(save / TRACES, traces)
+    log(f"benchmark: {name} seed {seed}: traces written (traced from its checkpoint; they give its record exactly)")
+
+
 def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
     """Every run of the matrix, training and evaluating the missing ones (seed by seed); a finished
     run evaluated by an older evaluation (``evaluation.required_version``) is scored again, not
     retrained: from its traces when it has them (``traces.npz``, committed with the record), else from
-    its checkpoint when that is still there (not committed), else it is kept as it was scored.
+    its checkpoint when that is still there (not committed), else it is kept as it was scored. A
+    current run without gates that has no traces yet gets them from its checkpoint (:func:`_add_traces`).
     A finished run is kept whatever device trained it, with a line saying so when it is not this
     matrix's: its accuracy stands, its training minutes are that device's."""
     runs: Dict[str, List[Run]] = {name: [] for name in m.methods}
@@ -182,7 +212,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             run = finished(m, name, seed)
             stale = run is not None and run.result.get("evaluation", 1) < required_version(run.result)
             traces = m.save_dir(name, seed) / TRACES
-            if stale and not run.result.get("gated") and traces.is_file() and trace_format(traces) == TRACE_FORMAT:
+            if stale and not run.result.get("gated") and _has_traces(traces):
                 log(f"benchmark: {name} seed {seed}: scoring again from its traces (evaluation "
                     f"{run.result.get('evaluation', 1)} -> {VERSION})")
                 run = _write(m, name, seed, run.result["train_seconds"], run.result.get("device"),
@@ -194,6 +224,9 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
                 run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"))
+            elif run is not None and not run.result.get("gated") and not _has_traces(traces) \
+                    and (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
+                _add_traces(m, name, seed, run, log)
             if run is not None and run.result.get("device", m.device.type) != m.device.type:
                 log(f"benchmark: {name} seed {seed}: trained on {run.result['device']}, kept in this "
                     f"--device {m.device.type} matrix (its train minutes are {run.result['device']}'s); "
