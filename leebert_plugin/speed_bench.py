@@ -36,7 +36,7 @@ from leebert_plugin.exits.evaluate import plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, random_exit_model
-from leebert_plugin.modules.exit_loop import _embed, _normed
+from leebert_plugin.modules.exit_loop import _embed, _normed, _span
 
 HEAD = "sentence_classification_head"
 Plan = List[Tuple[Tensor, ExitPolicy]]  # (tokens, the policy that decides their exits) per batch
@@ -104,7 +104,7 @@ def bound_schedule(model: ExitRobertaModel, tokens: Tensor, exit_layer: Tensor) 
     and all, so that :func:`layers_only` pays for none of it."""
     encoder = model.encoder.sentence_encoder
     pad = tokens.eq(encoder.padding_idx)
-    lengths = (~pad).long().cumsum(1).amax(1)  # one past each row's last real token
+    lengths = _span(pad)[0]  # one past each row's last real token (any padding, as the loop trims)
     exit_index = {layer: k for k, layer in enumerate(model.exit_layers)}
     stages: List[_Stage] = []
     previous = torch.arange(tokens.size(0), device=tokens.device)

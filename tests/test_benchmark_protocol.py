@@ -320,9 +320,27 @@ def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(
         monkeypatch.setattr(matrix, "score_traces", lambda traces, fresh=fresh: fresh)
         written.clear()
         said.clear()
+        (save / "traces.mismatch").unlink(missing_ok=True)
         assert run_matrix(m, log=said.append)["pabee"][0].result == record
         assert written == [] and said == [f"benchmark: pabee seed 1: its checkpoint's traces do not give its record "
-                                          f"({what} differ): no traces written"]
+                                          f"({what} differ): no traces written (traces.mismatch says so; delete it "
+                                          "to try again)"]
+        # ... and it is not traced again under the same evaluation
+        traced.clear()
+        said.clear()
+        run_matrix(m, log=said.append)
+        assert traced == [] and said == []
+    # a checkpoint that cannot be traced: one line, the matrix goes on
+    (save / "traces.mismatch").unlink()
+
+    def broken(*a):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive\nmore")
+
+    monkeypatch.setattr(matrix, "traces_of", broken)
+    said.clear()
+    assert run_matrix(m, log=said.append)["pabee"][0].result == record
+    assert said == ["benchmark: pabee seed 1: could not trace its checkpoint (PytorchStreamReader failed reading "
+                    "zip archive): kept without traces"]
     # a gated run, or one whose traces are there in the current format, is left alone
     monkeypatch.setattr(matrix, "traces_of", lambda *a: pytest.fail("traced again"))
     (save / "result.json").write_text(json.dumps(dict(record, gated=True)))

@@ -73,11 +73,16 @@ def test_measure_takes_each_ratio_within_its_repeat(model, monkeypatch):
     assert row.bound_per_layer == pytest.approx(2.0 / 1.5) and row.loop_pct == pytest.approx(100 / 3)
 
 
-def test_the_bound_does_the_early_exit_pass_s_work_and_nothing_else():
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_bound_does_the_early_exit_pass_s_work_and_nothing_else(side):
     """layers_only runs each sample through exactly its layers and its one exit: its logits are the
-    early-exit pass's, on a batch with padding and exits at some layers only."""
+    early-exit pass's, on a batch with padding (fairseq's right padding, or left) and exits at some
+    layers only."""
     four = tiny_model(num_classes=3, exit_layers="2,3,4", seed=4)
     tokens = random_token_batch(four.encoder.dictionary, 6, 3, 12, seed=5)
+    if side == "left":  # the same sentences, their padding moved in front
+        pad = four.encoder.dictionary.pad()
+        tokens = torch.stack([torch.cat((row[row.eq(pad)], row[row.ne(pad)])) for row in tokens])
     policy = AssignedExit(torch.tensor([0, 2, 1, 0, 2, 1]))  # exits at layers 2, 4, 3, 2, 4, 3
     with torch.no_grad():
         logits, extra = four(tokens, classification_head_name=HEAD, exit_policy=policy)

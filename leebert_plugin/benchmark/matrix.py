@@ -38,6 +38,7 @@ from leebert_plugin.launch import ROOT, train_with_progress
 
 BIN = Path(sys.executable).parent
 TRACES = "traces.npz"  # a run's dev and test traces (runs without gates): scored again without the checkpoint
+MISMATCH = "traces.mismatch"  # the evaluation under which a record's checkpoint did not reproduce it
 
 DATASETS = {"rt": "rt-bin", "20ng": "20ng-bin"}  # folders written by scripts/prepare_offline_benchmark.sh
 SIZES = {"1k": "-1k", "3k": "-3k", "all": ""}
@@ -175,6 +176,15 @@ def _has_traces(path: Path) -> bool:
     return path.is_file() and trace_format(path) == TRACE_FORMAT
 
 
+def _traces_missing(m: Matrix, name: str, seed: int, run: Run) -> bool:
+    """A current run without gates, without traces, with its checkpoint, not already found not to
+    match them under this evaluation (:func:`_add_traces`)."""
+    save = m.save_dir(name, seed)
+    mismatch = save / MISMATCH
+    return (not run.result.get("gated") and not _has_traces(save / TRACES) and (save / "checkpoint_last.pt").is_file()
+            and not (mismatch.is_file() and mismatch.read_text().strip() == str(VERSION)))
+
+
 def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], None]) -> None:
     """Give a finished run without gates, scored by the current evaluation before runs kept their
     traces, its ``traces.npz``, traced from its checkpoint: written only when scoring them gives
@@ -182,7 +192,12 @@ def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], 
     the record's and a later evaluation can score the run again without the checkpoint, which is
     not committed. About as long as the run's evaluation, once."""
     save = m.save_dir(name, seed)
-    traces = traces_of(save / "checkpoint_last.pt", m.data, m.device)
+    try:
+        traces = traces_of(save / "checkpoint_last.pt", m.data, m.device)
+    except (OSError, RuntimeError, ValueError) as err:  # a damaged checkpoint must not stop the matrix
+        log(f"benchmark: {name} seed {seed}: could not trace its checkpoint ({str(err).splitlines()[0]}): "
+            "kept without traces")
+        return
     if traces is None:
         return
     result, outcomes = score_traces(traces)
@@ -191,8 +206,9 @@ def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], 
     if not differ and not outcomes.same_as(run.outcomes):
         differ = ["outcomes.npz"]
     if differ:
+        (save / MISMATCH).write_text(f"{VERSION}\n")  # not tried again while the evaluation stays the same
         log(f"benchmark: {name} seed {seed}: its checkpoint's traces do not give its record ({', '.join(differ)} "
-            "differ): no traces written")
+            f"differ): no traces written ({MISMATCH} says so; delete it to try again)")
         return
     save_traces(save / TRACES, traces)
     log(f"benchmark: {name} seed {seed}: traces written (traced from its checkpoint; they give its record exactly)")
@@ -224,8 +240,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
                 run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"))
-            elif run is not None and not run.result.get("gated") and not _has_traces(traces) \
-                    and (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
+            elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
             if run is not None and run.result.get("device", m.device.type) != m.device.type:
                 log(f"benchmark: {name} seed {seed}: trained on {run.result['device']}, kept in this "
