@@ -36,7 +36,7 @@ from leebert_plugin.exits.evaluate import plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, random_exit_model
-from leebert_plugin.modules.exit_loop import _embed, _normed, _span
+from leebert_plugin.modules.exit_loop import embed, normed, token_span
 
 HEAD = "sentence_classification_head"
 Plan = List[Tuple[Tensor, ExitPolicy]]  # (tokens, the policy that decides their exits) per batch
@@ -104,7 +104,7 @@ def bound_schedule(model: ExitRobertaModel, tokens: Tensor, exit_layer: Tensor) 
     and all, so that :func:`layers_only` pays for none of it."""
     encoder = model.encoder.sentence_encoder
     pad = tokens.eq(encoder.padding_idx)
-    lengths = _span(pad)[0]  # one past each row's last real token (any padding, as the loop trims)
+    lengths = token_span(pad)[0]  # one past each row's last real token (any padding, as the loop trims)
     exit_index = {layer: k for k, layer in enumerate(model.exit_layers)}
     stages: List[_Stage] = []
     previous = torch.arange(tokens.size(0), device=tokens.device)
@@ -134,14 +134,14 @@ def layers_only(model: ExitRobertaModel, head: str, tokens: Tensor, stages: Sequ
     by; no policy, no other exit checks, no decisions. Returns the logits (``B x C``, batch order),
     which equal the early-exit pass's: the same computation, without the loop's own costs."""
     encoder, heads = model.encoder.sentence_encoder, model.exit_heads[head]
-    x, _ = _embed(encoder, tokens)
+    x, _ = embed(encoder, tokens)
     out: Optional[Tensor] = None
     for i, st in enumerate(stages):
         if st.keep is not None:
             x = x[: st.length].index_select(1, st.keep)
         x = encoder.layers[i](x, encoder_padding_mask=st.pad)
         if st.leave is not None:
-            logits = heads(st.exit_k, _normed(encoder, x.index_select(1, st.leave)), st.leave_pad)
+            logits = heads(st.exit_k, normed(encoder, x.index_select(1, st.leave)), st.leave_pad)
             if out is None:
                 out = logits.new_zeros(tokens.size(0), logits.size(-1))
             out.index_copy_(0, st.slots, logits)

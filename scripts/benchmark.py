@@ -20,7 +20,8 @@ runs are reused; a killed run resumes from its last checkpoint (``matrix.py``).
 
 Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
 for runs without gates: every exit's dev and test logits),
-``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds), ``OUT/summary.md``,
+``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds), ``OUT/summary.md`` (with every
+ablation variant finished in OUT at these seeds, this invocation's and earlier ones'),
 ``OUT/pareto.png`` and ``OUT/rules.png`` (the per-exit rule against the published ones).
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
@@ -35,7 +36,8 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, read_records, run_matrix, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, earlier_variants, plot, plot_rules, read_records, run_matrix,
+    write_points,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
@@ -111,11 +113,17 @@ def main() -> None:
     header = (f"setting: {args.setting}; data {data} ({train_size} training examples); {epochs} epochs, batch "
               f"{args.batch_size}, lr {args.lr}, exit pooling {args.exit_pooling}, exit lr x{args.exit_lr_scale}; "
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
-    text = summary(runs, header, reps=args.bootstrap, variants=ablation)
+    asked = dict(runs)  # the plots: the methods and variants of this invocation
+    earlier = earlier_variants(m, variants(["all"]))
+    if earlier:
+        print(f"benchmark: the summary also holds {', '.join(earlier)} (finished by earlier invocations)", flush=True)
+    runs.update(earlier)
+    shown = [v for v in variants(["all"]) if v in ablation or v.name in earlier]
+    text = summary(runs, header, reps=args.bootstrap, variants=shown)
     write_points(runs, out / "points.tsv")
     (out / "summary.md").write_text(text)
-    plot(runs, out / "pareto.png")
-    rules = plot_rules(runs, out / "rules.png")
+    plot(asked, out / "pareto.png")
+    rules = plot_rules(asked, out / "rules.png")
     print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (" and rules.png" if rules else ""))
 
 

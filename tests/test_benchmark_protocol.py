@@ -3,6 +3,7 @@ choice on dev with the report on test, and the verdicts."""
 import json
 import math
 import statistics
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import pytest
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
-from leebert_plugin.benchmark.matrix import Matrix, read_records, run_matrix
+from leebert_plugin.benchmark.matrix import Matrix, earlier_variants, read_records, run_matrix
 from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.report import (
     TARGETS, Run, across_tables, compare, evaluation_line, realised_speedup, summary,
@@ -370,6 +371,35 @@ def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(
     assert len(variants(["all"])) == sum(len(v) for v in ABLATIONS.values())
     with pytest.raises(UsageError, match="unknown ablation 'lae'"):
         variants(["lae"])
+
+
+def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
+    """A variant not asked for now counts when every seed of the matrix has its record under the
+    overrides it would get now; a seed missing, other overrides, or its method not in the matrix
+    leave it out."""
+    lle, darts2, darts1, cls = (ABLATIONS["distill"][0], *ABLATIONS["meta"], ABLATIONS["exit_pooling"][1])
+    T2 = ABLATIONS["temperature"][0]
+    m = Matrix(tmp_path, tmp_path / "out", ["leebert", "pabee", T2.name], [1, 2], Budget(2), 100, "exit_bert_tiny", 4,
+               None, torch.device("cpu"), extra=["leebert:task.x=1"], variants={T2.name: T2})
+    run = make_run("x", 1, [pt(80, 1.0, 79, 1.0, "none")], [[True]])
+
+    def record(name, seed, overrides):
+        save = m.save_dir(name, seed)
+        save.mkdir(parents=True)
+        (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides}))
+        run.outcomes.save(save / "outcomes.npz")
+
+    for seed in (1, 2):
+        record(lle.name, seed, ["criterion.distill=lle", "task.x=1"])  # as the matrix would train it now
+        record(darts1.name, seed, ["optimizer.mode=darts1"])  # trained without the extra override
+        record(T2.name, seed, ["criterion.temperature=2.0", "task.x=1"])  # asked for: run_matrix's
+    record(darts2.name, 1, ["optimizer.mode=darts2", "task.x=1"])  # seed 2 missing
+    record(cls.name, 1, ["+model.exit_pooling=cls"])
+    record(cls.name, 2, ["+model.exit_pooling=cls"])
+    found = earlier_variants(m, variants(["all"]))
+    assert list(found) == [lle.name, cls.name]
+    assert [r.seed for r in found[lle.name]] == [1, 2] and found[lle.name][0].method == lle.name
+    assert earlier_variants(replace(m, methods=["leebert"]), variants(["all"])).keys() == {lle.name}  # no PABEE
 
 
 def test_ablations_compare_each_variant_with_its_method():

@@ -16,7 +16,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -252,6 +252,23 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 run = record(m, name, seed, train(m, name, seed), m.device.type)
             runs[name].append(run)
     return runs
+
+
+def earlier_variants(m: Matrix, known: Sequence[Variant]) -> Dict[str, List[Run]]:
+    """The runs of the variants of ``known`` that ``m`` did not ask for but that an earlier invocation
+    finished in its folder, by name: a variant counts when its method is in ``m``, and each of ``m``'s
+    seeds has its record under the overrides the variant and ``m`` give it now. Read as recorded:
+    nothing is trained or scored again. Why: each invocation writes ``summary.md`` from the runs it
+    holds, so without these a summary lists only the ablations of its last invocation."""
+    found: Dict[str, List[Run]] = {}
+    for v in known:
+        if v.name in m.variants or v.method not in m.methods:
+            continue
+        mine = replace(m, variants={**m.variants, v.name: v}).overrides_for(v.name)
+        runs = [_read_run(m.save_dir(v.name, seed), v.name, seed) for seed in m.seeds]
+        if all(r is not None and r.result.get("overrides", []) == mine for r in runs):
+            found[v.name] = runs
+    return found
 
 
 def write_points(runs: Dict[str, List[Run]], path: Path) -> None:

@@ -65,14 +65,16 @@ def _mix(layer_out: Tensor, layer_in: Tensor, weight: Tensor) -> Tensor:
     return (1 - w) * layer_out + w * layer_in
 
 
-def _embed(encoder: nn.Module, src_tokens: Tensor):
+def embed(encoder: nn.Module, src_tokens: Tensor):
     """Token embeddings (padding zeroed), ``T x B x C``, and the padding mask ``B x T``."""
     padding_mask = src_tokens.eq(encoder.padding_idx)
     x, _ = encoder.forward_embedding(src_tokens)
     return (x * (1 - padding_mask.unsqueeze(-1).type_as(x))).transpose(0, 1), padding_mask
 
 
-def _normed(encoder: nn.Module, h: Tensor) -> Tensor:
+def normed(encoder: nn.Module, h: Tensor) -> Tensor:
+    """``h`` through the encoder's final layer norm, or ``h`` itself when it has none (post-norm
+    BERT): what every exit reads."""
     return encoder.layer_norm(h) if encoder.layer_norm is not None else h
 
 
@@ -111,7 +113,7 @@ def full_depth_pass(
     num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
     used = set(exit_layers if exits_used is None else exits_used)
-    x, padding_mask = _embed(encoder, src_tokens)
+    x, padding_mask = embed(encoder, src_tokens)
     out = _new_output(x, padding_mask, num_layers)
     pad_arg = _mask_or_none(padding_mask)
     for i in range(num_layers):  # index, not iterate: a LayerDropModuleList would drop layers
@@ -127,7 +129,7 @@ def full_depth_pass(
         k = exit_index.get(i + 1)
         if k is None:
             continue
-        h = _normed(encoder, u if i + 1 < num_layers else x)  # exits read the layer's own output; the last, the final state
+        h = normed(encoder, u if i + 1 < num_layers else x)  # exits read the layer's own output; the last, the final state
         out.exit_logits.append(heads(k, h, pad_arg) if i + 1 in used else None)
         if return_states:
             out.exit_states.append(h)
@@ -147,7 +149,7 @@ class _Running:
 
     ``slot``: each row's index in the output; ``x``: ``T x n x C``; ``pad``: ``n x T``, and
     ``pad_arg``, the same or None where no row has padding (the form layers and heads take);
-    ``span``: ``2 x n``, :func:`_span` (None for a batch of one row: a single row never needs it);
+    ``span``: ``2 x n``, :func:`token_span` (None for a batch of one row: a single row never needs it);
     ``state``: the policy's; ``tally``: ``2 x n``, the layers each row skipped and the exit checks it
     missed by skipping an exit layer (None without gates: nothing is ever skipped).
     """
@@ -175,7 +177,7 @@ def _rows(columns: Optional[Tensor], rows: Tensor) -> Optional[Tensor]:
     return None if columns is None else columns.index_select(1, rows)
 
 
-def _span(padding_mask: Tensor) -> Tensor:
+def token_span(padding_mask: Tensor) -> Tensor:
     """Per sample ``(end, -first_pad)``, ``2 x B``: one past its last real token, and minus the
     position of its first padding (``T`` if none). The longest end among some samples is the
     padded length they need; they have padding within it iff some first pad lies before it.
@@ -242,13 +244,13 @@ def early_exit_pass(
     policy.check_model(len(exit_layers), gates is not None)
     num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
-    x, padding_mask = _embed(encoder, src_tokens)
+    x, padding_mask = embed(encoder, src_tokens)
     bsz, device = src_tokens.size(0), src_tokens.device
     out = _new_output(x, padding_mask, num_layers)
     # layers skipped and exit checks missed, per sample (only gates skip)
     tally = torch.zeros(2, bsz, dtype=torch.long, device=device) if gates is not None else None
     run = _Running(slot=torch.arange(bsz, device=device), x=x, pad=padding_mask, pad_arg=_mask_or_none(padding_mask),
-                   span=_span(padding_mask) if bsz > 1 else None, state=policy.init_state(bsz, device),
+                   span=token_span(padding_mask) if bsz > 1 else None, state=policy.init_state(bsz, device),
                    tally=None if tally is None else tally.clone())
     n, first_check = bsz, True  # rows still running; no exit checked yet
     for i in range(num_layers):
@@ -274,9 +276,9 @@ def early_exit_pass(
         if k is None or (layer_no < num_layers and not n_run):
             continue
         if layer_no == num_layers or ran is None:
-            logits = heads(k, _normed(encoder, run.x), run.pad_arg)
+            logits = heads(k, normed(encoder, run.x), run.pad_arg)
         else:  # only the rows that ran this layer get an exit check
-            sub_logits = heads(k, _normed(encoder, run.x.index_select(1, ran)), sub_pad)
+            sub_logits = heads(k, normed(encoder, run.x.index_select(1, ran)), sub_pad)
             logits = sub_logits.new_zeros(n, sub_logits.size(-1)).index_copy(0, ran, sub_logits)
         if first_check:
             out.logits, first_check = logits.new_zeros(bsz, logits.size(-1)), False
