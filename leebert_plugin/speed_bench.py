@@ -201,8 +201,9 @@ def per_call_ms(model: ExitRobertaModel, head: str, tokens: Tensor, policy: Exit
 
 def measure(model: ExitRobertaModel, head: str, work: Plan, repeats: int, device: torch.device) -> SpeedRow:
     """:class:`SpeedRow` of ``work`` (one plan at one batch size). One untimed early-exit pass gives
-    each sample's exit (and, without gates, :func:`bound_schedule`); then one warm-up repeat and
-    ``repeats`` timed ones of every variant, interleaved."""
+    each sample's exit (and, without gates, :func:`bound_schedule`) and is the early-exit pass's
+    warm-up; then one warm-up repeat of the other variants and ``repeats`` timed ones of every
+    variant, interleaved."""
     never = build_policy("none", model.exit_heads[head].num_classes)
     gated = model.skip_gates is not None
 
@@ -226,7 +227,7 @@ def measure(model: ExitRobertaModel, head: str, work: Plan, repeats: int, device
         if not gated:
             stages = [bound_schedule(model, t, p.exit_layer) for (t, _), p in zip(work, passes)]
             variants["bound"] = lambda j: layers_only(model, head, work[j][0], stages[j])
-        interleaved_seconds(variants, len(work), 1, device)  # warm-up
+        interleaved_seconds({k: f for k, f in variants.items() if k != "early"}, len(work), 1, device)  # warm-up
         t = interleaved_seconds(variants, len(work), repeats, device)
         paired = [r / layer_x for r in ratios_per_repeat(t, "plain", "early")]  # wall / layer, repeat by repeat
         mid = statistics.median(paired)
