@@ -19,10 +19,11 @@ and a paired bootstrap over test examples within each seed (``stats.py``, ``repo
 runs are reused; a killed run resumes from its last checkpoint (``matrix.py``).
 
 Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
-for runs without gates: every exit's dev and test logits),
-``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds), ``OUT/summary.md`` (with every
-ablation variant finished in OUT at these seeds, this invocation's and earlier ones'),
-``OUT/pareto.png`` and ``OUT/rules.png`` (the per-exit rule against the published ones).
+for runs without gates: every exit's dev and test logits);
+``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds) and ``OUT/summary.md`` (both with
+every ablation variant finished in OUT at these seeds, this invocation's and earlier ones');
+``OUT/pareto.png`` and ``OUT/rules.png`` (this invocation's runs; the latter: the per-exit rule
+against the published ones).
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
 an older evaluation scored are scored again (not retrained) when the evaluation changes: from their
@@ -36,7 +37,7 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, earlier_variants, plot, plot_rules, read_records, run_matrix,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, read_records, run_matrix, summary_runs,
     write_points,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget
@@ -113,17 +114,12 @@ def main() -> None:
     header = (f"setting: {args.setting}; data {data} ({train_size} training examples); {epochs} epochs, batch "
               f"{args.batch_size}, lr {args.lr}, exit pooling {args.exit_pooling}, exit lr x{args.exit_lr_scale}; "
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
-    asked = dict(runs)  # the plots: the methods and variants of this invocation
-    earlier = earlier_variants(m, variants(["all"]))
-    if earlier:
-        print(f"benchmark: the summary also holds {', '.join(earlier)} (finished by earlier invocations)", flush=True)
-    runs.update(earlier)
-    shown = [v for v in variants(["all"]) if v in ablation or v.name in earlier]
-    text = summary(runs, header, reps=args.bootstrap, variants=shown)
-    write_points(runs, out / "points.tsv")
+    shown_runs, shown = summary_runs(m, runs, variants(["all"]), log=lambda line: print(line, flush=True))
+    text = summary(shown_runs, header, reps=args.bootstrap, variants=shown)
+    write_points(shown_runs, out / "points.tsv")
     (out / "summary.md").write_text(text)
-    plot(asked, out / "pareto.png")
-    rules = plot_rules(asked, out / "rules.png")
+    plot(runs, out / "pareto.png")  # the plots: this invocation's runs only
+    rules = plot_rules(runs, out / "rules.png")
     print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (" and rules.png" if rules else ""))
 
 

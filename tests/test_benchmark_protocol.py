@@ -12,7 +12,7 @@ import pytest
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
-from leebert_plugin.benchmark.matrix import Matrix, earlier_variants, read_records, run_matrix
+from leebert_plugin.benchmark.matrix import Matrix, earlier_variants, read_records, run_matrix, summary_runs
 from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.report import (
     TARGETS, Run, across_tables, compare, evaluation_line, realised_speedup, summary,
@@ -374,32 +374,49 @@ def test_an_ablation_variant_is_its_method_with_its_overrides_in_its_own_folder(
 
 
 def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
-    """A variant not asked for now counts when every seed of the matrix has its record under the
-    overrides it would get now; a seed missing, other overrides, or its method not in the matrix
-    leave it out."""
-    lle, darts2, darts1, cls = (ABLATIONS["distill"][0], *ABLATIONS["meta"], ABLATIONS["exit_pooling"][1])
-    T2 = ABLATIONS["temperature"][0]
+    """A variant not asked for now is summarised when every seed of the matrix has its record
+    under the overrides it would get now, scored by the current evaluation, on its method's test
+    examples; one missing seed, other overrides, an older evaluation, other data, or its method not
+    in the matrix leave it out, with a line when it has records. Methods first, then the variants
+    in the ablations' order, whatever order they were asked in."""
+    lle, fixed, darts2, darts1, T2, T4, cls = (ABLATIONS["distill"][0], ABLATIONS["weights"][0], *ABLATIONS["meta"],
+                                               *ABLATIONS["temperature"], ABLATIONS["exit_pooling"][1])
     m = Matrix(tmp_path, tmp_path / "out", ["leebert", "pabee", T2.name], [1, 2], Budget(2), 100, "exit_bert_tiny", 4,
                None, torch.device("cpu"), extra=["leebert:task.x=1"], variants={T2.name: T2})
-    run = make_run("x", 1, [pt(80, 1.0, 79, 1.0, "none")], [[True]])
+    lee, pab = two_methods([2.0, 2.5])
 
-    def record(name, seed, overrides):
-        save = m.save_dir(name, seed)
+    def record(name, seed, overrides, evaluation=VERSION, ids=None):
+        save, run = m.save_dir(name, seed), lee[seed]
         save.mkdir(parents=True)
-        (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides}))
-        run.outcomes.save(save / "outcomes.npz")
+        (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides, "evaluation": evaluation}))
+        Outcomes(run.outcomes.ids if ids is None else ids, run.outcomes.correct, run.outcomes.layers).save(
+            save / "outcomes.npz")
 
     for seed in (1, 2):
         record(lle.name, seed, ["criterion.distill=lle", "task.x=1"])  # as the matrix would train it now
         record(darts1.name, seed, ["optimizer.mode=darts1"])  # trained without the extra override
-        record(T2.name, seed, ["criterion.temperature=2.0", "task.x=1"])  # asked for: run_matrix's
+        record(T4.name, seed, ["criterion.temperature=4.0", "task.x=1"], evaluation=VERSION - 1)
+        record(cls.name, seed, ["+model.exit_pooling=cls"])
     record(darts2.name, 1, ["optimizer.mode=darts2", "task.x=1"])  # seed 2 missing
-    record(cls.name, 1, ["+model.exit_pooling=cls"])
-    record(cls.name, 2, ["+model.exit_pooling=cls"])
-    found = earlier_variants(m, variants(["all"]))
-    assert list(found) == [lle.name, cls.name]
-    assert [r.seed for r in found[lle.name]] == [1, 2] and found[lle.name][0].method == lle.name
-    assert earlier_variants(replace(m, methods=["leebert"]), variants(["all"])).keys() == {lle.name}  # no PABEE
+    record(fixed.name, 1, [*fixed.overrides, "task.x=1"])
+    record(fixed.name, 2, [*fixed.overrides, "task.x=1"], ids=lee[2].outcomes.ids + 1000)  # other test examples
+    runs = {"leebert": [lee[1], lee[2]], "pabee": [pab[1], pab[2]], T2.name: [lee[1], lee[2]]}
+    said = []
+    shown_runs, shown = summary_runs(m, runs, variants(["all"]), log=said.append)
+    assert list(shown_runs) == ["leebert", "pabee", lle.name, T2.name, cls.name]
+    assert [v.name for v in shown] == [lle.name, T2.name, cls.name]
+    assert [r.seed for r in shown_runs[lle.name]] == [1, 2] and shown_runs[lle.name][0].method == lle.name
+    assert shown_runs[T2.name] is runs[T2.name]
+    why = {line.split(":")[1].strip(): line for line in said if "left out" in line}
+    assert set(why) == {fixed.name, darts2.name, darts1.name, T4.name}
+    assert "no record of seed 2" in why[darts2.name] and "not ['optimizer.mode=darts1', 'task.x=1']" in why[darts1.name]
+    assert f"evaluation {VERSION - 1}" in why[T4.name] and "other data" in why[fixed.name]
+    assert said[-1].endswith(f"holds {lle.name}, {cls.name} (finished by earlier invocations)")
+    text = summary(shown_runs, "setting: unit", reps=50, variants=shown)
+    assert f"| {lle.name} - leebert | 2x |" in text and f"| {cls.name} - pabee | 2x |" in text
+    no_pabee = {"leebert": runs["leebert"], T2.name: runs[T2.name]}
+    assert list(earlier_variants(replace(m, methods=["leebert", T2.name]), variants(["all"]), no_pabee,
+                                 log=said.append)) == [lle.name]
 
 
 def test_ablations_compare_each_variant_with_its_method():

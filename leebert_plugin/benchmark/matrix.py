@@ -18,8 +18,9 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from leebert_plugin.benchmark.ablations import Variant
@@ -254,21 +255,66 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
     return runs
 
 
-def earlier_variants(m: Matrix, known: Sequence[Variant]) -> Dict[str, List[Run]]:
-    """The runs of the variants of ``known`` that ``m`` did not ask for but that an earlier invocation
-    finished in its folder, by name: a variant counts when its method is in ``m``, and each of ``m``'s
-    seeds has its record under the overrides the variant and ``m`` give it now. Read as recorded:
-    nothing is trained or scored again. Why: each invocation writes ``summary.md`` from the runs it
-    holds, so without these a summary lists only the ablations of its last invocation."""
+def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, List[Run]],
+                     log: Callable[[str], None] = print) -> Dict[str, List[Run]]:
+    """The runs of the variants of ``known`` that ``m`` did not ask for but that earlier invocations
+    finished in its folder, by name, read as recorded (nothing trained or scored again). Why: each
+    invocation writes ``summary.md`` from the runs it holds, so without these a summary would list
+    only the ablations of its last invocation. A variant counts when its method is among ``runs``
+    (this matrix's) and every seed of ``m`` has its record (:func:`_left_out`); a variant with some
+    records that does not count gets one line saying why."""
     found: Dict[str, List[Run]] = {}
     for v in known:
-        if v.name in m.variants or v.method not in m.methods:
+        if v.name in m.variants or v.method not in runs:
             continue
-        mine = replace(m, variants={**m.variants, v.name: v}).overrides_for(v.name)
-        runs = [_read_run(m.save_dir(v.name, seed), v.name, seed) for seed in m.seeds]
-        if all(r is not None and r.result.get("overrides", []) == mine for r in runs):
-            found[v.name] = runs
+        recorded = [_read_run(m.save_dir(v.name, seed), v.name, seed) for seed in m.seeds]
+        if all(r is None for r in recorded):
+            continue
+        why = _left_out(m, v, recorded, runs[v.method])
+        if why:
+            log(f"benchmark: {v.name}: left out of the summary ({why})")
+        else:
+            found[v.name] = recorded
     return found
+
+
+def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], reference: Sequence[Run]) -> Optional[str]:
+    """Why the records of ``v`` at ``m``'s seeds cannot stand beside ``reference`` (its method's runs
+    in ``m``), or None: a seed without a record, a record trained under other overrides than the
+    ones ``m`` would give it now, one an older evaluation scored (``run_matrix`` would score it
+    again), or test examples that are not its method's (other data). The budget is not recorded,
+    so a variant trained under other epochs or lr in the same folder is not caught (nor is a
+    method's run)."""
+    missing = [seed for seed, r in zip(m.seeds, recorded) if r is None]
+    if missing:
+        return f"no record of seed {', '.join(map(str, missing))}: --ablation {v.name} trains it"
+    mine = replace(m, variants={**m.variants, v.name: v}).overrides_for(v.name)
+    other = next((r for r in recorded if r.result.get("overrides", []) != mine), None)
+    if other is not None:
+        return f"seed {other.seed} was trained with overrides {other.result.get('overrides', [])}, not {mine}"
+    stale = next((r for r in recorded if r.result.get("evaluation", 1) < required_version(r.result)), None)
+    if stale is not None:
+        return f"seed {stale.seed} was scored by evaluation {stale.result.get('evaluation', 1)}: --ablation {v.name} " \
+               "scores it again"
+    ref = {r.seed: r for r in reference}
+    alien = next((r for r in recorded
+                  if r.seed in ref and not np.array_equal(r.outcomes.ids, ref[r.seed].outcomes.ids)), None)
+    if alien is not None:
+        return f"seed {alien.seed}'s test examples are not {v.method}'s: it was trained on other data"
+    return None
+
+
+def summary_runs(m: Matrix, runs: Mapping[str, List[Run]], known: Sequence[Variant],
+                 log: Callable[[str], None] = print) -> Tuple[Dict[str, List[Run]], List[Variant]]:
+    """What ``summary.md`` and ``points.tsv`` show: this matrix's ``runs`` and the variants of
+    ``known`` finished by earlier invocations (:func:`earlier_variants`), the methods first, then
+    every variant in ``known``'s order; and those variants, each to be compared with its method."""
+    earlier = earlier_variants(m, known, runs, log)
+    if earlier:
+        log(f"benchmark: the summary also holds {', '.join(earlier)} (finished by earlier invocations)")
+    shown = [v for v in known if v.name in m.variants or v.name in earlier]
+    methods = {name: rs for name, rs in runs.items() if name not in m.variants}
+    return {**methods, **{v.name: runs[v.name] if v.name in m.variants else earlier[v.name] for v in shown}}, shown
 
 
 def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
