@@ -12,9 +12,10 @@ What each ablation asks (``methods.md``; the defaults are the configs'):
 * ``weights``: the loss-term weights learned by ``clo`` or fixed at their start. Fixed weights
   train with ``exit_adam`` on every batch, so this also removes the meta step's cost.
 * ``meta``: the meta step's rule: ``clo`` (crossed, both splits) against DARTS second and first order.
-* ``temperature``, ``kd_weight``, ``w_lr``, ``interval``: the distillation temperature, the
-  distillation terms' total weight, the weights' learning rate and the meta-step interval, one
-  value below and one above the default.
+* ``temperature``, ``kd_weight``, ``w_lr``, ``interval``: the distillation temperature (2 and 4,
+  both above the default 1: distillation usually runs warmer than 1), the
+  distillation terms' total weight (0.5 and 2 around 1), the weights' learning rate (3e-4 and 3e-2
+  around 3e-3) and the meta-step interval (5 and 30 around 10).
 * ``smartbert_gates``: what might keep SmartBERT's skip gates from collapsing (BENCHMARKS.md,
   "What was tried for SmartBERT's collapse"): gates that start closed (bias -3, skip probability
   about 0.05), soft gate weights for all of stage 1, a regulariser 4x smaller, and the three
