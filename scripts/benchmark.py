@@ -16,7 +16,8 @@ The last checkpoint of each run is evaluated on dev and test at every point of i
 (``leebert_plugin/benchmark/evaluation.py``); the point "at S x" is chosen on dev and read on
 test (``choice.py``); methods are compared by paired differences with a 95% interval over seeds
 and a paired bootstrap over test examples within each seed (``stats.py``, ``report.py``). Finished
-runs are reused; a killed run resumes from its last checkpoint (``matrix.py``).
+runs are reused (each records its overrides and budget; one trained under others is refused, not
+mixed in); a killed run resumes from its last checkpoint (``matrix.py``).
 
 Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
 for runs without gates: every exit's dev and test logits);

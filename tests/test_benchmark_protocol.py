@@ -232,8 +232,8 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
                torch.device("cpu"))
     save = m.save_dir("pabee", 1)
     save.mkdir(parents=True)
-    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "evaluation": 1,
-           "points": [pt(80, 1.0, 79, 1.0, "none")], "test_oracle": {"layer_speedup": 2.0}}
+    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record(),
+           "evaluation": 1, "points": [pt(80, 1.0, 79, 1.0, "none")], "test_oracle": {"layer_speedup": 2.0}}
     (save / "result.json").write_text(json.dumps(old))
     Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)).save(save / "outcomes.npz")
     import leebert_plugin.benchmark.matrix as matrix
@@ -259,6 +259,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
         (save / "result.json").write_text(json.dumps(dict(old, **before)))
         redone = run_matrix(m, log=lambda line: None)["pabee"][0].result
         assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0 and redone.get("device") == after
+        assert redone["budget"] == old["budget"]
         assert json.loads((save / "result.json").read_text()).get("device") == after
     # a change to the replayed grid leaves a gated run's real passes alone, not a replayed run's
     for gated, redo in ((True, False), (False, True)):
@@ -287,13 +288,46 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
         assert "kept as evaluation 1 scored it" in said[0]
 
 
+def test_a_run_records_its_budget_and_a_run_under_another_budget_is_refused(tmp_path, monkeypatch):
+    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"))
+    import leebert_plugin.benchmark.matrix as matrix
+    outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
+    monkeypatch.setattr(matrix, "train", lambda *a: 5.0)
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: ({"evaluation": VERSION, "gated": True,
+                                                              "points": [pt(80, 1.0, 79, 1.0, "none")]}, outcomes))
+    run_matrix(m, log=lambda line: None)
+    path = m.save_dir("pabee", 1) / "result.json"
+    assert json.loads(path.read_text())["budget"] == {
+        "epochs": 2, "batch_size": 32, "lr": 5e-5, "exit_pooling": "mean", "exit_lr_scale": 10.0, "train_size": 100,
+        "arch": "exit_bert_tiny", "pretrained": False}
+    monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
+    said = []
+    assert run_matrix(m, log=said.append)["pabee"][0].result["train_seconds"] == 5.0 and said == []
+    for other, why in ((replace(m, budget=Budget(3)), "epochs 2, not 3"),
+                       (replace(m, budget=Budget(2, lr=1e-4)), "lr 5e-05, not 0.0001"),
+                       (replace(m, budget=Budget(2, exit_pooling="cls")), "exit_pooling 'mean', not 'cls'"),
+                       (replace(m, train_size=300), "train_size 100, not 300"),
+                       (replace(m, restore="model.pt"), "pretrained False, not True")):
+        with pytest.raises(UsageError, match=f"trained under another budget \\({why}\\)"):
+            run_matrix(other, log=said.append)
+    # a record older than the field is kept, with a line saying what was assumed
+    record = json.loads(path.read_text())
+    del record["budget"]
+    path.write_text(json.dumps(record))
+    assert run_matrix(replace(m, budget=Budget(3)), log=said.append)["pabee"][0].result == record
+    assert said == ["benchmark: pabee seed 1: its record is older than recorded budgets; kept as trained under this "
+                    "matrix's (delete its result.json to train it again if it was not)"]
+
+
 def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(tmp_path, monkeypatch):
     m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
                torch.device("cpu"))
     save = m.save_dir("pabee", 1)
     save.mkdir(parents=True)
-    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "evaluation": VERSION,
-              "gated": False, "points": [dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])]}
+    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record(),
+              "evaluation": VERSION, "gated": False,
+              "points": [dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])]}
     outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
     (save / "result.json").write_text(json.dumps(record))
     outcomes.save(save / "outcomes.npz")
@@ -306,10 +340,11 @@ def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(
     said = []
     run_matrix(m, log=said.append)  # no checkpoint: nothing to trace
     assert traced == [] and said == []
-    (save / "checkpoint_last.pt").write_bytes(b"a checkpoint")
+    torch.save({"model": {"w": torch.ones(64)}}, save / "checkpoint_last.pt")  # a whole torch archive
+    whole = (save / "checkpoint_last.pt").read_bytes()
     # the traces give the record (its thresholds as a tuple, as score_traces makes them): written
     same = dict(record, points=[dict(record["points"][0], thresholds=(0.1, 0.2))])
-    same = {k: v for k, v in same.items() if k not in ("method", "seed", "train_seconds", "overrides")}
+    same = {k: v for k, v in same.items() if k not in ("method", "seed", "train_seconds", "overrides", "budget")}
     monkeypatch.setattr(matrix, "score_traces", lambda traces: (same, outcomes))
     run_matrix(m, log=said.append)
     assert written == [(save / "traces.npz", {"traces": save / "checkpoint_last.pt"})]
@@ -331,17 +366,14 @@ def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(
         said.clear()
         run_matrix(m, log=said.append)
         assert traced == [] and said == []
-    # a checkpoint that cannot be traced: one line, the matrix goes on
+    # a damaged checkpoint (not a whole zip archive; the ones above were whole) is not traced: one
+    # line, the matrix goes on
     (save / "traces.mismatch").unlink()
-
-    def broken(*a):
-        raise RuntimeError("PytorchStreamReader failed reading zip archive\nmore")
-
-    monkeypatch.setattr(matrix, "traces_of", broken)
+    (save / "checkpoint_last.pt").write_bytes(whole[: len(whole) // 2])
+    monkeypatch.setattr(matrix, "traces_of", lambda *a: pytest.fail("a damaged checkpoint was traced"))
     said.clear()
     assert run_matrix(m, log=said.append)["pabee"][0].result == record
-    assert said == ["benchmark: pabee seed 1: could not trace its checkpoint (PytorchStreamReader failed reading "
-                    "zip archive): kept without traces"]
+    assert said == ["benchmark: pabee seed 1: its checkpoint is damaged (not a whole zip archive): kept without traces"]
     # a gated run, or one whose traces are there in the current format, is left alone
     monkeypatch.setattr(matrix, "traces_of", lambda *a: pytest.fail("traced again"))
     (save / "result.json").write_text(json.dumps(dict(record, gated=True)))
@@ -381,14 +413,16 @@ def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
     in the ablations' order, whatever order they were asked in."""
     lle, fixed, darts2, darts1, T2, T4, cls = (ABLATIONS["distill"][0], ABLATIONS["weights"][0], *ABLATIONS["meta"],
                                                *ABLATIONS["temperature"], ABLATIONS["exit_pooling"][1])
+    kd = ABLATIONS["kd_weight"][0]
     m = Matrix(tmp_path, tmp_path / "out", ["leebert", "pabee", T2.name], [1, 2], Budget(2), 100, "exit_bert_tiny", 4,
                None, torch.device("cpu"), extra=["leebert:task.x=1"], variants={T2.name: T2})
     lee, pab = two_methods([2.0, 2.5])
 
-    def record(name, seed, overrides, evaluation=VERSION, ids=None):
+    def record(name, seed, overrides, evaluation=VERSION, ids=None, **budget):
         save, run = m.save_dir(name, seed), lee[seed]
         save.mkdir(parents=True)
-        (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides, "evaluation": evaluation}))
+        (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides, "evaluation": evaluation,
+                                                      **({"budget": {**m.budget_record(), **budget}} if budget else {})}))
         Outcomes(run.outcomes.ids if ids is None else ids, run.outcomes.correct, run.outcomes.layers).save(
             save / "outcomes.npz")
 
@@ -396,7 +430,8 @@ def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
         record(lle.name, seed, ["criterion.distill=lle", "task.x=1"])  # as the matrix would train it now
         record(darts1.name, seed, ["optimizer.mode=darts1"])  # trained without the extra override
         record(T4.name, seed, ["criterion.temperature=4.0", "task.x=1"], evaluation=VERSION - 1)
-        record(cls.name, seed, ["+model.exit_pooling=cls"])
+        record(cls.name, seed, ["+model.exit_pooling=cls"], epochs=2)  # this matrix's budget, recorded
+        record(kd.name, seed, [*kd.overrides, "task.x=1"], epochs=1 + seed)  # seed 2 under another budget
     record(darts2.name, 1, ["optimizer.mode=darts2", "task.x=1"])  # seed 2 missing
     record(fixed.name, 1, [*fixed.overrides, "task.x=1"])
     record(fixed.name, 2, [*fixed.overrides, "task.x=1"], ids=lee[2].outcomes.ids + 1000)  # other test examples
@@ -408,7 +443,8 @@ def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
     assert [r.seed for r in shown_runs[lle.name]] == [1, 2] and shown_runs[lle.name][0].method == lle.name
     assert shown_runs[T2.name] is runs[T2.name]
     why = {line.split(":")[1].strip(): line for line in said if "left out" in line}
-    assert set(why) == {fixed.name, darts2.name, darts1.name, T4.name}
+    assert set(why) == {fixed.name, darts2.name, darts1.name, T4.name, kd.name}
+    assert "seed 2 was trained under another budget (epochs 3, not 2)" in why[kd.name]
     assert "no record of seed 2" in why[darts2.name] and "not ['optimizer.mode=darts1', 'task.x=1']" in why[darts1.name]
     assert f"evaluation {VERSION - 1}" in why[T4.name] and "other data" in why[fixed.name]
     assert said[-1].endswith(f"holds {lle.name}, {cls.name} (finished by earlier invocations)")

@@ -5,7 +5,9 @@ next seed), so a matrix stopped early still holds complete pairs. A variant
 (:mod:`leebert_plugin.benchmark.ablations`) trains in its own folder beside its method's runs. A run is finished when ``OUT/<method>/seed<k>/result.json``
 and ``outcomes.npz`` exist; it is then reused, never retrained. A run killed mid-training resumes
 from its own ``checkpoint_last.pt`` (:func:`leebert_plugin.benchmark.recipe.overrides`). A
-finished run trained with other ``--override`` values is refused, not mixed in.
+finished run trained with other ``--override`` values, or under another budget (``Matrix.budget_record``:
+epochs, batch size, lr, exit pooling and lr scale, training-set size, architecture, pretrained or
+not), is refused, not mixed in.
 
 Seeds are paired across methods: seed ``k`` gives every method the same data order (fairseq's
 batches are shuffled by ``common.seed`` and the epoch), and the same initial exits where the
@@ -16,7 +18,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,6 +31,7 @@ from leebert_plugin.benchmark.evaluation import (
     VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
+from leebert_plugin.checkpoint_files import is_intact
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
@@ -91,6 +94,14 @@ class Matrix:
                 out.append(rest)
         return out
 
+    def budget_record(self) -> Dict:
+        """What every run of this matrix shares and ``result.json`` records as ``budget``: the
+        budget's fields, the training-set size, the architecture and whether it starts from a
+        pretrained encoder (not the encoder's or the data's path: they differ between machines;
+        the test examples are checked instead, :func:`_left_out`)."""
+        return {**asdict(self.budget), "train_size": self.train_size, "arch": self.arch,
+                "pretrained": self.restore is not None}
+
     def command(self, name: str, seed: int) -> List[str]:
         method = self.method_of(name)
         o = recipe_overrides(method, self.data, self.save_dir(name, seed), seed, self.train_size, self.budget,
@@ -127,14 +138,31 @@ def _read_run(save: Path, name: str, seed: int) -> Optional[Run]:
     return Run(name, seed, json.loads(done.read_text()), Outcomes.load(outcomes))
 
 
+def other_budget(m: Matrix, run: Run) -> Optional[str]:
+    """How the budget ``run`` recorded differs from ``m``'s (``key recorded, not mine`` for each key
+    that differs), or None when it is the same or was not recorded (a record older than the field)."""
+    recorded, mine = run.result.get("budget"), m.budget_record()
+    if recorded is None:
+        return None
+    differ = [f"{k} {recorded.get(k)!r}, not {mine.get(k)!r}" for k in sorted(set(recorded) | set(mine))
+              if recorded.get(k) != mine.get(k)]
+    return "; ".join(differ) or None
+
+
 def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
-    """The finished run, or None; a run trained under other overrides is refused."""
+    """The finished run, or None; a run trained under other overrides or another budget is refused."""
     run = _read_run(m.save_dir(method, seed), method, seed)
+    if run is None:
+        return None
     mine = m.overrides_for(method)
-    if run is not None and run.result.get("overrides", []) != mine:
+    if run.result.get("overrides", []) != mine:
         raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained with overrides "
                          f"{run.result.get('overrides', [])}, not {mine}",
                          "pass --out to a new folder, or the same --override values")
+    differ = other_budget(m, run)
+    if differ:
+        raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained under another budget ({differ})",
+                         "pass --out to a new folder, or the budget it was trained under")
     return run
 
 
@@ -151,21 +179,24 @@ def read_records(out: Path) -> Dict[str, List[Run]]:
     return runs
 
 
-def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str]) -> Run:
+def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str],
+           trained_under: Optional[Dict]) -> Run:
     """Evaluate the trained run ``name`` seed ``seed`` from its checkpoint and write its record
     (:func:`_write`), its traces too when it has no gates."""
     save = m.save_dir(name, seed)
-    return _write(m, name, seed, seconds, trained_on,
+    return _write(m, name, seed, seconds, trained_on, trained_under,
                   *evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES))
 
 
-def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], result: Dict,
-           outcomes: Outcomes) -> Run:
-    """Write the run's ``outcomes.npz`` and ``result.json`` (``device``: the kind it trained on; left
-    out when unknown, a record older than the field)."""
+def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], trained_under: Optional[Dict],
+           result: Dict, outcomes: Outcomes) -> Run:
+    """Write the run's ``outcomes.npz`` and ``result.json``. ``device``: the kind it trained on;
+    ``budget``: ``trained_under`` (:meth:`Matrix.budget_record`); each left out when unknown (a
+    record older than the field, scored again: carried over, never guessed)."""
     save = m.save_dir(name, seed)
     result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name),
-              **({"device": trained_on} if trained_on else {}), **result}
+              **({"budget": trained_under} if trained_under else {}), **({"device": trained_on} if trained_on else {}),
+              **result}
     outcomes.save(save / "outcomes.npz")
     partial = save / "result.json.part"
     partial.write_text(json.dumps(result, indent=1))
@@ -193,12 +224,10 @@ def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], 
     the record's and a later evaluation can score the run again without the checkpoint, which is
     not committed. About as long as the run's evaluation, once."""
     save = m.save_dir(name, seed)
-    try:
-        traces = traces_of(save / "checkpoint_last.pt", m.data, m.device)
-    except (OSError, RuntimeError, ValueError) as err:  # a damaged checkpoint must not stop the matrix
-        log(f"benchmark: {name} seed {seed}: could not trace its checkpoint ({str(err).splitlines()[0]}): "
-            "kept without traces")
+    if not is_intact(save / "checkpoint_last.pt"):  # a damaged checkpoint must not stop the matrix
+        log(f"benchmark: {name} seed {seed}: its checkpoint is damaged (not a whole zip archive): kept without traces")
         return
+    traces = traces_of(save / "checkpoint_last.pt", m.data, m.device)
     if traces is None:
         return
     result, outcomes = score_traces(traces)
@@ -233,16 +262,19 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 log(f"benchmark: {name} seed {seed}: scoring again from its traces (evaluation "
                     f"{run.result.get('evaluation', 1)} -> {VERSION})")
                 run = _write(m, name, seed, run.result["train_seconds"], run.result.get("device"),
-                             *score_traces(load_traces(traces)))
+                             run.result.get("budget"), *score_traces(load_traces(traces)))
             elif stale and not (m.save_dir(name, seed) / "checkpoint_last.pt").is_file():
                 log(f"benchmark: {name} seed {seed}: kept as evaluation {run.result.get('evaluation', 1)} scored it "
                     f"(it has neither traces nor a checkpoint); delete its result.json to train it again")
             elif stale:
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
-                run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"))
+                run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"), run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
+            if run is not None and "budget" not in run.result:
+                log(f"benchmark: {name} seed {seed}: its record is older than recorded budgets; kept as trained "
+                    "under this matrix's (delete its result.json to train it again if it was not)")
             if run is not None and run.result.get("device", m.device.type) != m.device.type:
                 log(f"benchmark: {name} seed {seed}: trained on {run.result['device']}, kept in this "
                     f"--device {m.device.type} matrix (its train minutes are {run.result['device']}'s); "
@@ -250,7 +282,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             if run is None:
                 m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
                 log(f"benchmark: {name} seed {seed} ...")
-                run = record(m, name, seed, train(m, name, seed), m.device.type)
+                run = record(m, name, seed, train(m, name, seed), m.device.type, m.budget_record())
             runs[name].append(run)
     return runs
 
@@ -282,9 +314,9 @@ def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], referenc
     """Why the records of ``v`` at ``m``'s seeds cannot stand beside ``reference`` (its method's runs
     in ``m``), or None: a seed without a record, a record trained under other overrides than the
     ones ``m`` would give it now, one an older evaluation scored (``run_matrix`` would score it
-    again), or test examples that are not its method's (other data). The budget is not recorded,
-    so a variant trained under other epochs or lr in the same folder is not caught (nor is a
-    method's run)."""
+    again), one trained under another budget (:func:`other_budget`; a record without one is taken
+    as this matrix's, as ``run_matrix`` takes it), or test examples that are not its method's
+    (other data)."""
     missing = [seed for seed, r in zip(m.seeds, recorded) if r is None]
     if missing:
         return f"no record of seed {', '.join(map(str, missing))}: --ablation {v.name} trains it"
@@ -296,6 +328,10 @@ def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], referenc
     if stale is not None:
         return f"seed {stale.seed} was scored by evaluation {stale.result.get('evaluation', 1)}: --ablation {v.name} " \
                "scores it again"
+    budgets = [(r.seed, other_budget(m, r)) for r in recorded]
+    seed, differ = next(((seed, differ) for seed, differ in budgets if differ), (None, None))
+    if differ:
+        return f"seed {seed} was trained under another budget ({differ})"
     ref = {r.seed: r for r in reference}
     alien = next((r for r in recorded
                   if r.seed in ref and not np.array_equal(r.outcomes.ids, ref[r.seed].outcomes.ids)), None)
