@@ -23,8 +23,9 @@ Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.
 for runs without gates: every exit's dev and test logits);
 ``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds) and ``OUT/summary.md`` (both with
 every ablation variant finished in OUT at these seeds, this invocation's and earlier ones');
-``OUT/pareto.png`` and ``OUT/rules.png`` (this invocation's runs; the latter: the per-exit rule
-against the published ones).
+``OUT/pareto.png`` and ``OUT/rules.png`` (this invocation's runs' fronts; the latter: the per-exit
+rule against the published ones); with variants, ``OUT/ablations.png`` (every variant of the summary
+beside its method, one panel per ablation, means over seeds with their intervals).
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
 an older evaluation scored are scored again (not retrained) when the evaluation changes: from their
@@ -38,9 +39,9 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, plot, plot_rules, read_records, run_matrix, summary_runs,
-    write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, read_records, run_matrix, summary_runs, write_points,
 )
+from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
 from leebert_plugin.data.checks import label_count
@@ -119,9 +120,11 @@ def main() -> None:
     text = summary(shown_runs, header, reps=args.bootstrap, variants=shown)
     write_points(shown_runs, out / "points.tsv")
     (out / "summary.md").write_text(text)
-    plot(runs, out / "pareto.png")  # the plots: this invocation's runs only
+    plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
     rules = plot_rules(runs, out / "rules.png")
-    print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (" and rules.png" if rules else ""))
+    panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
+    print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (", rules.png" if rules else "")
+          + (f", ablations.png ({len(panels)} panels)" if panels else ""))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
 from leebert_plugin.benchmark.matrix import Matrix, earlier_variants, read_records, run_matrix, summary_runs
 from leebert_plugin.benchmark.recipe import Budget
+from leebert_plugin.benchmark.plots import plot_ablations
 from leebert_plugin.benchmark.report import (
-    TARGETS, Run, across_tables, compare, evaluation_line, realised_speedup, summary,
+    TARGETS, Run, across_tables, compare, evaluation_line, mean_point, realised_speedup, summary,
 )
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
 from leebert_plugin.errors import UsageError
@@ -136,6 +137,26 @@ def test_realised_speedup_averages_layers_not_ratios():
     assert cell.startswith(f"{6 / ((3 + 3 + 0.01) / 3):.2f}x (2.00 ± ") and cell.endswith(" layers)")
     runs.append(make_run("smartbert", 4, [pt(80, 1.0, 70.0, 1.0, "none")], [[True]]))  # never reached 2x on dev
     assert realised_speedup(runs, At("layers", 2.0)) == "not reached"
+
+
+def test_the_ablation_figure_draws_each_group_s_variants_beside_their_method_as_seed_means(tmp_path):
+    """A panel per ablation group with a variant whose method is there, in the ablations' order;
+    each point is the seeds' mean accuracy at the test speed-up of their mean layers, as the tables."""
+    runs = [make_run("leebert", s, [pt(80, 1.0, 70.0, 1.0, "none"), pt(75, 2.0, acc, speed)], [[True], [True]])
+            for s, acc, speed in ((1, 72.0, 2.0), (2, 74.0, 4.0))]
+    x, acc = mean_point(runs, At("layers", 2.0))
+    assert x == pytest.approx(6 / ((3 + 1.5) / 2)) and acc.mean == pytest.approx(73.0) and acc.n == 2
+    assert mean_point(runs + [make_run("leebert", 3, [pt(80, 1.0, 70.0, 1.0, "none")], [[True]])],
+                      At("layers", 2.0)) is None  # a seed that never reached 2x on dev
+    lee, pab = two_methods([2.0, 2.5])
+    lle, cls, pabee_cls, closed = (ABLATIONS["distill"][0], *ABLATIONS["exit_pooling"], ABLATIONS["smartbert_gates"][0])
+    shown = {"leebert": list(lee.values()), "pabee": list(pab.values()), pabee_cls.name: list(pab.values()),
+             lle.name: list(lee.values()), cls.name: list(lee.values()), closed.name: list(lee.values())}
+    path = tmp_path / "ablations.png"
+    # asked in another order; smartbert-closed has no smartbert runs to stand beside: no panel
+    assert plot_ablations(shown, [pabee_cls, closed, cls, lle], path) == ["distill", "exit_pooling"]
+    assert path.stat().st_size > 1000
+    assert plot_ablations(shown, [], tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
 
 
 def test_comparison_pairs_by_seed_and_by_example():

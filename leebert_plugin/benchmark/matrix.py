@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from leebert_plugin.benchmark.ablations import Variant
-from leebert_plugin.benchmark.choice import PER_EXIT_POLICY, RULES, At, choose
+from leebert_plugin.benchmark.choice import RULES, At, choose
 from leebert_plugin.benchmark.evaluation import (
     VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
 )
@@ -36,8 +36,6 @@ from leebert_plugin.benchmark.report import Run
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
-from leebert_plugin.exits.pareto import front
-from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.launch import ROOT, train_with_progress
 
 BIN = Path(sys.executable).parent
@@ -370,45 +368,3 @@ def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
                     cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
                              for k in POINT_COLUMNS]
                     w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
-
-
-def _rule_points(points: Sequence[Dict], per_exit: bool) -> List[Dict]:
-    return [p for p in points if (p["policy"] == PER_EXIT_POLICY) == per_exit]
-
-
-def _test_front(ax, points: Sequence[Dict], style: str, color: str, label: Optional[str]) -> None:
-    pts = front(points)  # chosen on dev, drawn as measured on test
-    ax.plot([p["test_speedup"] for p in pts], [p["test_metric"] for p in pts], style, ms=3, color=color,
-            alpha=0.7, label=label)
-
-
-def plot(runs: Dict[str, List[Run]], path: Path) -> None:
-    """Each run's dev Pareto front over the published rules, as measured on test, with its oracle ceiling."""
-    fig, ax = new_axes((7, 4.5))
-    ceiling = 2.0
-    for i, (method, rs) in enumerate(runs.items()):
-        color = f"C{i}"
-        for k, r in enumerate(rs):
-            _test_front(ax, _rule_points(r.result["points"], False), "o-", color, method if k == 0 else None)
-            ax.axvline(r.result["test_oracle"]["layer_speedup"], color=color, ls=":", lw=0.6)
-            ceiling = max(ceiling, r.result["test_oracle"]["layer_speedup"])
-    ax.set_xlim(0.9, ceiling * 1.1)  # beyond every oracle ceiling: only degenerate points
-    save_plot(fig, ax, "layer speed-up on test (dev front; dotted: each run's oracle ceiling)",
-              "test accuracy (%)", path)
-
-
-def plot_rules(runs: Dict[str, List[Run]], path: Path) -> bool:
-    """For each method with per-exit points, each run's front under the published rules (solid) and
-    under the per-exit calibrated rule (dashed); False (nothing written) when no run has them."""
-    calibrated = {method: [r for r in rs if _rule_points(r.result["points"], True)] for method, rs in runs.items()}
-    if not any(calibrated.values()):
-        return False
-    fig, ax = new_axes((7, 4.5))
-    for i, (method, rs) in enumerate(calibrated.items()):
-        for k, r in enumerate(rs):
-            published = _rule_points(r.result["points"], False)
-            _test_front(ax, published, "o-", f"C{i}", f"{method} published" if k == 0 else None)
-            _test_front(ax, published[:1] + _rule_points(r.result["points"], True), "s--", f"C{i}",
-                        f"{method} per-exit" if k == 0 else None)
-    save_plot(fig, ax, "layer speed-up on test (dev front)", "test accuracy (%)", path)
-    return True

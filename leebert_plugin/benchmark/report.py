@@ -13,7 +13,7 @@ makes the interval "not reached" rather than being dropped.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from leebert_plugin.benchmark.ablations import Variant
 from leebert_plugin.benchmark.choice import FULL, PER_EXIT_POLICY, At, choose
@@ -142,12 +142,27 @@ def realised_speedup(runs: Sequence[Run], at: At) -> str:
     return _speedup_cell(runs, [r.test(at, "test_speedup") for r in runs])
 
 
+def _layers_run(runs: Sequence[Run], speedups: Sequence[Optional[float]]) -> Interval:
+    """The layers a sample runs, ``L / speed-up``, over the seeds' ``speedups`` (None: not reached)."""
+    return seed_interval([r.result["layers"] / s if s else None for r, s in zip(runs, speedups)])
+
+
 def _speedup_cell(runs: Sequence[Run], speedups: Sequence[Optional[float]]) -> str:
     """``L / m (m ± h layers)`` over the seeds' ``speedups`` (None: not reached), m their mean layers."""
-    layers = seed_interval([r.result["layers"] / s if s else None for r, s in zip(runs, speedups)])
+    layers = _layers_run(runs, speedups)
     if math.isnan(layers.mean):
         return "not reached"
     return f"{runs[0].result['layers'] / layers.mean:.2f}x ({layers.as_value()} layers)"
+
+
+def mean_point(runs: Sequence[Run], at: At) -> Optional[Tuple[float, Interval]]:
+    """Where a method stands at ``at`` over its seeds, or None when some seed does not reach it on
+    dev: the test layer speed-up ``L / m`` (``m`` the mean layers run, as :func:`realised_speedup`)
+    and the test accuracy's interval over the seeds."""
+    accuracy = method_interval(runs, at)
+    if accuracy is NOT_REACHED:
+        return None
+    return runs[0].result["layers"] / _layers_run(runs, [r.test(at, "test_speedup") for r in runs]).mean, accuracy
 
 
 def method_table(runs: Dict[str, List[Run]]) -> List[str]:

@@ -4,15 +4,16 @@ from pathlib import Path
 from typing import Tuple
 
 
-def new_axes(figsize: Tuple[float, float]):
-    """A figure and axes on the Agg backend (no display needed), matplotlib's debug logs muted."""
+def new_axes(figsize: Tuple[float, float], grid: Tuple[int, int] = (1, 1)):
+    """A figure and its axes on the Agg backend (no display needed), matplotlib's debug logs muted:
+    one axes, or an array of ``grid`` (rows, columns)."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    return plt.subplots(*grid, figsize=figsize)
 
 
 def save_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
