@@ -100,7 +100,7 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     other = run(cmd[:-2] + ["--override", "common.log_interval=5"], timeout=600)
     assert other.returncode != 0 and "was trained with overrides" in other.stderr and "Fix:" in other.stderr
     longer = run([a if a != "2" else "3" for a in cmd], timeout=600)  # --epochs 3: another budget
-    assert_one_clear_error(longer, "trained under another budget (epochs 2, not 3)")
+    assert_one_clear_error(longer, "trained with another budget (epochs 2, not 3)")
     typo = run(cmd + ["--override", "smartbret:+model.skip_gate_bias=-2"], timeout=600)
     assert typo.returncode != 0 and "unknown method 'smartbret'" in typo.stderr
     # the finished runs of --out folders side by side (here one folder), training nothing

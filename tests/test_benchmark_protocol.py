@@ -2,6 +2,7 @@
 choice on dev with the report on test, and the verdicts."""
 import json
 import math
+import re
 import statistics
 from dataclasses import replace
 
@@ -298,7 +299,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     (save / "result.json").write_text(json.dumps(old))
     said.clear()
     redone = run_matrix(m, log=said.append)["pabee"][0].result
-    assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0
+    assert redone["evaluation"] == 99 and redone["train_seconds"] == 9.0 and redone["budget"] == old["budget"]
     assert said == ["benchmark: pabee seed 1: scoring again from its traces (evaluation 1 -> 99)"]
     # traces saved under another format, or beside a gated run, are not used
     for result, fmt in ((old, matrix.TRACE_FORMAT - 1), (dict(old, gated=True), matrix.TRACE_FORMAT)):
@@ -310,35 +311,89 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
 
 
 def test_a_run_records_its_budget_and_a_run_under_another_budget_is_refused(tmp_path, monkeypatch):
-    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
-               torch.device("cpu"))
+    data = tmp_path / "rt-bin-1k"
+    m = Matrix(data, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None, torch.device("cpu"))
     import leebert_plugin.benchmark.matrix as matrix
     outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
-    monkeypatch.setattr(matrix, "train", lambda *a: 5.0)
-    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: ({"evaluation": VERSION, "gated": True,
-                                                              "points": [pt(80, 1.0, 79, 1.0, "none")]}, outcomes))
+    fresh = {"evaluation": VERSION, "gated": True, "points": [pt(80, 1.0, 79, 1.0, "none")]}
+    launched = []
+    monkeypatch.setattr(matrix, "train", lambda m, name, seed: launched.append(
+        json.loads((m.save_dir(name, seed) / "launch.json").read_text())) or 5.0)
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: (fresh, outcomes))
     run_matrix(m, log=lambda line: None)
     path = m.save_dir("pabee", 1) / "result.json"
-    assert json.loads(path.read_text())["budget"] == {
-        "epochs": 2, "batch_size": 32, "lr": 5e-5, "exit_pooling": "mean", "exit_lr_scale": 10.0, "train_size": 100,
-        "arch": "exit_bert_tiny", "pretrained": False}
+    budget = {"epochs": 2, "batch_size": 32, "lr": 5e-5, "exit_pooling": "mean", "exit_lr_scale": 10.0,
+              "data": "rt-bin-1k", "num_classes": 2, "train_size": 100, "arch": "exit_bert_tiny", "pretrained": False}
+    assert json.loads(path.read_text())["budget"] == budget
+    assert launched == [{"overrides": [], "budget": budget}]  # written before training started
     monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
     said = []
     assert run_matrix(m, log=said.append)["pabee"][0].result["train_seconds"] == 5.0 and said == []
-    for other, why in ((replace(m, budget=Budget(3)), "epochs 2, not 3"),
-                       (replace(m, budget=Budget(2, lr=1e-4)), "lr 5e-05, not 0.0001"),
-                       (replace(m, budget=Budget(2, exit_pooling="cls")), "exit_pooling 'mean', not 'cls'"),
-                       (replace(m, train_size=300), "train_size 100, not 300"),
-                       (replace(m, restore="model.pt"), "pretrained False, not True")):
-        with pytest.raises(UsageError, match=f"trained under another budget \\({why}\\)"):
+    others = ((replace(m, budget=Budget(3)), "epochs 2, not 3"),
+              (replace(m, budget=Budget(2, lr=1e-4)), "lr 5e-05, not 0.0001"),
+              (replace(m, budget=Budget(2, exit_pooling="cls")), "exit_pooling 'mean', not 'cls'"),
+              (replace(m, data=tmp_path / "20ng-bin-1k", num_classes=20),
+               "data 'rt-bin-1k', not '20ng-bin-1k'; num_classes 2, not 20"),
+              (replace(m, train_size=300), "train_size 100, not 300"),
+              (replace(m, restore="model.pt"), "pretrained False, not True"))
+    for other, why in others:
+        with pytest.raises(UsageError, match=f"result.json was trained with another budget \\({why}\\)"):
             run_matrix(other, log=said.append)
-    # a record older than the field is kept, with a line saying what was assumed
+    # keys a record does not hold (an older record) are taken as the matrix's, with a line; keys it
+    # holds and the matrix no longer has are not compared
     record = json.loads(path.read_text())
-    del record["budget"]
+    del record["budget"]["data"], record["budget"]["num_classes"]
+    record["budget"]["retired"] = 1
     path.write_text(json.dumps(record))
-    assert run_matrix(replace(m, budget=Budget(3)), log=said.append)["pabee"][0].result == record
-    assert said == ["benchmark: pabee seed 1: its record is older than recorded budgets; kept as trained under this "
-                    "matrix's (delete its result.json to train it again if it was not)"]
+    other = replace(m, data=tmp_path / "20ng-bin-1k")
+    assert run_matrix(other, log=said.append)["pabee"][0].result == record
+    assert said == ["benchmark: pabee seed 1: its record does not say its data, num_classes: kept as trained under "
+                    "this matrix's (delete its result.json to train it again if it was not)"]
+    # a record with no budget at all, scored again, stays without one: nothing is guessed
+    del record["budget"]
+    path.write_text(json.dumps(dict(record, evaluation=1)))
+    (path.parent / "checkpoint_last.pt").write_bytes(b"a checkpoint")
+    said.clear()
+    assert "budget" not in run_matrix(m, log=said.append)["pabee"][0].result
+    assert "budget" not in json.loads(path.read_text()) and json.loads(path.read_text())["evaluation"] == VERSION
+    assert "evaluating again (evaluation 1" in said[0] and "does not say its epochs, batch_size" in said[1]
+
+
+def test_a_killed_run_resumes_only_as_it_was_launched(tmp_path, monkeypatch):
+    """A run stopped mid-training resumes from its checkpoint: under another budget it would end as a
+    mix of two budgets, recorded as the second, so it is refused before fairseq starts."""
+    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"))
+    import leebert_plugin.benchmark.matrix as matrix
+    save = m.save_dir("pabee", 1)
+
+    def killed(*a):
+        (save / "checkpoint_last.pt").write_bytes(b"half way")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matrix, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(m, log=lambda line: None)
+    monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("resumed under another budget"))
+    for other, why in ((replace(m, budget=Budget(3)), "another budget (epochs 2, not 3)"),
+                       (replace(m, extra=["task.x=1"]), "overrides [], not ['task.x=1']")):
+        with pytest.raises(UsageError, match=re.escape(f"{save} was launched with {why} and stopped before it "
+                                                       "finished")):
+            run_matrix(other, log=lambda line: None)
+    resumed = []
+    monkeypatch.setattr(matrix, "train", lambda *a: resumed.append(a[1:]) or 1.0)
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: (
+        {"evaluation": VERSION, "gated": True, "points": [pt(80, 1.0, 79, 1.0, "none")]},
+        Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))))
+    run_matrix(m, log=lambda line: None)
+    assert resumed == [("pabee", 1)]
+    # a checkpoint from before launches were recorded is resumed, with a line
+    (save / "result.json").unlink()
+    (save / "launch.json").unlink()
+    said = []
+    run_matrix(m, log=said.append)
+    assert said[0] == ("benchmark: pabee seed 1: resuming a run launched before launches were recorded: taken as "
+                       "launched under this matrix's budget") and (save / "launch.json").is_file()
 
 
 def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(tmp_path, monkeypatch):
@@ -465,7 +520,8 @@ def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
     assert shown_runs[T2.name] is runs[T2.name]
     why = {line.split(":")[1].strip(): line for line in said if "left out" in line}
     assert set(why) == {fixed.name, darts2.name, darts1.name, T4.name, kd.name}
-    assert "seed 2 was trained under another budget (epochs 3, not 2)" in why[kd.name]
+    assert "seed 2 was trained with another budget (epochs 3, not 2)" in why[kd.name]
+    assert f"benchmark: {lle.name}: its records do not all say their arch, batch_size" in said[0]
     assert "no record of seed 2" in why[darts2.name] and "not ['optimizer.mode=darts1', 'task.x=1']" in why[darts1.name]
     assert f"evaluation {VERSION - 1}" in why[T4.name] and "other data" in why[fixed.name]
     assert said[-1].endswith(f"holds {lle.name}, {cls.name} (finished by earlier invocations)")

@@ -31,8 +31,8 @@ from leebert_plugin.benchmark.evaluation import (
     VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
-from leebert_plugin.checkpoint_files import is_intact
 from leebert_plugin.benchmark.report import Run
+from leebert_plugin.checkpoint_files import atomic_write, is_intact
 from leebert_plugin.devices import fairseq_env
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
@@ -41,6 +41,7 @@ from leebert_plugin.launch import ROOT, train_with_progress
 BIN = Path(sys.executable).parent
 TRACES = "traces.npz"  # a run's dev and test traces (runs without gates): scored again without the checkpoint
 MISMATCH = "traces.mismatch"  # the evaluation under which a record's checkpoint did not reproduce it
+LAUNCH = "launch.json"  # the overrides and budget a run was first launched with: a resumed run keeps them
 
 DATASETS = {"rt": "rt-bin", "20ng": "20ng-bin"}  # folders written by scripts/prepare_offline_benchmark.sh
 SIZES = {"1k": "-1k", "3k": "-3k", "all": ""}
@@ -93,12 +94,20 @@ class Matrix:
         return out
 
     def budget_record(self) -> Dict:
-        """What every run of this matrix shares and ``result.json`` records as ``budget``: the
-        budget's fields, the training-set size, the architecture and whether it starts from a
-        pretrained encoder (not the encoder's or the data's path: they differ between machines;
-        the test examples are checked instead, :func:`_left_out`)."""
-        return {**asdict(self.budget), "train_size": self.train_size, "arch": self.arch,
-                "pretrained": self.restore is not None}
+        """What every run of this matrix is launched with besides its overrides, as ``result.json``
+        records it (``budget``): the budget's fields, the data folder's name, its number of classes
+        and training-set size, the architecture and whether it starts from a pretrained encoder. Not
+        the paths of the data or the encoder: they differ between machines. The values are the
+        matrix's, not what reaches each method: SmartBERT ignores ``exit_pooling``, and a variant's
+        overrides (``leebert-cls``) replace a value, so ``exit_pooling`` is compared even where it
+        changes nothing, and the overrides are recorded beside it."""
+        return {**asdict(self.budget), "data": self.data.name, "num_classes": self.num_classes,
+                "train_size": self.train_size, "arch": self.arch, "pretrained": self.restore is not None}
+
+    def launched_as(self, name: str) -> Dict:
+        """What run ``name`` is launched with: its overrides and the budget (``launch.json``, and the
+        same two keys of ``result.json``)."""
+        return {"overrides": self.overrides_for(name), "budget": self.budget_record()}
 
     def command(self, name: str, seed: int) -> List[str]:
         method = self.method_of(name)
@@ -136,32 +145,52 @@ def _read_run(save: Path, name: str, seed: int) -> Optional[Run]:
     return Run(name, seed, json.loads(done.read_text()), Outcomes.load(outcomes))
 
 
-def other_budget(m: Matrix, run: Run) -> Optional[str]:
-    """How the budget ``run`` recorded differs from ``m``'s (``key recorded, not mine`` for each key
-    that differs), or None when it is the same or was not recorded (a record older than the field)."""
-    recorded, mine = run.result.get("budget"), m.budget_record()
-    if recorded is None:
-        return None
-    differ = [f"{k} {recorded.get(k)!r}, not {mine.get(k)!r}" for k in sorted(set(recorded) | set(mine))
-              if recorded.get(k) != mine.get(k)]
-    return "; ".join(differ) or None
+def mismatch(m: Matrix, name: str, recorded: Mapping) -> Optional[str]:
+    """Why a run recorded under ``recorded`` (its ``overrides`` and ``budget``, as ``result.json``
+    and ``launch.json`` hold them) is not run ``name`` of ``m`` as ``m`` would launch it now: other
+    overrides, or budget keys whose values differ; None when it is. Budget keys the record does
+    not hold are not compared (:func:`unrecorded`): a record older than a key is taken as ``m``'s."""
+    mine = m.overrides_for(name)
+    if recorded.get("overrides", []) != mine:
+        return f"overrides {recorded.get('overrides', [])}, not {mine}"
+    budget, now = recorded.get("budget") or {}, m.budget_record()
+    differ = [f"{k} {budget[k]!r}, not {v!r}" for k, v in now.items() if k in budget and budget[k] != v]
+    return f"another budget ({'; '.join(differ)})" if differ else None
+
+
+def unrecorded(m: Matrix, recorded: Mapping) -> List[str]:
+    """The budget keys of ``m`` that ``recorded`` does not hold (all of them: a record older than budgets)."""
+    budget = recorded.get("budget") or {}
+    return [k for k in m.budget_record() if k not in budget]
 
 
 def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
     """The finished run, or None; a run trained under other overrides or another budget is refused."""
     run = _read_run(m.save_dir(method, seed), method, seed)
-    if run is None:
-        return None
-    mine = m.overrides_for(method)
-    if run.result.get("overrides", []) != mine:
-        raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained with overrides "
-                         f"{run.result.get('overrides', [])}, not {mine}",
-                         "pass --out to a new folder, or the same --override values")
-    differ = other_budget(m, run)
-    if differ:
-        raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained under another budget ({differ})",
-                         "pass --out to a new folder, or the budget it was trained under")
+    why = None if run is None else mismatch(m, method, run.result)
+    if why:
+        raise UsageError(f"{m.save_dir(method, seed) / 'result.json'} was trained with {why}",
+                         "pass --out to a new folder, or the --override values and budget it was trained with")
     return run
+
+
+def claim_launch(m: Matrix, name: str, seed: int, log: Callable[[str], None]) -> None:
+    """Before training run ``name`` seed ``seed``: a first launch writes ``launch.json``; a run that
+    resumes (fairseq goes on from its ``checkpoint_last.pt``) must be launched as it first was, or
+    it would end as a mix of two budgets recorded as the second. A checkpoint without
+    ``launch.json`` (a run started before launches were recorded) is resumed with a line saying so."""
+    save = m.save_dir(name, seed)
+    path = save / LAUNCH
+    if path.is_file():
+        why = mismatch(m, name, json.loads(path.read_text()))
+        if why:
+            raise UsageError(f"{save} was launched with {why} and stopped before it finished",
+                             f"relaunch it with those values, or delete {save} to train it afresh")
+        return
+    if (save / "checkpoint_last.pt").is_file():
+        log(f"benchmark: {name} seed {seed}: resuming a run launched before launches were recorded: "
+            "taken as launched under this matrix's budget")
+    atomic_write(str(path), lambda f: f.write(json.dumps(m.launched_as(name), indent=1).encode()))
 
 
 def read_records(out: Path) -> Dict[str, List[Run]]:
@@ -193,8 +222,8 @@ def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
     record older than the field, scored again: carried over, never guessed)."""
     save = m.save_dir(name, seed)
     result = {"method": name, "seed": seed, "train_seconds": seconds, "overrides": m.overrides_for(name),
-              **({"budget": trained_under} if trained_under else {}), **({"device": trained_on} if trained_on else {}),
-              **result}
+              **({"budget": trained_under} if trained_under is not None else {}),
+              **({"device": trained_on} if trained_on else {}), **result}
     outcomes.save(save / "outcomes.npz")
     partial = save / "result.json.part"
     partial.write_text(json.dumps(result, indent=1))
@@ -220,7 +249,9 @@ def _add_traces(m: Matrix, name: str, seed: int, run: Run, log: Callable[[str], 
     traces, its ``traces.npz``, traced from its checkpoint: written only when scoring them gives
     its record exactly (every figure of ``result.json``, and the test outcomes), so the traces are
     the record's and a later evaluation can score the run again without the checkpoint, which is
-    not committed. About as long as the run's evaluation, once."""
+    not committed. About as long as the run's evaluation, once. A damaged checkpoint (a truncated
+    zip) is skipped with a line; a whole one that does not load stops the matrix, as its
+    evaluation would."""
     save = m.save_dir(name, seed)
     if not is_intact(save / "checkpoint_last.pt"):  # a damaged checkpoint must not stop the matrix
         log(f"benchmark: {name} seed {seed}: its checkpoint is damaged (not a whole zip archive): kept without traces")
@@ -270,15 +301,17 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"), run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
-            if run is not None and "budget" not in run.result:
-                log(f"benchmark: {name} seed {seed}: its record is older than recorded budgets; kept as trained "
-                    "under this matrix's (delete its result.json to train it again if it was not)")
+            missing = [] if run is None else unrecorded(m, run.result)
+            if missing:
+                log(f"benchmark: {name} seed {seed}: its record does not say its {', '.join(missing)}: kept as "
+                    "trained under this matrix's (delete its result.json to train it again if it was not)")
             if run is not None and run.result.get("device", m.device.type) != m.device.type:
                 log(f"benchmark: {name} seed {seed}: trained on {run.result['device']}, kept in this "
                     f"--device {m.device.type} matrix (its train minutes are {run.result['device']}'s); "
                     "delete its result.json to train it here")
             if run is None:
                 m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
+                claim_launch(m, name, seed, log)
                 log(f"benchmark: {name} seed {seed} ...")
                 run = record(m, name, seed, train(m, name, seed), m.device.type, m.budget_record())
             runs[name].append(run)
@@ -292,7 +325,9 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
     invocation writes ``summary.md`` from the runs it holds, so without these a summary would list
     only the ablations of its last invocation. A variant counts when its method is among ``runs``
     (this matrix's) and every seed of ``m`` has its record (:func:`_left_out`); a variant with some
-    records that does not count gets one line saying why."""
+    records that does not count gets one line saying why, and one whose records lack budget keys
+    (:func:`unrecorded`) a line saying they were taken as this matrix's, as ``run_matrix`` says
+    of the methods' runs."""
     found: Dict[str, List[Run]] = {}
     for v in known:
         if v.name in m.variants or v.method not in runs:
@@ -303,33 +338,32 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
         why = _left_out(m, v, recorded, runs[v.method])
         if why:
             log(f"benchmark: {v.name}: left out of the summary ({why})")
-        else:
-            found[v.name] = recorded
+            continue
+        found[v.name] = recorded
+        missing = sorted({k for r in recorded for k in unrecorded(m, r.result)})
+        if missing:
+            log(f"benchmark: {v.name}: its records do not all say their {', '.join(missing)}: summarised as "
+                "trained under this matrix's")
     return found
 
 
 def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], reference: Sequence[Run]) -> Optional[str]:
     """Why the records of ``v`` at ``m``'s seeds cannot stand beside ``reference`` (its method's runs
-    in ``m``), or None: a seed without a record, a record trained under other overrides than the
-    ones ``m`` would give it now, one an older evaluation scored (``run_matrix`` would score it
-    again), one trained under another budget (:func:`other_budget`; a record without one is taken
-    as this matrix's, as ``run_matrix`` takes it), or test examples that are not its method's
-    (other data)."""
+    in ``m``), or None: a seed without a record, a record trained with other overrides or another
+    budget than ``m`` would give it now (:func:`mismatch`: ``--ablation`` would refuse it), one an
+    older evaluation scored (``--ablation`` would score it again), or test examples that are not
+    its method's (other data)."""
     missing = [seed for seed, r in zip(m.seeds, recorded) if r is None]
     if missing:
         return f"no record of seed {', '.join(map(str, missing))}: --ablation {v.name} trains it"
-    mine = replace(m, variants={**m.variants, v.name: v}).overrides_for(v.name)
-    other = next((r for r in recorded if r.result.get("overrides", []) != mine), None)
+    asked = replace(m, variants={**m.variants, v.name: v})
+    other = next(((r.seed, why) for r in recorded if (why := mismatch(asked, v.name, r.result))), None)
     if other is not None:
-        return f"seed {other.seed} was trained with overrides {other.result.get('overrides', [])}, not {mine}"
+        return f"seed {other[0]} was trained with {other[1]}"
     stale = next((r for r in recorded if r.result.get("evaluation", 1) < required_version(r.result)), None)
     if stale is not None:
         return f"seed {stale.seed} was scored by evaluation {stale.result.get('evaluation', 1)}: --ablation {v.name} " \
                "scores it again"
-    budgets = [(r.seed, other_budget(m, r)) for r in recorded]
-    seed, differ = next(((seed, differ) for seed, differ in budgets if differ), (None, None))
-    if differ:
-        return f"seed {seed} was trained under another budget ({differ})"
     ref = {r.seed: r for r in reference}
     alien = next((r for r in recorded
                   if r.seed in ref and not np.array_equal(r.outcomes.ids, ref[r.seed].outcomes.ids)), None)

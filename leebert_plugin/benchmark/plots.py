@@ -84,7 +84,7 @@ def plot_ablations(runs: Dict[str, List[Run]], variants: Sequence[Variant], path
     flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
     for ax, (group, vs) in zip(flat, groups):
         for i, method in enumerate(dict.fromkeys(v.method for v in vs)):
-            _mean_curve(ax, runs[method], "o-", f"{0.45 * i:.2f}", method)
+            _mean_curve(ax, runs[method], "o-", ("black", "dimgray", "darkgray")[i % 3], method)
         for i, v in enumerate(vs):
             _mean_curve(ax, runs[v.name], "s--", f"C{i}", v.name)
         ax.set_title(group, fontsize=9)

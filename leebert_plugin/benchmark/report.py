@@ -160,7 +160,7 @@ def mean_point(runs: Sequence[Run], at: At) -> Optional[Tuple[float, Interval]]:
     dev: the test layer speed-up ``L / m`` (``m`` the mean layers run, as :func:`realised_speedup`)
     and the test accuracy's interval over the seeds."""
     accuracy = method_interval(runs, at)
-    if accuracy is NOT_REACHED:
+    if math.isnan(accuracy.mean):  # some seed did not reach it
         return None
     return runs[0].result["layers"] / _layers_run(runs, [r.test(at, "test_speedup") for r in runs]).mean, accuracy
 
