@@ -39,7 +39,7 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, check_overrides, read_records, run_matrix, summary_runs, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, across_columns, check_overrides, run_matrix, summary_runs, write_points,
 )
 from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
@@ -78,16 +78,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<dataset>-<setting>")
     p.add_argument("--across", type=Path, nargs="+", metavar="OUT",
                    help="train nothing: print the finished runs of these --out folders side by side (one "
-                        "column each, e.g. the sizes of one data set), each compared within its own seeds")
+                        "column each, e.g. the sizes of one data set), each compared within its own seeds: the "
+                        "methods of --methods and the variants of --ablation (default: the methods only)")
     add_device_argument(p)
     args = p.parse_args()
-    if args.across:
-        columns = {str(out): read_records(out) for out in args.across}
-        empty = [name for name, runs in columns.items() if not runs]
-        if empty:
-            raise UsageError(f"no finished runs in {', '.join(empty)}",
-                             "pass --out folders of earlier benchmark runs (each holds <method>/seed<k>/result.json)")
-        print("\n".join(across_tables(columns)))
+    if args.across:  # the methods of --methods and the variants of --ablation, folder by folder
+        names = [*args.methods, *(v.name for v in variants(args.ablation))]
+        print("\n".join(across_tables(across_columns(args.across, names))))
         return
     device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
     ablation = variants(args.ablation)

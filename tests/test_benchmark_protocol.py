@@ -13,7 +13,9 @@ import pytest
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant, variants
 from leebert_plugin.benchmark.choice import FULL, At, choose
 from leebert_plugin.benchmark.evaluation import GATED_SINCE, VERSION, Outcomes
-from leebert_plugin.benchmark.matrix import Matrix, earlier_variants, read_records, run_matrix, summary_runs
+from leebert_plugin.benchmark.matrix import (
+    Matrix, across_columns, earlier_variants, read_records, run_matrix, summary_runs,
+)
 from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.plots import plot_ablations
 from leebert_plugin.benchmark.report import (
@@ -138,6 +140,27 @@ def test_realised_speedup_averages_layers_not_ratios():
     assert cell.startswith(f"{6 / ((3 + 3 + 0.01) / 3):.2f}x (2.00 ± ") and cell.endswith(" layers)")
     runs.append(make_run("smartbert", 4, [pt(80, 1.0, 70.0, 1.0, "none")], [[True]]))  # never reached 2x on dev
     assert realised_speedup(runs, At("layers", 2.0)) == "not reached"
+
+
+def test_across_shows_the_runs_asked_for_in_every_folder(tmp_path):
+    lee, pab = two_methods([2.0, 2.5])
+    T2 = ABLATIONS["temperature"][0]
+    for folder, names in (("small", ("leebert", "pabee", T2.name)), ("large", ("pabee", "leebert"))):
+        for name in names:
+            for seed, run in (lee if name != "pabee" else pab).items():
+                save = tmp_path / folder / name / f"seed{seed}"
+                save.mkdir(parents=True)
+                (save / "result.json").write_text(json.dumps(run.result))
+                run.outcomes.save(save / "outcomes.npz")
+    outs = [tmp_path / "small", tmp_path / "large"]
+    columns = across_columns(outs, ["full_ft", "leebert", "pabee"])
+    assert list(columns) == [str(o) for o in outs]
+    assert [list(c) for c in columns.values()] == [["leebert", "pabee"], ["leebert", "pabee"]]  # no variant
+    assert [r.seed for r in columns[str(outs[1])]["pabee"]] == [1, 2]
+    assert list(across_columns(outs, ["leebert", T2.name])[str(outs[0])]) == ["leebert", T2.name]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=f"no finished runs of leebert in {tmp_path / 'empty'}"):
+        across_columns([outs[0], tmp_path / "empty"], ["leebert"])
 
 
 def test_the_ablation_figure_draws_each_group_s_variants_beside_their_method_as_seed_means(tmp_path):

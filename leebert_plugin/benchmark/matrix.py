@@ -206,6 +206,22 @@ def read_records(out: Path) -> Dict[str, List[Run]]:
     return runs
 
 
+def across_columns(outs: Sequence[Path], names: Sequence[str]) -> Dict[str, Dict[str, List[Run]]]:
+    """The ``--across`` columns: each records folder's finished runs (:func:`read_records`) of the
+    runs named ``names`` (methods, then ablation variants), in that order. Why a choice and not
+    every run found: a folder that holds ablations would fill the table with variants that the
+    other sizes do not have; they are shown when asked for. A folder with none of them is refused."""
+    columns = {}
+    for out in outs:
+        found = read_records(out)
+        columns[str(out)] = {name: found[name] for name in names if name in found}
+    empty = [name for name, runs in columns.items() if not runs]
+    if empty:
+        raise UsageError(f"no finished runs of {', '.join(names)} in {', '.join(empty)}",
+                         "pass --out folders of earlier benchmark runs (each holds <method>/seed<k>/result.json)")
+    return columns
+
+
 def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str],
            trained_under: Optional[Dict]) -> Run:
     """Evaluate the trained run ``name`` seed ``seed`` from its checkpoint and write its record
