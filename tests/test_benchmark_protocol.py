@@ -277,7 +277,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
                torch.device("cpu"))
     save = m.save_dir("pabee", 1)
     save.mkdir(parents=True)
-    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record(),
+    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record("pabee"),
            "evaluation": 1, "points": [pt(80, 1.0, 79, 1.0, "none")], "test_oracle": {"layer_speedup": 2.0}}
     (save / "result.json").write_text(json.dumps(old))
     Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)).save(save / "outcomes.npz")
@@ -380,6 +380,17 @@ def test_a_run_records_its_budget_and_a_run_under_another_budget_is_refused(tmp_
     assert "budget" not in run_matrix(m, log=said.append)["pabee"][0].result
     assert "budget" not in json.loads(path.read_text()) and json.loads(path.read_text())["evaluation"] == VERSION
     assert "evaluating again (evaluation 1" in said[0] and "does not say its epochs, batch_size" in said[1]
+    # the budget's exit pooling does not reach SmartBERT (its exits read what its config says): not
+    # passed, not recorded, and a SmartBERT run recorded with it is not refused under another
+    sm = replace(m, methods=["smartbert"], budget=Budget(2, exit_pooling="cls"))
+    assert "exit_pooling" not in sm.budget_record("smartbert") and sm.budget_record("pabee")["exit_pooling"] == "cls"
+    assert not [a for a in sm.command("smartbert", 1) if "exit_pooling" in a]
+    save = sm.save_dir("smartbert", 1)
+    save.mkdir(parents=True)
+    (save / "result.json").write_text(json.dumps(dict(record, method="smartbert", evaluation=VERSION, gated=True,
+                                                      budget={**m.budget_record("smartbert"), "exit_pooling": "mean"})))
+    outcomes.save(save / "outcomes.npz")
+    assert run_matrix(sm, log=said.append)["smartbert"][0].result["budget"]["exit_pooling"] == "mean"
 
 
 def test_a_killed_run_resumes_only_as_it_was_launched(tmp_path, monkeypatch):
@@ -424,7 +435,7 @@ def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(
                torch.device("cpu"))
     save = m.save_dir("pabee", 1)
     save.mkdir(parents=True)
-    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record(),
+    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record("pabee"),
               "evaluation": VERSION, "gated": False,
               "points": [dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])]}
     outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
@@ -521,7 +532,7 @@ def test_the_summary_keeps_variants_finished_by_earlier_invocations(tmp_path):
         save, run = m.save_dir(name, seed), lee[seed]
         save.mkdir(parents=True)
         (save / "result.json").write_text(json.dumps({**run.result, "overrides": overrides, "evaluation": evaluation,
-                                                      **({"budget": {**m.budget_record(), **budget}} if budget else {})}))
+                                                      **({"budget": {**m.budget_record(name.split("-")[0]), **budget}} if budget else {})}))
         Outcomes(run.outcomes.ids if ids is None else ids, run.outcomes.correct, run.outcomes.layers).save(
             save / "outcomes.npz")
 

@@ -18,7 +18,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -93,21 +93,20 @@ class Matrix:
                 out.append(rest)
         return out
 
-    def budget_record(self) -> Dict:
-        """What every run of this matrix is launched with besides its overrides, as ``result.json``
-        records it (``budget``): the budget's fields, the data folder's name, its number of classes
-        and training-set size, the architecture and whether it starts from a pretrained encoder. Not
-        the paths of the data or the encoder: they differ between machines. The values are the
-        matrix's, not what reaches each method: SmartBERT ignores ``exit_pooling``, and a variant's
-        overrides (``leebert-cls``) replace a value, so ``exit_pooling`` is compared even where it
-        changes nothing, and the overrides are recorded beside it."""
-        return {**asdict(self.budget), "data": self.data.name, "num_classes": self.num_classes,
+    def budget_record(self, name: str) -> Dict:
+        """What run ``name`` of this matrix is launched with besides its overrides, as ``result.json``
+        records it (``budget``): the budget's fields that reach its method (``Budget.reaching``: not
+        SmartBERT's exit pooling), the data folder's name, its number of classes and training-set
+        size, the architecture and whether it starts from a pretrained encoder. Not the paths of the
+        data or the encoder: they differ between machines. A variant's overrides may replace one of
+        these values (``leebert-cls``); they are recorded beside it."""
+        return {**self.budget.reaching(self.method_of(name)), "data": self.data.name, "num_classes": self.num_classes,
                 "train_size": self.train_size, "arch": self.arch, "pretrained": self.restore is not None}
 
     def launched_as(self, name: str) -> Dict:
-        """What run ``name`` is launched with: its overrides and the budget (``launch.json``, and the
+        """What run ``name`` is launched with: its overrides and budget (``launch.json``, and the
         same two keys of ``result.json``)."""
-        return {"overrides": self.overrides_for(name), "budget": self.budget_record()}
+        return {"overrides": self.overrides_for(name), "budget": self.budget_record(name)}
 
     def command(self, name: str, seed: int) -> List[str]:
         method = self.method_of(name)
@@ -153,15 +152,16 @@ def mismatch(m: Matrix, name: str, recorded: Mapping) -> Optional[str]:
     mine = m.overrides_for(name)
     if recorded.get("overrides", []) != mine:
         return f"overrides {recorded.get('overrides', [])}, not {mine}"
-    budget, now = recorded.get("budget") or {}, m.budget_record()
+    budget, now = recorded.get("budget") or {}, m.budget_record(name)
     differ = [f"{k} {budget[k]!r}, not {v!r}" for k, v in now.items() if k in budget and budget[k] != v]
     return f"another budget ({'; '.join(differ)})" if differ else None
 
 
-def unrecorded(m: Matrix, recorded: Mapping) -> List[str]:
-    """The budget keys of ``m`` that ``recorded`` does not hold (all of them: a record older than budgets)."""
+def unrecorded(m: Matrix, name: str, recorded: Mapping) -> List[str]:
+    """The budget keys of run ``name`` of ``m`` that ``recorded`` does not hold (all of them: a
+    record older than budgets)."""
     budget = recorded.get("budget") or {}
-    return [k for k in m.budget_record() if k not in budget]
+    return [k for k in m.budget_record(name) if k not in budget]
 
 
 def finished(m: Matrix, method: str, seed: int) -> Optional[Run]:
@@ -317,7 +317,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"), run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
-            missing = [] if run is None else unrecorded(m, run.result)
+            missing = [] if run is None else unrecorded(m, name, run.result)
             if missing:
                 log(f"benchmark: {name} seed {seed}: its record does not say its {', '.join(missing)}: kept as "
                     "trained under this matrix's (delete its result.json to train it again if it was not)")
@@ -329,7 +329,7 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                 m.save_dir(name, seed).mkdir(parents=True, exist_ok=True)
                 claim_launch(m, name, seed, log)
                 log(f"benchmark: {name} seed {seed} ...")
-                run = record(m, name, seed, train(m, name, seed), m.device.type, m.budget_record())
+                run = record(m, name, seed, train(m, name, seed), m.device.type, m.budget_record(name))
             runs[name].append(run)
     return runs
 
@@ -356,7 +356,8 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
             log(f"benchmark: {v.name}: left out of the summary ({why})")
             continue
         found[v.name] = recorded
-        missing = sorted({k for r in recorded for k in unrecorded(m, r.result)})
+        asked = replace(m, variants={**m.variants, v.name: v})
+        missing = sorted({k for r in recorded for k in unrecorded(asked, v.name, r.result)})
         if missing:
             log(f"benchmark: {v.name}: its records do not all say their {', '.join(missing)}: summarised as "
                 "trained under this matrix's")

@@ -10,7 +10,7 @@ with the budget's epochs, batch size and learning rate (fairseq's polynomial dec
 learning-rate scale. Validation runs at full depth; exit policies are chosen afterwards.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -23,8 +23,8 @@ METHODS: Dict[str, Dict] = {
     "pabee": {"config": "sst_2_multi_exit"},
     "deebert": {"config": "sst_2_deebert", "two_stage": True},
     "leebert": {"config": "sst_2_leebert"},
-    "smartbert": {"config": "sst_2_smartbert", "two_stage": True},
-}
+    "smartbert": {"config": "sst_2_smartbert", "two_stage": True, "own_exit_pooling": True},
+}  # own_exit_pooling: the method's exits read what its config says; the budget's exit_pooling does not reach them
 
 
 @dataclass
@@ -37,6 +37,14 @@ class Budget:
 
     def updates(self, n_train: int) -> int:
         return self.epochs * math.ceil(n_train / self.batch_size)
+
+    def reaching(self, method: str) -> Dict:
+        """The budget's fields that reach ``method``'s runs (:func:`overrides`), by name: every one
+        but ``exit_pooling`` for a method that keeps its own (SmartBERT)."""
+        fields = asdict(self)
+        if METHODS[method].get("own_exit_pooling"):
+            del fields["exit_pooling"]
+        return fields
 
 
 def overrides(method: str, data: Path, save: Path, seed: int, n_train: int, budget: Budget, arch: str,
@@ -66,7 +74,7 @@ def overrides(method: str, data: Path, save: Path, seed: int, n_train: int, budg
               "checkpoint.reset_dataloader=false", "checkpoint.reset_meters=false", "task.separator_token=null"]
     if spec.get("last_exit_only"):
         o.append(f"model.exit_layers='{layers}'")
-    if method != "smartbert":
+    if "exit_pooling" in budget.reaching(method):
         o.append(f"+model.exit_pooling={budget.exit_pooling}")
     if method == "leebert":
         o.append(f"+optimizer.exit_lr_scale={budget.exit_lr_scale}")
