@@ -78,13 +78,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: runs/benchmark/<dataset>-<setting>")
     p.add_argument("--across", type=Path, nargs="+", metavar="OUT",
                    help="train nothing: print the finished runs of these --out folders side by side (one "
-                        "column each, e.g. the sizes of one data set), each compared within its own seeds: the "
-                        "methods of --methods and the variants of --ablation (default: the methods only)")
+                        "column each, e.g. the sizes of one data set), each method compared within its own seeds; "
+                        "the methods of --methods and the variants of --ablation (default: the methods only; a "
+                        "variant gets its accuracy row, no comparison)")
     add_device_argument(p)
     args = p.parse_args()
     if args.across:  # the methods of --methods and the variants of --ablation, folder by folder
-        names = [*args.methods, *(v.name for v in variants(args.ablation))]
-        print("\n".join(across_tables(across_columns(args.across, names))))
+        columns = across_columns(args.across, args.methods, [v.name for v in variants(args.ablation)])
+        print("\n".join(across_tables(columns)))
         return
     device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
     ablation = variants(args.ablation)

@@ -145,7 +145,7 @@ def test_realised_speedup_averages_layers_not_ratios():
 def test_across_shows_the_runs_asked_for_in_every_folder(tmp_path):
     lee, pab = two_methods([2.0, 2.5])
     T2 = ABLATIONS["temperature"][0]
-    for folder, names in (("small", ("leebert", "pabee", T2.name)), ("large", ("pabee", "leebert"))):
+    for folder, names in (("small", ("leebert", "pabee", T2.name)), ("large", ("leebert",))):
         for name in names:
             for seed, run in (lee if name != "pabee" else pab).items():
                 save = tmp_path / folder / name / f"seed{seed}"
@@ -153,14 +153,19 @@ def test_across_shows_the_runs_asked_for_in_every_folder(tmp_path):
                 (save / "result.json").write_text(json.dumps(run.result))
                 run.outcomes.save(save / "outcomes.npz")
     outs = [tmp_path / "small", tmp_path / "large"]
-    columns = across_columns(outs, ["full_ft", "leebert", "pabee"])
+    columns = across_columns(outs, ["full_ft", "pabee", "leebert"])
     assert list(columns) == [str(o) for o in outs]
-    assert [list(c) for c in columns.values()] == [["leebert", "pabee"], ["leebert", "pabee"]]  # no variant
-    assert [r.seed for r in columns[str(outs[1])]["pabee"]] == [1, 2]
-    assert list(across_columns(outs, ["leebert", T2.name])[str(outs[0])]) == ["leebert", T2.name]
+    assert [list(c) for c in columns.values()] == [["full_ft", "pabee", "leebert"]] * 2  # no variant; asked order
+    assert columns[str(outs[1])]["pabee"] == [] and [r.seed for r in columns[str(outs[0])]["pabee"]] == [1, 2]
+    # rows follow the order asked, even when the first folder lacks a method
+    rows = [line.split(" | ")[0] for line in across_tables(across_columns(outs[::-1], ["pabee", "leebert"], [T2.name]))
+            if "| full depth |" in line and " - " not in line.split(" | ")[0]]
+    assert rows == ["| pabee", "| leebert", f"| {T2.name}"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match=f"no finished runs of leebert in {tmp_path / 'empty'}"):
         across_columns([outs[0], tmp_path / "empty"], ["leebert"])
+    with pytest.raises(UsageError, match="no folder holds finished runs of leebert-T4"):
+        across_columns(outs, ["leebert"], [ABLATIONS["temperature"][1].name])
 
 
 def test_the_ablation_figure_draws_each_group_s_variants_beside_their_method_as_seed_means(tmp_path):

@@ -206,19 +206,28 @@ def read_records(out: Path) -> Dict[str, List[Run]]:
     return runs
 
 
-def across_columns(outs: Sequence[Path], names: Sequence[str]) -> Dict[str, Dict[str, List[Run]]]:
-    """The ``--across`` columns: each records folder's finished runs (:func:`read_records`) of the
-    runs named ``names`` (methods, then ablation variants), in that order. Why a choice and not
-    every run found: a folder that holds ablations would fill the table with variants that the
-    other sizes do not have; they are shown when asked for. A folder with none of them is refused."""
+def across_columns(outs: Sequence[Path], methods: Sequence[str],
+                   asked: Sequence[str] = ()) -> Dict[str, Dict[str, List[Run]]]:
+    """The ``--across`` columns: each records folder's finished runs (:func:`read_records`) of
+    ``methods`` and of the ablation variants ``asked``, every column keyed by all of them in that
+    order (an empty list where the folder has none), so the table's rows keep that order. Why a
+    choice and not every run found: a folder that holds ablations would fill the table with
+    variants that the other sizes do not have; they are shown when asked for. A folder with none
+    of them, or an asked variant that no folder holds, is refused; a method no folder holds is
+    left out (every method is asked for by default)."""
+    names = [*methods, *asked]
     columns = {}
     for out in outs:
         found = read_records(out)
-        columns[str(out)] = {name: found[name] for name in names if name in found}
-    empty = [name for name, runs in columns.items() if not runs]
+        columns[str(out)] = {name: found.get(name, []) for name in names}
+    empty = [out for out, runs in columns.items() if not any(runs.values())]
     if empty:
         raise UsageError(f"no finished runs of {', '.join(names)} in {', '.join(empty)}",
                          "pass --out folders of earlier benchmark runs (each holds <method>/seed<k>/result.json)")
+    nowhere = [name for name in asked if not any(runs[name] for runs in columns.values())]
+    if nowhere:
+        raise UsageError(f"no folder holds finished runs of {', '.join(nowhere)}",
+                         "drop them from --ablation, or add the --out folder that holds them")
     return columns
 
 

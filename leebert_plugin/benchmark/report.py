@@ -207,7 +207,8 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     holds one cell per column, so no per-seed bootstrap is computed."""
     names = list(columns)
     head = ["| " + " | ".join(["method", "at", *names]) + " |", "|---" * (len(names) + 2) + "|"]
-    methods = list(dict.fromkeys(m for runs in columns.values() for m, rs in runs.items() if rs))
+    named = dict.fromkeys(m for runs in columns.values() for m in runs)  # the columns' order, first seen first
+    methods = [m for m in named if any(runs.get(m) for runs in columns.values())]
     lines = ["Test accuracy at full depth (mean ± half-width of the 95% interval over seeds; seeds):", "", *head]
     for method in methods:
         cells = [_with_seeds(method_interval(runs[method], FULL).as_value(), len(runs[method])) if runs.get(method)
