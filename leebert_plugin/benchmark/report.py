@@ -197,11 +197,14 @@ def _with_seeds(value: str, n: int) -> str:
     return value if n == 1 else f"{value} ({n} seeds)"  # one seed's value already says n=1
 
 
+VERDICT_SEEDS = 3  # two seeds give a t interval on one degree of freedom, of zero width when they agree
+
+
 def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     """Several matrices side by side, one column each (records folders of one data set at other
     training sizes, say): each method's test accuracy at full depth, then every comparison of
     :data:`COMPARISONS` as the paired difference over that column's seeds, its 95% interval and
-    verdict (no verdict on fewer than 2 seeds in common), and under the tables which evaluation
+    verdict (no verdict on fewer than ``VERDICT_SEEDS`` seeds in common), and under the tables which evaluation
     scored each column's runs. Runs are paired within a column only: another size is another
     experiment, so a trend across columns is read from intervals that each stand alone. The table
     holds one cell per column, so no per-seed bootstrap is computed."""
@@ -227,6 +230,8 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
                 cells.append(str(c.over_seeds) if c.seeds else "no seed in common")
             elif c.over_seeds is NOT_REACHED:
                 cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds)")
+            elif len(c.seeds) < VERDICT_SEEDS:
+                cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds; no verdict under {VERDICT_SEEDS})")
             else:
                 cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds; {c.verdict()})")
         lines.append(f"| {a} - {b} | {_at_label(a_at, b_at)} | " + " | ".join(cells) + " |")
