@@ -5,9 +5,8 @@ next seed), so a matrix stopped early still holds complete pairs. A variant
 (:mod:`leebert_plugin.benchmark.ablations`) trains in its own folder beside its method's runs. A run is finished when ``OUT/<method>/seed<k>/result.json``
 and ``outcomes.npz`` exist; it is then reused, never retrained. A run killed mid-training resumes
 from its own ``checkpoint_last.pt`` (:func:`leebert_plugin.benchmark.recipe.overrides`). A
-finished run trained with other ``--override`` values, or under another budget (``Matrix.budget_record``:
-epochs, batch size, lr, exit pooling and lr scale, training-set size, architecture, pretrained or
-not), is refused, not mixed in.
+finished run trained with other ``--override`` values, or under another budget
+(:meth:`Matrix.budget_record`), is refused, not mixed in.
 
 Seeds are paired across methods: seed ``k`` gives every method the same data order (fairseq's
 batches are shuffled by ``common.seed`` and the epoch), and the same initial exits where the
@@ -323,7 +322,8 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
             elif stale:
                 log(f"benchmark: {name} seed {seed}: evaluating again (evaluation {run.result.get('evaluation', 1)} "
                     f"-> {VERSION}) ...")
-                run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"), run.result.get("budget"))
+                run = record(m, name, seed, run.result["train_seconds"], run.result.get("device"),
+                             run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
             missing = [] if run is None else unrecorded(m, name, run.result)
@@ -360,12 +360,12 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
         recorded = [_read_run(m.save_dir(v.name, seed), v.name, seed) for seed in m.seeds]
         if all(r is None for r in recorded):
             continue
-        why = _left_out(m, v, recorded, runs[v.method])
+        asked = replace(m, variants={**m.variants, v.name: v})  # m as if --ablation had named v
+        why = _left_out(asked, v, recorded, runs[v.method])
         if why:
             log(f"benchmark: {v.name}: left out of the summary ({why})")
             continue
         found[v.name] = recorded
-        asked = replace(m, variants={**m.variants, v.name: v})
         missing = sorted({k for r in recorded for k in unrecorded(asked, v.name, r.result)})
         if missing:
             log(f"benchmark: {v.name}: its records do not all say their {', '.join(missing)}: summarised as "
@@ -374,16 +374,15 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
 
 
 def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], reference: Sequence[Run]) -> Optional[str]:
-    """Why the records of ``v`` at ``m``'s seeds cannot stand beside ``reference`` (its method's runs
-    in ``m``), or None: a seed without a record, a record trained with other overrides or another
+    """Why the records of ``v`` at ``m``'s seeds (``m`` holding ``v`` among its variants) cannot
+    stand beside ``reference`` (its method's runs), or None: a seed without a record, a record trained with other overrides or another
     budget than ``m`` would give it now (:func:`mismatch`: ``--ablation`` would refuse it), one an
     older evaluation scored (``--ablation`` would score it again), or test examples that are not
     its method's (other data)."""
     missing = [seed for seed, r in zip(m.seeds, recorded) if r is None]
     if missing:
         return f"no record of seed {', '.join(map(str, missing))}: --ablation {v.name} trains it"
-    asked = replace(m, variants={**m.variants, v.name: v})
-    other = next(((r.seed, why) for r in recorded if (why := mismatch(asked, v.name, r.result))), None)
+    other = next(((r.seed, why) for r in recorded if (why := mismatch(m, v.name, r.result))), None)
     if other is not None:
         return f"seed {other[0]} was trained with {other[1]}"
     stale = next((r for r in recorded if r.result.get("evaluation", 1) < required_version(r.result)), None)

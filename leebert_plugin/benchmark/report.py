@@ -204,8 +204,8 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     """Several matrices side by side, one column each (records folders of one data set at other
     training sizes, say): each method's test accuracy at full depth, then every comparison of
     :data:`COMPARISONS` as the paired difference over that column's seeds, its 95% interval and
-    verdict (no verdict on fewer than ``VERDICT_SEEDS`` seeds in common), and under the tables which evaluation
-    scored each column's runs. Runs are paired within a column only: another size is another
+    verdict (no verdict on fewer than ``VERDICT_SEEDS`` seeds in common), and under the tables
+    which evaluation scored each column's runs. Runs are paired within a column only: another size is another
     experiment, so a trend across columns is read from intervals that each stand alone. The table
     holds one cell per column, so no per-seed bootstrap is computed."""
     names = list(columns)
