@@ -25,6 +25,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             b2 = None  # this worker's batch had no D2 example: it joins the all-reduce with nothing
         bilevel.meta_step(model, crit, b1, b2, step, lr=1e-3)
     torch.save(bilevel.weights.logits.detach(), os.path.join(out_dir, f"rank{rank}.pt"))
+    # Both ranks leave gloo together: a rank that tears its pair down while the other still has the
+    # last all-reduce's transport threads running aborted once in CI ("terminate called without an
+    # active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
