@@ -222,7 +222,7 @@ def test_matrices_side_by_side_pair_within_each_column(tmp_path):
     row = next(line for line in lines if line.startswith("| leebert - pabee | 2x |"))
     small, big = row.rstrip(" |").split(" | ")[2:4]
     assert small.startswith("+2.40 [") and small.endswith("(5 seeds; leebert better)")
-    assert big.startswith("+1.00 [") and big.endswith("(2 seeds; no verdict under 3)")  # seed 3 has no PABEE run
+    assert big.startswith("+1.00 [") and big.endswith("(2 seeds; no verdict under 3 seeds)")  # seed 3 has no PABEE run
     full = next(line for line in lines if line.startswith("| pabee | full depth |"))
     assert full.count("(5 seeds)") == 1 and full.count("(2 seeds)") == 1
     assert next(line for line in lines if line.startswith("| leebert - deebert | 2x |")).endswith("| - | - |")
@@ -260,6 +260,14 @@ def test_noisy_differences_are_ties_and_targets_follow_their_rule():
     assert not beat.met(Interval(0.8, -0.1, 1.7, 5))
     assert within.met(Interval(-0.1, -0.3, 0.1, 5)) and not within.met(Interval(0.0, -0.31, 0.31, 5))
     assert not within.met(NOT_REACHED) and not within.met(Interval(0.5, math.nan, math.nan, 1))
+    # two seeds that agree: a zero-width interval that excludes 0, yet no winner and no target verdict
+    lee, pab = two_methods([1.0, 1.0])
+    text = summary({"leebert": list(lee.values()), "pabee": list(pab.values())}, "setting: two seeds", reps=50)
+    row = next(line for line in text.splitlines() if line.startswith("| leebert - pabee | 2x |"))
+    assert "+1.00 [+1.00, +1.00]" in row and "| no verdict under 3 seeds |" in row
+    beat_line = next(line for line in text.splitlines() if "above PABEE at 2x" in line)
+    assert beat_line.endswith("over 2 seeds -> no verdict under 3 seeds")
+    assert beat.met(seed_interval([1.0, 1.0]))  # the rule alone would call it met
 
 
 def test_outcomes_round_trip(tmp_path):

@@ -40,6 +40,11 @@ class Run:
         return None if i is None else self.result["points"][i][key]
 
 
+# Two seeds give a t interval on one degree of freedom: of zero width when they agree (rt-all's
+# LeeBERT - PABEE at 2x came out +0.08 in both of its first two seeds), so no verdict below three.
+VERDICT_SEEDS = 3
+
+
 @dataclass
 class Comparison:
     a: str
@@ -51,8 +56,13 @@ class Comparison:
     per_seed: List[Interval] = field(default_factory=list)  # the paired bootstrap of each seed
 
     def verdict(self) -> str:
+        """``A better``, ``B better`` or ``tie`` from the seed interval; ``not reached`` where a side
+        never got that fast on dev in some seed (no verdict, not a tie); ``no verdict`` on fewer
+        than :data:`VERDICT_SEEDS` seeds in common."""
         if self.over_seeds is NOT_REACHED:
-            return "not reached"  # a side never got that fast on dev in some seed: no verdict, not a tie
+            return "not reached"
+        if len(self.seeds) < VERDICT_SEEDS:
+            return f"no verdict under {VERDICT_SEEDS} seeds"
         side = self.over_seeds.verdict()
         return {"A": f"{self.a} better", "B": f"{self.b} better"}.get(side, "tie")
 
@@ -197,9 +207,6 @@ def _with_seeds(value: str, n: int) -> str:
     return value if n == 1 else f"{value} ({n} seeds)"  # one seed's value already says n=1
 
 
-VERDICT_SEEDS = 3  # two seeds give a t interval on one degree of freedom, of zero width when they agree
-
-
 def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     """Several matrices side by side, one column each (records folders of one data set at other
     training sizes, say): each method's test accuracy at full depth, then every comparison of
@@ -230,8 +237,6 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
                 cells.append(str(c.over_seeds) if c.seeds else "no seed in common")
             elif c.over_seeds is NOT_REACHED:
                 cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds)")
-            elif len(c.seeds) < VERDICT_SEEDS:
-                cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds; no verdict under {VERDICT_SEEDS})")
             else:
                 cells.append(f"{c.over_seeds} ({len(c.seeds)} seeds; {c.verdict()})")
         lines.append(f"| {a} - {b} | {_at_label(a_at, b_at)} | " + " | ".join(cells) + " |")
@@ -315,6 +320,9 @@ def target_lines(by_seed: Dict[str, Dict[int, Run]], checks: Sequence, reps: int
         if a in by_seed and t.b in by_seed:
             c = compare(by_seed[a], by_seed[t.b], t.a_at, t.b_at, reps)
             who = "" if a == t.a else f"{a} in place of {t.a}: "
-            lines.append(f"- {who}{t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> "
-                         f"{'met' if t.met(c.over_seeds) else 'MISSED'}")
+            if c.over_seeds is not NOT_REACHED and len(c.seeds) < VERDICT_SEEDS:
+                outcome = f"no verdict under {VERDICT_SEEDS} seeds"
+            else:
+                outcome = "met" if t.met(c.over_seeds) else "MISSED"  # not reached in some seed: missed
+            lines.append(f"- {who}{t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> {outcome}")
     return lines
