@@ -33,15 +33,30 @@ REFUSED = {
 }
 
 
-def check_backend(backend: str, find_unused_parameters: bool = True, world_size: int = 1) -> None:
+def check_backend(backend: str, find_unused_parameters: bool = True, world_size: int = 1, use_bmuf: bool = False,
+                  zero_sharding: str = "none") -> None:
     """Refuse a DDP backend the plugin cannot run, naming the supported ones; and, with several
     workers under torch's DDP, ``find_unused_parameters=false``: some parameters get no gradient
     in a step (RoBERTa's LM head always, what stage 2 freezes, the exits a stage does not train),
-    and DDP would wait for them ("Expected to have finished reduction in the prior iteration")."""
+    and DDP would wait for them ("Expected to have finished reduction in the prior iteration").
+
+    Two of fairseq's other ways to spread training are refused for the same reasons as the
+    backends above: BMUF (``optimization.use_bmuf``: fairseq then wraps no DDP at all and the ranks
+    train apart between block syncs, as under slowmo) and optimizer-state sharding
+    (``distributed_training.zero_sharding=os``: fairscale's OSS, which the plugin does not install,
+    holding each rank's share of a state the two-stage switch rebuilds whole)."""
     if backend not in SUPPORTED:
         why = REFUSED.get(backend, "fairseq does not know it")
         raise UsageError(f"distributed_training.ddp_backend={backend} is not supported by leebert-plugin: {why}",
                          "use distributed_training.ddp_backend=pytorch_ddp (fairseq's default) or legacy_ddp")
+    if use_bmuf:
+        raise UsageError("optimization.use_bmuf=true is not supported by leebert-plugin: under BMUF the ranks train "
+                         "apart between block syncs, while the meta step and the stage switch need identical ranks",
+                         "drop use_bmuf; fairseq's default pytorch_ddp averages every step")
+    if zero_sharding not in (None, "none"):
+        raise UsageError(f"distributed_training.zero_sharding={zero_sharding} is not supported by leebert-plugin: it "
+                         "needs fairscale, which the plugin does not install, and shards the optimizer state that "
+                         "stage 2 rebuilds whole", "use distributed_training.zero_sharding=none (the default)")
     if backend in ("pytorch_ddp", "c10d") and world_size > 1 and not find_unused_parameters:
         raise UsageError("distributed_training.find_unused_parameters=false under pytorch_ddp: some parameters get no "
                          "gradient in a step (RoBERTa's unused LM head, stage 2's frozen part), and DDP would wait for them",

@@ -111,6 +111,11 @@ CATALOGUE: Dict[str, Case] = {
     "train: amp with bf16": Case("train", ["common.amp=true", "common.bf16=true"], ["common.amp=true with", "choose one"]),
     "train: memory-efficient bf16 alone": Case("train", ["common.memory_efficient_bf16=true"],
                                                ["trains in fp32", "common.bf16=true"]),
+    # fairseq's argparse options turn --bf16 into a TPU run; its trainer then imports torch_xla
+    "fairseq-train: --bf16 (argparse reads it as a TPU run)": Case("argparse_train", ["--bf16"],
+                                                                  ["does not run on TPUs", "common.bf16=true"]),
+    # distributed training the plugin does not support
+    "train: BMUF": Case("train", ["optimization.use_bmuf=true"], ["use_bmuf=true is not supported", "drop use_bmuf"]),
     # checkpoints
     "train: restore file of another architecture": Case(
         "train", ["checkpoint.restore_file={plain}", "checkpoint.reset_optimizer=true", "+model.encoder_layers=2"],

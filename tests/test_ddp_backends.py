@@ -66,14 +66,16 @@ def test_pytorch_ddp_two_ranks_stay_identical_and_match_one_process(method, mr_b
         assert trained == {"exit_heads"}
 
 
-@pytest.mark.parametrize("method", ["deebert", "leebert_darts1"])
+@pytest.mark.parametrize("method", ["multi_exit", "deebert", "leebert_darts1"])
 def test_no_c10d_runs_other_methods_with_identical_ranks(method, mr_bin, tmp_path):
-    """fairseq's legacy DDP, here by its other name (no_c10d): DeeBERT's two stages and darts1
-    (which runs here only; darts2 shares its D1-only training path under pytorch_ddp above).
-    LeeBERT/clo and SmartBERT have their own legacy_ddp tests in test_distributed_train.py."""
+    """fairseq's legacy DDP, here by its other name (no_c10d): PABEE's multi-exit training,
+    DeeBERT's two stages and darts1 (which runs here only; darts2 shares its D1-only training path
+    under pytorch_ddp above). LeeBERT/clo and SmartBERT have their own legacy_ddp tests in
+    test_distributed_train.py. Both ranks identical at every update, and the run trained."""
     config, overrides, updates, _ = METHODS[method]
     train_two_processes(config, tmp_path, f"task.data={mr_bin}", *COMMON, *overrides, backend="no_c10d")
-    assert_ranks_identical(tmp_path, updates)
+    two = assert_ranks_identical(tmp_path, updates)
+    assert any(not torch.equal(value, two[0][key]) for key, value in two[updates - 1].items())
 
 
 @pytest.mark.parametrize("backend", ["pytorch_ddp", "legacy_ddp"])
@@ -132,3 +134,14 @@ def test_find_unused_parameters_false_is_refused_with_several_workers_under_pyto
     check_backend("legacy_ddp", False, 2)  # legacy DDP all-reduces every gradient, used or not
     with pytest.raises(UsageError, match="find_unused_parameters=true"):
         check_backend("c10d", False, 2)
+
+
+def test_bmuf_and_optimizer_state_sharding_are_refused_in_one_line():
+    from leebert_plugin.ddp import check_backend
+    from leebert_plugin.errors import UsageError
+
+    check_backend("pytorch_ddp", True, 2, use_bmuf=False, zero_sharding="none")
+    with pytest.raises(UsageError, match="use_bmuf=true is not supported.*Fix: drop use_bmuf"):
+        check_backend("pytorch_ddp", True, 2, use_bmuf=True)
+    with pytest.raises(UsageError, match="zero_sharding=os is not supported.*zero_sharding=none"):
+        check_backend("legacy_ddp", True, 2, zero_sharding="os")

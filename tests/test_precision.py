@@ -119,3 +119,33 @@ def test_the_meta_step_inside_an_amp_forward_runs_in_fp32():
             bilevel.meta_step(model, crit, b1, b2, 0, lr=1e-3)
         moved.append(bilevel.weights.logits.detach().clone())
     assert torch.equal(moved[0], moved[1]) and moved[0].abs().max() > 0
+
+
+REFUSED_PRECISIONS = {  # common.* settings -> words of the one-line refusal
+    "amp with fp16": ({"amp": True, "fp16": True, "fp16_no_flatten_grads": True}, "common.amp=true with"),
+    "amp with bf16": ({"amp": True, "bf16": True}, "common.amp=true with"),
+    "fp16 with bf16": ({"fp16": True, "bf16": True, "fp16_no_flatten_grads": True}, "builds no loss scaler"),
+    "memory-efficient fp16 alone": ({"memory_efficient_fp16": True}, "trains in fp32"),
+    "memory-efficient bf16 alone": ({"memory_efficient_bf16": True}, "trains in fp32"),
+    "argparse --bf16 (tpu)": ({"bf16": True, "tpu": True}, "does not run on TPUs"),
+    "flat fp16 without a GPU": ({"fp16": True}, "--fp16 without a GPU"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_PRECISIONS)
+def test_each_precision_setting_fairseq_would_get_wrong_is_refused(name):
+    from leebert_plugin.optim.precision import check_precision
+
+    settings, words = REFUSED_PRECISIONS[name]
+    with pytest.raises(UsageError, match=words) as refused:
+        check_precision(OmegaConf.create(settings), cuda_available=False)
+    assert "\n" not in str(refused.value) and "Fix:" in str(refused.value)
+
+
+def test_the_precision_settings_of_the_readme_table_pass_the_check():
+    from leebert_plugin.optim.precision import check_precision
+
+    for settings in ({}, {"amp": True}, {"bf16": True}, {"bf16": True, "memory_efficient_bf16": True},
+                     {"fp16": True, "fp16_no_flatten_grads": True}, {"fp16": True, "memory_efficient_fp16": True}):
+        check_precision(OmegaConf.create(settings), cuda_available=False)
+    check_precision(OmegaConf.create({"fp16": True}), cuda_available=True)  # the flat copy, on a GPU

@@ -38,7 +38,7 @@ def exit_param_groups(params: Iterable[torch.nn.Parameter], scale: float, lr: fl
         # cannot carry the tag; a scale that reaches nothing must not pass silently
         raise UsageError(f"exit_lr_scale={scale} applies to the exit heads' parameters, and none of the {len(params)} "
                          "tensors the optimizer got is one (under --fp16, fairseq gives it one flat copy of all)",
-                         "with --fp16 set common.fp16_no_flatten_grads=true (or use --amp, --bf16 or "
+                         "with --fp16 set common.fp16_no_flatten_grads=true (or use --amp, common.bf16=true or "
                          "--memory-efficient-fp16); else optimizer.exit_lr_scale=1")
     return [{"params": rest, "lr_scale": 1.0}, {"params": exits, "lr": lr * scale, "lr_scale": scale}]
 

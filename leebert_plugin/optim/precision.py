@@ -89,6 +89,15 @@ def check_precision(common, cuda_available: bool) -> None:
     """Refuse, in one line, the precision settings fairseq would crash on or silently ignore."""
     if common is None:  # a task config built alone in Python
         return
+    if common.get("tpu", False):
+        # fairseq's argparse options turn --bf16 (and --memory-efficient-bf16) into a TPU run
+        raise UsageError("common.tpu=true: leebert-plugin does not run on TPUs (fairseq's argparse command line "
+                         "sets it for --bf16 and --memory-efficient-bf16, then needs torch_xla)",
+                         "for bf16 on a GPU or the CPU run fairseq-hydra-train with common.bf16=true; "
+                         "on fairseq-train use --amp or --fp16")
+    if common.get("fp16", False) and common.get("bf16", False):
+        raise UsageError("common.fp16=true with common.bf16=true: fairseq casts the weights to fp16 and, seeing bf16, "
+                         "builds no loss scaler", "choose one: common.fp16=true or common.bf16=true")
     if common.get("amp", False) and (common.get("fp16", False) or common.get("bf16", False)):
         raise UsageError("common.amp=true with common.fp16/bf16: AMP keeps fp32 weights and casts per operation, "
                          "fp16/bf16 cast the weights", "choose one: common.amp=true, or common.fp16/bf16=true")

@@ -80,6 +80,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     write_checkpoints_asynchronously: bool = II("checkpoint.write_checkpoints_asynchronously")
     ddp_backend: str = II("distributed_training.ddp_backend")
     find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
+    zero_sharding: str = II("distributed_training.zero_sharding")  # refused but "none" (ddp.check_backend)
+    use_bmuf: bool = II("optimization.use_bmuf")  # refused (ddp.check_backend)
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
     max_epoch: int = II("optimization.max_epoch")
@@ -118,7 +120,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             world = distributed_utils.get_data_parallel_world_size()
             # a task config built alone in Python has no distributed_training group to interpolate
             ddp.check_backend(_outer(cfg, "ddp_backend", "pytorch_ddp"), _outer(cfg, "find_unused_parameters", True),
-                              world)
+                              world, _outer(cfg, "use_bmuf", False), _outer(cfg, "zero_sharding", "none"))
             max_epoch = _outer(cfg, "max_epoch", 0)
             if cfg.stage1_epochs > 0 and 0 < max_epoch <= cfg.stage1_epochs:
                 raise UsageError(f"task.stage1_epochs={cfg.stage1_epochs} with optimization.max_epoch={max_epoch}: "
