@@ -90,6 +90,8 @@ def test_bf16_stage_2_starts_from_the_given_checkpoint_and_keeps_its_frozen_part
             assert torch.equal(after[k], v.to(torch.bfloat16).to(after[k].dtype) if v.is_floating_point() else v), k
     for k in exits:  # two small Adam steps from the given exits
         assert float((after[k].float() - given["model"][k]).abs().max()) < 0.05, k
+    # ... that did step: the exits are not frozen too
+    assert any(not torch.equal(after[k], given["model"][k].to(torch.bfloat16).to(after[k].dtype)) for k in exits)
 
 
 def test_resuming_in_stage_2_stays_in_stage_2(two_stage, mr_bin, tmp_path):
