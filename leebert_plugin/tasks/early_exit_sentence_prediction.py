@@ -80,7 +80,7 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     write_checkpoints_asynchronously: bool = II("checkpoint.write_checkpoints_asynchronously")
     ddp_backend: str = II("distributed_training.ddp_backend")
     find_unused_parameters: bool = II("distributed_training.find_unused_parameters")
-    zero_sharding: str = II("distributed_training.zero_sharding")  # refused but "none" (ddp.check_backend)
+    zero_sharding: str = II("distributed_training.zero_sharding")  # refused unless "none" (ddp.check_backend)
     use_bmuf: bool = II("optimization.use_bmuf")  # refused (ddp.check_backend)
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
