@@ -20,10 +20,13 @@ def flat_copies_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
 
 
-def train_step(model, optimizer, seed: int) -> None:
-    """One update as fairseq's trainer runs it: zero, backward through the wrapper, step."""
+def train_step(model, optimizer, seed: int, autocast: bool = False) -> None:
+    """One update as fairseq's trainer runs it: zero, backward through the wrapper, step; with
+    ``autocast``, the forward under autocast as fairseq's trainer runs it for --amp (in bf16, the
+    CPU autocast's default dtype)."""
     optimizer.zero_grad()
-    logits, extra = model(sample_for(model, 8, seed)["net_input"]["src_tokens"], classification_head_name=HEAD)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits, extra = model(sample_for(model, 8, seed)["net_input"]["src_tokens"], classification_head_name=HEAD)
     loss = sum(z.float().logsumexp(-1).sum() - z.float()[:, 0].sum() for z in extra["exits"].exit_logits
                if z is not None)
     optimizer.backward(loss)
@@ -43,7 +46,7 @@ def stage1_weights(dtype) -> dict:
 def test_stage_2_starts_from_the_reloaded_weights_and_freezes_them_bit_for_bit(precision):
     model = tiny_model(num_classes=2, exit_head="deebert").train()
     optimizer = precision_optimizer(model, precision, lr=[1e-3], weight_decay=0.0)
-    train_step(model, optimizer, seed=1)  # stage 1: the wrapper holds masters and moments of everything
+    train_step(model, optimizer, seed=1, autocast=precision == "amp")  # stage 1: masters and moments of everything
     dtype = next(model.parameters()).dtype
     reloaded = stage1_weights(dtype)
     model.load_state_dict(reloaded)  # what the switch to stage 2 does
@@ -51,7 +54,7 @@ def test_stage_2_starts_from_the_reloaded_weights_and_freezes_them_bit_for_bit(p
     two_stage = TwoStageTraining(OmegaConf.create({"stage1_epochs": 1}))
     for seed in (2, 3):
         assert two_stage.before_step(model, optimizer) == 2
-        train_step(model, optimizer, seed)
+        train_step(model, optimizer, seed, autocast=precision == "amp")
     after = model.state_dict()
     exits = {n for n, p in model.named_parameters() if p.requires_grad}
     assert exits and len(exits) < len(after)
@@ -71,7 +74,7 @@ def test_exits_step_at_exit_lr_scale_times_lr(precision):
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     is_exit = {n: getattr(p, EXIT_PARAM, False) for n, p in model.named_parameters()}
     optimizer = precision_optimizer(model, precision, lr=[1e-4], weight_decay=0.0, exit_lr_scale=20.0)
-    train_step(model, optimizer, seed=1)
+    train_step(model, optimizer, seed=1, autocast=precision == "amp")
     # Adam's first step moves every element with a gradient by about its group's lr
     steps = {True: [], False: []}
     for n, p in model.named_parameters():
