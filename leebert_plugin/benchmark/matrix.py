@@ -375,8 +375,8 @@ def earlier_variants(m: Matrix, known: Sequence[Variant], runs: Mapping[str, Lis
 
 def _left_out(m: Matrix, v: Variant, recorded: Sequence[Optional[Run]], reference: Sequence[Run]) -> Optional[str]:
     """Why the records of ``v`` at ``m``'s seeds (``m`` holding ``v`` among its variants) cannot
-    stand beside ``reference`` (its method's runs), or None: a seed without a record, a record trained with other overrides or another
-    budget than ``m`` would give it now (:func:`mismatch`: ``--ablation`` would refuse it), one an
+    stand beside ``reference`` (its method's runs), or None: a seed without a record, a record
+    trained with other overrides or another budget than ``m`` would give it now (:func:`mismatch`: ``--ablation`` would refuse it), one an
     older evaluation scored (``--ablation`` would score it again), or test examples that are not
     its method's (other data)."""
     missing = [seed for seed, r in zip(m.seeds, recorded) if r is None]

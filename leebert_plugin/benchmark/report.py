@@ -55,13 +55,17 @@ class Comparison:
     over_seeds: Interval
     per_seed: List[Interval] = field(default_factory=list)  # the paired bootstrap of each seed
 
+    def too_few_seeds(self) -> bool:
+        """Fewer than :data:`VERDICT_SEEDS` seeds reached the point on both sides: no verdict."""
+        return self.over_seeds is not NOT_REACHED and len(self.seeds) < VERDICT_SEEDS
+
     def verdict(self) -> str:
         """``A better``, ``B better`` or ``tie`` from the seed interval; ``not reached`` where a side
         never got that fast on dev in some seed (no verdict, not a tie); ``no verdict`` on fewer
         than :data:`VERDICT_SEEDS` seeds in common."""
         if self.over_seeds is NOT_REACHED:
             return "not reached"
-        if len(self.seeds) < VERDICT_SEEDS:
+        if self.too_few_seeds():
             return f"no verdict under {VERDICT_SEEDS} seeds"
         side = self.over_seeds.verdict()
         return {"A": f"{self.a} better", "B": f"{self.b} better"}.get(side, "tie")
@@ -320,7 +324,7 @@ def target_lines(by_seed: Dict[str, Dict[int, Run]], checks: Sequence, reps: int
         if a in by_seed and t.b in by_seed:
             c = compare(by_seed[a], by_seed[t.b], t.a_at, t.b_at, reps)
             who = "" if a == t.a else f"{a} in place of {t.a}: "
-            if c.over_seeds is not NOT_REACHED and len(c.seeds) < VERDICT_SEEDS:
+            if c.too_few_seeds():
                 outcome = f"no verdict under {VERDICT_SEEDS} seeds"
             else:
                 outcome = "met" if t.met(c.over_seeds) else "MISSED"  # not reached in some seed: missed
