@@ -66,16 +66,19 @@ def test_pytorch_ddp_two_ranks_stay_identical_and_match_one_process(method, mr_b
         assert trained == {"exit_heads"}
 
 
-@pytest.mark.parametrize("method", ["multi_exit", "deebert", "leebert_darts1"])
+@pytest.mark.parametrize("method", ["multi_exit", "deebert", "leebert_darts1", "leebert_darts2", "hidden_mse"])
 def test_no_c10d_runs_other_methods_with_identical_ranks(method, mr_bin, tmp_path):
     """fairseq's legacy DDP, here by its other name (no_c10d): PABEE's multi-exit training,
-    DeeBERT's two stages and darts1 (which runs here only; darts2 shares its D1-only training path
-    under pytorch_ddp above). LeeBERT/clo and SmartBERT have their own legacy_ddp tests in
-    test_distributed_train.py. Both ranks identical at every update, and the run trained."""
-    config, overrides, updates, _ = METHODS[method]
+    DeeBERT's two stages, darts1 (which runs here only), darts2 and the hidden_mse extension (a user
+    criterion under clo). LeeBERT/clo and SmartBERT have their own legacy_ddp tests in
+    test_distributed_train.py. Both ranks identical at every update, the run trained, and for the
+    bi-level methods the meta step moved the task's loss weights (identically on both ranks)."""
+    config, overrides, updates, meta_moves = METHODS[method]
     train_two_processes(config, tmp_path, f"task.data={mr_bin}", *COMMON, *overrides, backend="no_c10d")
     two = assert_ranks_identical(tmp_path, updates)
     assert any(not torch.equal(value, two[0][key]) for key, value in two[updates - 1].items())
+    if meta_moves is not None:
+        assert not torch.equal(two[updates - 1]["loss_weights.logits"], two[0]["loss_weights.logits"])
 
 
 @pytest.mark.parametrize("backend", ["pytorch_ddp", "legacy_ddp"])
