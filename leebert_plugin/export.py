@@ -64,8 +64,7 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[Tuple[str, Dic
     from leebert_plugin.exits.evaluate import load
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} already exists and is not empty", "export into a new folder, or pass --overwrite")
+    _check_out(out, overwrite)
     for option, value in (bpe[1] if bpe else {}).items():
         if option in FILE_OPTIONS and not Path(value).is_file():
             raise UsageError(f"the bpe file {value} ({option}) does not exist", "pass the bpe's files with --bpe and its options")
@@ -109,6 +108,21 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[Tuple[str, Dic
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Before any work: ``out`` must be a new or empty folder; ``overwrite`` replaces only an earlier
+    export (a folder with its manifest), never another folder a mistyped path might name (a run's
+    checkpoints, a data folder), and never a file."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder", "name a new folder to export into")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UsageError(f"{out} already exists and is not empty", "export into a new folder, or pass --overwrite")
+    if not is_export(out):
+        raise UsageError(f"{out} is not an earlier export (it has no {MANIFEST}): --overwrite replaces exports only",
+                         "export into a new folder, or remove that folder yourself")
 
 
 def _plain(settings: Dict) -> Dict:

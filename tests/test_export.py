@@ -53,6 +53,35 @@ def test_an_existing_folder_is_refused_in_one_line_and_kept(exported, trained, m
     assert (exported / "export.json").read_bytes() == before
 
 
+def test_overwrite_replaces_an_earlier_export_whole(exported, trained, mr_bin, tmp_path):
+    earlier = tmp_path / "model"
+    shutil.copytree(exported, earlier)
+    (earlier / "stale.txt").write_text("from the earlier export")
+    export_main([str(trained / "checkpoint_best.pt"), str(mr_bin), str(earlier), "--overwrite", "--bpe", "sentencepiece",
+                 "--sentencepiece-model", str(mr_bin / "raw" / "spm.model")])
+    assert not (earlier / "stale.txt").exists()
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(p.name for p in exported.iterdir())
+    assert not list(tmp_path.glob(".model.staging-*"))
+
+
+def test_overwrite_replaces_an_earlier_export_only_and_a_file_is_refused(tmp_path):
+    """Checked before the checkpoint is read: a mistyped OUT that names a run's folder is not
+    deleted by --overwrite, and a file is not taken for a folder."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint_best.pt").write_bytes(b"weeks of training")
+    args = [str(tmp_path / "absent.pt"), str(tmp_path / "absent-data")]
+    with pytest.raises(UsageError, match="not an earlier export") as refused:
+        export_main([*args, str(run_dir), "--overwrite"])
+    assert "remove that folder yourself" in str(refused.value)
+    assert (run_dir / "checkpoint_best.pt").read_bytes() == b"weeks of training"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        export_main([*args, str(a_file), "--overwrite"])
+    assert a_file.read_text() == "mine"
+
+
 def test_data_with_an_export_folder_is_refused(exported, mr_bin):
     with pytest.raises(ValueError, match="export folder"):
         EarlyExitClassifier.from_pretrained(str(exported), data=str(mr_bin))
