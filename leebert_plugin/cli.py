@@ -161,4 +161,4 @@ def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}",
-                         "pass another --out, or --overwrite to replace them")
+                         "write to another folder, or pass --overwrite to replace them")

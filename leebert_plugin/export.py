@@ -14,7 +14,8 @@
 
 No data folder and no path of the machine that exported it is needed to load it:
 ``EarlyExitClassifier.from_pretrained(OUT)``. The bpe defaults to the one ``prepare_data`` recorded
-in ``DATA/prepare.json``; ``--bpe`` with its options overrides it (data preprocessed otherwise).
+in ``DATA/prepare.json``; ``--bpe`` with its options overrides it (data preprocessed otherwise;
+``--bpe none`` for a model whose sentences come already encoded). Without either, export refuses.
 """
 import argparse
 import hashlib
@@ -30,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 
 from leebert_plugin import cli
-from leebert_plugin.data.bpe_encode import FILE_OPTIONS, bpe_names, bpe_options
+from leebert_plugin.data.bpe_encode import FILE_OPTIONS, NO_BPE, check_choice, parse_with_optional_bpe
 from leebert_plugin.errors import UsageError
 
 MANIFEST = "export.json"
@@ -46,25 +47,34 @@ def _sha256(path: Path) -> str:
 
 
 def bpe_of(data: Path, bpe: Optional[str], options: Dict[str, object]) -> Optional[Tuple[str, Dict[str, str]]]:
-    """The bpe to ship: the one given, else the one ``DATA/prepare.json`` records, else None (pre-encoded input)."""
+    """The bpe a model's sentences go through, with its options: the one given (``none``: None, the
+    sentences come already encoded), else the one ``DATA/prepare.json`` records. Neither is refused:
+    raw text read without its bpe would become mostly ``<unk>`` and still get a label."""
+    if bpe == NO_BPE:
+        return None
     if bpe:
         return bpe, dict(options)
     settings = Path(data) / "prepare.json"
     if settings.is_file():
         recorded = json.loads(settings.read_text(encoding="utf-8"))
         return recorded["bpe"], recorded.get("bpe_options", {})
-    return None
+    raise UsageError(f"no bpe was given and {data} records none (it has no prepare.json)",
+                     "name the bpe the data was encoded with and its files (--bpe wordpiece --wordpiece-vocab FILE; "
+                     f"in Python bpe='wordpiece', wordpiece_vocab=FILE), or {NO_BPE} if the sentences come already encoded")
 
 
-def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[Tuple[str, Dict[str, str]]] = None,
-           overwrite: bool = False) -> Path:
-    """Write the folder (staged beside ``out`` and renamed into place whole)."""
+def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
+           bpe_options: Optional[Dict[str, object]] = None, overwrite: bool = False) -> Path:
+    """Write the folder (staged beside ``out`` and renamed into place whole). ``bpe`` and
+    ``bpe_options``: as :func:`bpe_of` takes them (None: the one ``DATA/prepare.json`` records)."""
     from fairseq import checkpoint_utils
 
     from leebert_plugin.exits.evaluate import load
 
     out = Path(out)
+    check_choice(bpe, bpe_options or {})
     _check_out(out, overwrite)
+    bpe = bpe_of(data, bpe, bpe_options or {})
     for option, value in (bpe[1] if bpe else {}).items():
         if option in FILE_OPTIONS and not Path(value).is_file():
             raise UsageError(f"the bpe file {value} ({option}) does not exist", "pass the bpe's files with --bpe and its options")
@@ -148,8 +158,9 @@ def is_export(path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
-def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional[Namespace]]:
-    """The model (eval mode, on ``device``), its task and the bpe's options, from an export folder."""
+def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional[Tuple[str, Dict[str, str]]]]:
+    """The model (eval mode, on ``device``), its task and its bpe with the options (None: none), from
+    an export folder."""
     from fairseq import tasks
 
     import leebert_plugin  # noqa: F401  (registers the task and the model)
@@ -168,28 +179,19 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     bpe = None
     if manifest["bpe"] is not None:
         options = {k: str(folder / v) if k in FILE_OPTIONS else v for k, v in manifest["bpe"]["options"].items()}
-        bpe = Namespace(bpe=manifest["bpe"]["name"], **options)
+        bpe = manifest["bpe"]["name"], options
     return model.eval().to(target), task, bpe
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from leebert_plugin.data.bpe_encode import add_bpe_args
-
     p = cli.ArgumentParser(prog="python -m leebert_plugin.export", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a trained checkpoint (checkpoint_best.pt)")
     p.add_argument("data", type=Path, help="the data folder it was trained on (for its dictionaries, prepare.json)")
     p.add_argument("out", type=Path, help="the folder to write (new, or --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    p.add_argument("--bpe", choices=bpe_names(), help="the bpe (default: the one DATA/prepare.json records)")
-    first = cli.ArgumentParser(add_help=False)
-    first.add_argument("--bpe")
-    name = first.parse_known_args(argv)[0].bpe
-    if name:
-        add_bpe_args(p, name)
-    args = p.parse_args(argv)
-    options = bpe_options(args, name) if name else {}
-    out = export(args.checkpoint, args.data, args.out, bpe_of(args.data, args.bpe, options), args.overwrite)
+    args, options = parse_with_optional_bpe(p, argv)
+    out = export(args.checkpoint, args.data, args.out, args.bpe, options, args.overwrite)
     print(f"exported {args.checkpoint} to {out}; load it with EarlyExitClassifier.from_pretrained({str(out)!r})")
 
 

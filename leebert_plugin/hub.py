@@ -20,12 +20,12 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from fairseq.data import data_utils
 
-from leebert_plugin.data.bpe_encode import build as build_bpe, encode_text
+from leebert_plugin.data.bpe_encode import build as build_bpe, check_choice, encode_text
 from leebert_plugin.devices import DeviceLike, model_device, place
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.policies import build_policy
-from leebert_plugin.export import is_export, read_export
+from leebert_plugin.export import bpe_of, is_export, read_export
 
 Sentence = Union[str, Tuple[str, str]]
 
@@ -37,6 +37,11 @@ class Prediction:
     exit_layer: int  # 1-based layer whose exit gave the prediction
     layers_run: int  # transformer layers computed for this sentence
     score: Optional[float] = None  # regression (STS-B): the predicted value, in the training target's units
+
+
+def _coder(chosen: Optional[Tuple[str, dict]]):
+    """The bpe ``(name, options)`` built, or None (sentences come already encoded)."""
+    return None if chosen is None else build_bpe(Namespace(bpe=chosen[0], **chosen[1]))
 
 
 class EarlyExitClassifier:
@@ -64,19 +69,24 @@ class EarlyExitClassifier:
         """``checkpoint``: a folder ``python -m leebert_plugin.export`` wrote (everything comes from
         it), or a training checkpoint with ``data``, the preprocessed data folder (for its
         dictionaries). ``bpe``: fairseq's bpe name (``wordpiece``, ``sentencepiece``, ``gpt2``, ...)
-        with its options (``wordpiece_vocab=...``); an export's own bpe when not given; None for a
-        checkpoint whose sentences come pre-encoded. ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``
-        (default: CUDA if available, else the CPU)."""
+        with its options (``wordpiece_vocab=...``), or ``"none"`` for sentences that come already
+        encoded; when not given, an export's own bpe, or the one ``prepare_data`` recorded in the
+        training data's ``prepare.json``; a training checkpoint with neither is refused (raw text
+        read without its bpe would become mostly ``<unk>`` and still get a label). ``device``:
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (default: CUDA if available, else the CPU)."""
+        check_choice(bpe, bpe_args)
         if is_export(checkpoint):
             if data is not None:
                 raise UsageError(f"{checkpoint} is an export folder, which holds its own dictionaries",
                                  "drop data=... (it is for training checkpoints)")
             model, task, shipped = read_export(checkpoint, device)
-            options = Namespace(bpe=bpe, **bpe_args) if bpe else shipped
-            return cls(model, task, build_bpe(options) if options is not None else None)
+            chosen = bpe_of(checkpoint, bpe, bpe_args) if bpe else shipped
+            return cls(model, task, _coder(chosen))
+        chosen = bpe_of(data, bpe, bpe_args) if data is not None else None  # refused before the model is read
         model, task = load(checkpoint, data, device)
-        coder = build_bpe(Namespace(bpe=bpe, **bpe_args)) if bpe else None
-        return cls(model, task, coder)
+        if data is None:  # the data folder the checkpoint was trained on
+            chosen = bpe_of(task.cfg.data, bpe, bpe_args)
+        return cls(model, task, _coder(chosen))
 
     def encode(self, sentence: Sentence) -> torch.Tensor:
         parts = (sentence,) if isinstance(sentence, str) else tuple(sentence)

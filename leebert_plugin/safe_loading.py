@@ -71,6 +71,19 @@ def safe_loader(load: Callable) -> Callable:
     return load_checkpoint_to_cpu
 
 
+def check_path(name: str) -> None:
+    """A checkpoint path that names a folder or nothing is one line (the fix names fairseq's
+    ``--path``, which the scripts and the hub's first argument are also called)."""
+    if os.path.isdir(name):
+        inside = [f for f in ("checkpoint_best.pt", "checkpoint_last.pt") if os.path.isfile(os.path.join(name, f))]
+        raise UsageError(f"checkpoint {name} is a directory, not a checkpoint file",
+                         f"pass a file inside it, e.g. {os.path.join(name, inside[0])}" if inside else
+                         "pass the checkpoint file itself (checkpoint_best.pt); an export folder loads with "
+                         "EarlyExitClassifier.from_pretrained")
+    if not os.path.exists(name):
+        raise UsageError(f"checkpoint {name} does not exist", "fix the checkpoint's path (--path, or the first argument)")
+
+
 def existing_paths(load: Callable) -> Callable:
     """Wrap fairseq's ``load_model_ensemble_and_task`` (``fairseq-validate --path``, the hub): a
     missing checkpoint is one line, not fairseq's ``IOError`` traceback."""
@@ -80,14 +93,7 @@ def existing_paths(load: Callable) -> Callable:
         for name in filenames:
             if "://" in name or kwargs.get("num_shards", 1) != 1 or kwargs.get("suffix"):
                 continue
-            if os.path.isdir(name):
-                inside = [f for f in ("checkpoint_best.pt", "checkpoint_last.pt") if os.path.isfile(os.path.join(name, f))]
-                raise UsageError(f"checkpoint {name} is a directory, not a checkpoint file",
-                                 f"pass a file inside it, e.g. --path {os.path.join(name, inside[0])}" if inside else
-                                 "pass the checkpoint file itself (checkpoint_best.pt); an export folder loads with "
-                                 "EarlyExitClassifier.from_pretrained")
-            if not os.path.exists(name):
-                raise UsageError(f"checkpoint {name} does not exist", "fix the path given to --path")
+            check_path(name)
         return load(filenames, *args, **kwargs)
 
     return load_model_ensemble_and_task

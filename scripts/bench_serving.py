@@ -4,7 +4,8 @@
     python scripts/bench_serving.py MODEL_DIR TEXT_FILE --policy normalized_entropy --threshold 0.85 \
         [--samples 256] [--batch-sizes 1 32] [--rounds 5] [--device cpu]
 
-MODEL_DIR: a folder ``python -m leebert_plugin.export`` wrote (or a checkpoint with ``--data``);
+MODEL_DIR: a folder ``python -m leebert_plugin.export`` wrote (or a checkpoint with ``--data``, and
+``--bpe NAME`` with its options unless DATA has the ``prepare.json`` that records it);
 TEXT_FILE: one sentence a line (a TSV's first column). The logic: ``leebert_plugin/serving_bench.py``.
 """
 import argparse
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
+from leebert_plugin.data.bpe_encode import parse_with_optional_bpe
 from leebert_plugin.devices import add_device_argument
 from leebert_plugin.errors import UsageError
 from leebert_plugin.hub import EarlyExitClassifier
@@ -26,17 +28,18 @@ def main() -> None:
     p.add_argument("--header", action="store_true", help="skip the text file's first line")
     p.add_argument("--policy", default="normalized_entropy")
     p.add_argument("--threshold", type=cli.number(float))
-    p.add_argument("--patience", type=cli.number(int, low=1), default=1)
+    p.add_argument("--exit-patience", dest="patience", type=cli.number(int, low=1), default=1,
+                   help="for the patience and pcee policies (as the other scripts and fairseq-validate name it)")
     p.add_argument("--samples", type=cli.number(int, low=1), default=256)
     p.add_argument("--batch-sizes", type=cli.number(int, low=1), nargs="+", default=[1, 32])
     p.add_argument("--rounds", type=cli.number(int, low=1), default=5)
     add_device_argument(p)
-    args = p.parse_args()
+    args, bpe_options = parse_with_optional_bpe(p, default_help="an export's own, or the one DATA/prepare.json records")
     if not args.text.is_file():
         raise UsageError(f"{args.text} does not exist", "pass a text file with one sentence a line")
     lines = args.text.read_text(encoding="utf-8").splitlines()[1 if args.header else 0:]
     sentences = [line.split("\t")[0] for line in lines if line.strip()][:args.samples]
-    clf = EarlyExitClassifier.from_pretrained(args.model, data=args.data, device=args.device)
+    clf = EarlyExitClassifier.from_pretrained(args.model, data=args.data, bpe=args.bpe, device=args.device, **bpe_options)
     figures = [measure(clf, sentences, b, args.policy, args.threshold, args.patience, args.rounds) for b in args.batch_sizes]
     print(f"{len(sentences)} sentences of {args.text}, {args.policy} threshold {args.threshold}, device {clf.device}, "
           f"median of {args.rounds} interleaved rounds")

@@ -71,8 +71,8 @@ def main():
     p.add_argument("--data", help="the preprocessed data folder (with --checkpoint)")
     p.add_argument("--subset", default="test")
     p.add_argument("--policy", default="normalized_entropy")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--exit-patience", type=int, default=1)
+    p.add_argument("--threshold", type=cli.number(float), default=None)
+    p.add_argument("--exit-patience", type=cli.number(int, 1), default=1)
     p.add_argument("--batch-sizes", type=cli.number(int, 1), nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--samples", type=cli.number(int, 1), default=256,
                    help="sentences per measurement: whole batches, at least one (a random batch, or the split's first)")

@@ -47,6 +47,7 @@ from leebert_plugin.benchmark.report import across_tables, summary
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
+from leebert_plugin.models.exit_roberta import arch_layers
 
 
 def main() -> None:
@@ -87,7 +88,8 @@ def main() -> None:
         columns = across_columns(args.across, args.methods, [v.name for v in variants(args.ablation)])
         print("\n".join(across_tables(columns)))
         return
-    device = resolve_device(args.device)  # first: a wrong device or ablation is refused before anything is read
+    device = resolve_device(args.device)  # first: a wrong device, arch or ablation is refused before anything is read
+    layers = arch_layers(args.arch)
     ablation = variants(args.ablation)
     size, epochs = SETTINGS[args.setting]
     size = args.size or size
@@ -102,7 +104,6 @@ def main() -> None:
     names = list(dict.fromkeys([*args.methods, *(v.method for v in ablation), *(v.name for v in ablation)]))
     from fairseq.data import data_utils
     train_size = len(data_utils.load_indexed_dataset(str(data / "input0" / "train"), None))
-    layers = {"exit_bert_minilm_l6": 6}.get(args.arch, 4 if "tiny" in args.arch else 12)
     budget = Budget(epochs, args.batch_size, args.lr, args.exit_pooling, args.exit_lr_scale)
     m = Matrix(data, out, names, args.seeds, budget, train_size, args.arch, layers, restore,
                device, args.override, num_classes=label_count(str(data)),

@@ -24,7 +24,7 @@ if [[ ! -f "$OUT/minilm/model.pt" ]]; then
   "$PY" scripts/convert_hf_bert.py "$HF" "$OUT/minilm"
 fi
 if [[ ! -f "$OUT/rt-tsv/SST-2/test.tsv" ]]; then
-  "$PY" scripts/build_rotten_tomatoes.py "$OUT/rt-tsv/SST-2" --sizes 0 1281 1281 --seed 1
+  "$PY" scripts/build_rotten_tomatoes.py "$OUT/rt-tsv/SST-2" --sizes 0 1281 1281 --seed 1 --overwrite
 fi
 subsets() {  # subsets FULL PREFIX SUFFIX: PREFIX-1k/-3k SUFFIX with the first 1,000/3,000 training rows
   local full=$1 prefix=$2 suffix=$3 k
@@ -43,7 +43,7 @@ for name in rt rt-1k rt-3k; do
     --wordpiece-vocab "$OUT/minilm/vocab.txt" --dict "$OUT/minilm/dict.txt" --labelled-test --workers 2
 done
 if [[ ! -f "$OUT/20ng-tsv/test.tsv" ]]; then
-  "$PY" scripts/build_newsgroups.py "$OUT/20ng-tsv" --dev 1500 --test 2000 --max-words 64 --seed 1
+  "$PY" scripts/build_newsgroups.py "$OUT/20ng-tsv" --dev 1500 --test 2000 --max-words 64 --seed 1 --overwrite
 fi
 subsets "$OUT/20ng-tsv" "$OUT/20ng-tsv" ""
 for name in 20ng 20ng-1k 20ng-3k; do

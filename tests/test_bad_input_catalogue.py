@@ -70,6 +70,9 @@ CATALOGUE: Dict[str, Case] = {
                                               ["unknown exit policy 'entropi'"]),
     "thresholds script: missing checkpoint": Case("thresholds", ["--policy", "max_prob", "--thresholds", "0.9",
                                                                  "--checkpoint", "{tmp}/nope.pt"], ["nope.pt does not exist"]),
+    "thresholds script: a checkpoint another task saved": Case(
+        "thresholds", ["--policy", "max_prob", "--thresholds", "0.9", "--checkpoint", "{other_task}"],
+        ["saved by task 'masked_lm', not by a fine-tuning run", "convert_hf_bert.py wrote is fine-tuned first"]),
     # model, criterion and optimizer settings
     "train: unknown exit head": Case("train", ["model.exit_head=highway"], ["unknown exit head 'highway'"]),
     "train: exit layers without the last": Case("train", ["model.exit_layers='1,2'"], ["no exit at the last layer"]),
@@ -248,6 +251,15 @@ def _write(name: str, content: Callable[[dict], bytes]) -> Callable[[Path, dict]
     return build
 
 
+def _other_task(tmp: Path, fx: dict) -> Path:
+    """The trained checkpoint as another task would have saved it (what convert_hf_bert.py writes:
+    task masked_lm, whose data folder layout the plugin's data does not have)."""
+    state = torch.load(fx["ckpt"], map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["_name"] = "masked_lm"
+    torch.save(state, tmp / "masked_lm.pt")
+    return tmp / "masked_lm.pt"
+
+
 def _resume_trained(tmp: Path, fx: dict) -> str:
     shutil.copyfile(fx["ckpt"], Path(fx["save"]) / "checkpoint_last.pt")  # the last good checkpoint
     return "checkpoint.restore_file=checkpoint_last.pt"
@@ -268,6 +280,7 @@ FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, 
     "malicious_legacy": _save_to("malicious_legacy.pt", lambda tmp: {"model": {}, "cfg": None,
                                                                       "x": RunsShellCommand(tmp / "PWNED")}, legacy=True),
     "resume_trained": _resume_trained,
+    "other_task": _other_task,
 }
 
 

@@ -4,9 +4,15 @@ import csv
 import json
 import math
 
+import pytest
+import torch
+
 from helpers import BIN, assert_one_clear_error, run, validate
 
 from leebert_plugin.benchmark.evaluation import CALIBRATED_SPEEDUPS, ENTROPY_GRID, GATED_GRID, VERSION, Outcomes
+from leebert_plugin.benchmark.recipe import Budget, overrides
+from leebert_plugin.errors import UsageError
+from leebert_plugin.models.exit_roberta import arch_layers
 
 
 def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tmp_path):
@@ -110,3 +116,17 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     assert "benchmark: " not in across.stdout  # nothing trained or scored again
     missing = run(cmd[:2] + ["--across", str(out), str(tmp_path / "no-runs")], timeout=300)
     assert_one_clear_error(missing, "no finished runs", "no-runs")
+
+
+def test_full_fine_tuning_keeps_the_last_layer_of_the_depth_the_arch_sets(tmp_path):
+    """full_ft keeps one exit, at the encoder's last layer: the depth comes from the registered
+    architecture (a guess from the name gave 12 for exit_bert_tiny's 2 layers and exit_*_large's 24)."""
+    depths = {a: arch_layers(a) for a in ("exit_bert_tiny", "exit_roberta_tiny", "exit_bert_minilm_l6",
+                                          "exit_bert_base", "exit_roberta_large", "exit_bert_large")}
+    assert depths == {"exit_bert_tiny": 2, "exit_roberta_tiny": 4, "exit_bert_minilm_l6": 6, "exit_bert_base": 12,
+                      "exit_roberta_large": 24, "exit_bert_large": 24}
+    o = overrides("full_ft", tmp_path, tmp_path / "save", 1, 100, Budget(1), "exit_bert_tiny", None,
+                  depths["exit_bert_tiny"], torch.device("cpu"))
+    assert "model.exit_layers='2'" in o
+    with pytest.raises(UsageError, match="'roberta_base' is not an architecture of the exit_roberta model"):
+        arch_layers("roberta_base")

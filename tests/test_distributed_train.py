@@ -75,7 +75,7 @@ def test_two_processes_resume_and_without_per_rank_loading_are_told_how(mr_bin, 
 
 def test_two_processes_gather_regression_predictions_for_spearman(regression_bin, tmp_path):
     """STS-B-style validation on 2 CPU ranks: each rank scores half the dev set; Spearman needs every
-    prediction, which the task gathers instead of summing (through fairseq's all_gather_list, which
+    prediction, which fairseq gathers instead of summing (the criterion says its logs cannot be summed) (through fairseq's all_gather_list, which
     needs CUDA unless the plugin's CPU path takes over), and Pearson the moments of the whole split.
     The figures equal a 1-process fairseq-validate of the same checkpoint."""
     save = tmp_path / "stsb"

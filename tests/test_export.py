@@ -8,7 +8,7 @@ import torch
 
 from helpers import ROOT, assert_one_clear_error, run
 from leebert_plugin.errors import UsageError
-from leebert_plugin.export import main as export_main
+from leebert_plugin.export import export, main as export_main
 from leebert_plugin.hub import EarlyExitClassifier
 
 SENTENCES = ["A gem of a film.", "Dull and overlong.", "It is neither good nor bad.", "The cast is wonderful, the plot is not."]
@@ -80,6 +80,19 @@ def test_overwrite_replaces_an_earlier_export_only_and_a_file_is_refused(tmp_pat
     with pytest.raises(UsageError, match="is a file, not a folder"):
         export_main([*args, str(a_file), "--overwrite"])
     assert a_file.read_text() == "mine"
+
+
+def test_raw_text_without_a_bpe_is_refused_and_bpe_none_ships_none(trained, mr_bin, tmp_path):
+    """The test data has no prepare.json: an export without --bpe would serve raw words as <unk>."""
+    ckpt, out = str(trained / "checkpoint_best.pt"), tmp_path / "out"
+    with pytest.raises(UsageError, match="no bpe was given and .* records none"):
+        export_main([ckpt, str(mr_bin), str(out)])
+    assert not out.exists()
+    with pytest.raises(UsageError, match="unknown bpe 'wordpeice'"):  # the Python API checks the name too
+        export(ckpt, mr_bin, out, bpe="wordpeice")
+    export_main([ckpt, str(mr_bin), str(out), "--bpe", "none"])
+    assert json.loads((out / "export.json").read_text())["bpe"] is None
+    assert EarlyExitClassifier.from_pretrained(str(out), device="cpu").bpe is None
 
 
 def test_data_with_an_export_folder_is_refused(exported, mr_bin):

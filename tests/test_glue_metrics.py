@@ -139,3 +139,21 @@ def test_a_12_exit_leebert_regression_batch_needs_the_sts_b_gather_buffer(regres
     size = len(pickle.dumps([log]))
     assert len(model.exit_layers) == 12 and sum(k.startswith("preds_L") for k in log) == 12
     assert 16384 < size < config["common"]["all_gather_list_size"] - 1024, size
+
+
+def test_regression_validation_logs_are_gathered_and_training_logs_summed():
+    """What fairseq's trainer asks (through the task, of the criterion it is given): Spearman's
+    prediction lists cannot be summed across workers, so regression validation is gathered."""
+    from fairseq.tasks import FairseqTask
+    from omegaconf import OmegaConf
+
+    from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
+
+    regression = MultiExitCriterion(OmegaConf.structured(MultiExitConfig(regression_target=True)), None)
+    classification = MultiExitCriterion(OmegaConf.structured(MultiExitConfig(regression_target=False)), None)
+    regression.train()
+    assert FairseqTask.logging_outputs_can_be_summed(regression) is True
+    regression.eval()
+    assert FairseqTask.logging_outputs_can_be_summed(regression) is False
+    classification.eval()
+    assert FairseqTask.logging_outputs_can_be_summed(classification) is True

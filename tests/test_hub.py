@@ -73,3 +73,37 @@ def test_a_missing_gpu_is_refused_in_the_api(classifier, trained, monkeypatch):
     assert classifier.device == torch.device("cpu")  # refused before the model moved
     with pytest.raises(UsageError, match="finds no CUDA device"):
         EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), device="cuda")
+
+
+def test_raw_text_without_a_bpe_is_refused_and_none_must_be_said(trained, mr_bin):
+    """The test data has no prepare.json: without bpe=, raw words would become <unk> and still get
+    a label. bpe='none' says the sentences come already encoded (here: the dictionary's own pieces)."""
+    with pytest.raises(UsageError, match="no bpe was given and .* records none") as refused:
+        EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu")
+    assert "bpe='wordpiece'" in str(refused.value) and "none" in refused.value.fix
+    clf = EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu",
+                                              bpe="none")
+    assert clf.bpe is None
+    d = clf.task.source_dictionary
+    pieces = " ".join(d[i] for i in range(d.nspecial, d.nspecial + 5))
+    assert clf.encode(pieces)[1:-1].tolist() == list(range(d.nspecial, d.nspecial + 5))  # init token first, </s> last
+
+
+@pytest.mark.parametrize("bpe, options, problem", [
+    ("wordpeice", {}, "unknown bpe 'wordpeice'"),
+    ("wordpiece", {"vocab": "v.txt"}, "vocab: not an option of bpe 'wordpiece'"),
+    (None, {"sentencepiece_model": "spm.model"}, "given without a bpe"),
+])
+def test_a_mistyped_bpe_or_option_is_one_line_before_loading(bpe, options, problem, tmp_path):
+    with pytest.raises(UsageError, match=problem):  # the checkpoint is not even read
+        EarlyExitClassifier.from_pretrained(str(tmp_path / "absent.pt"), bpe=bpe, **options)
+
+
+def test_another_tasks_checkpoint_is_refused_in_one_line(trained, mr_bin, tmp_path):
+    """An encoder convert_hf_bert.py wrote (task masked_lm) failed deep inside fairseq, setting up
+    a task whose data is not there."""
+    state = torch.load(trained / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["_name"] = "masked_lm"
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(UsageError, match="saved by task 'masked_lm', not by a fine-tuning run"):
+        EarlyExitClassifier.from_pretrained(str(tmp_path / "model.pt"), data=str(mr_bin), bpe="none")

@@ -1,5 +1,9 @@
 """20 Newsgroups reading and splitting (leebert_plugin.data.newsgroups), on small written tables."""
+import sys
+
 import pytest
+
+from helpers import ROOT, assert_one_clear_error, run
 
 from leebert_plugin.data import newsgroups
 from leebert_plugin.data.checks import label_count
@@ -50,3 +54,12 @@ def test_label_count_reads_the_label_dictionary(tmp_path):
     (tmp_path / "label").mkdir()
     (tmp_path / "label" / "dict.txt").write_text("".join(f"c{i} 1\n" for i in range(20)) + "madeupword0000 0\n")
     assert label_count(str(tmp_path)) == 20
+
+
+@pytest.mark.parametrize("script", ["build_newsgroups.py", "build_rotten_tomatoes.py"])
+def test_the_builders_refuse_to_overwrite_split_files_before_reading_anything(script, tmp_path):
+    (tmp_path / "dev.tsv").write_text("text\tlabel\nmine\tpos\n")
+    proc = run([sys.executable, str(ROOT / "scripts" / script), str(tmp_path)], cwd=ROOT)
+    assert_one_clear_error(proc, "dev.tsv already exists", "--overwrite")
+    assert (tmp_path / "dev.tsv").read_text() == "text\tlabel\nmine\tpos\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.tsv"]

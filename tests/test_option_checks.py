@@ -1,4 +1,5 @@
-"""NaN and infinity in any option are refused in one line, in hydra's and argparse's configs alike."""
+"""Options checked before any work: NaN and infinity in any option are refused in one line, in hydra's and
+argparse's configs alike; a class count against the data's labels."""
 from argparse import Namespace
 
 import pytest
@@ -56,3 +57,22 @@ def test_a_config_dataclass_built_in_python_is_checked_too():
     with pytest.raises(UsageError, match="optimizer.w_lr=-1.0 must be positive"):
         check_options("optimizer", CLOConfig(w_lr=-1.0))
     check_options("criterion", LeeBertConfig())  # the defaults are in range
+
+
+def test_a_class_count_mismatch_names_the_setting_in_training_and_the_data_for_a_saved_model():
+    """Training: task.num_classes is what to change. A saved model's count is its own: evaluating it
+    on 20-class data, setting num_classes would only fail later; the data is what is wrong."""
+    from fairseq.data import Dictionary
+
+    from leebert_plugin.data.checks import check_num_classes
+
+    labels = Dictionary()
+    for name in ("neg", "neutral", "pos"):
+        labels.add_symbol(name)
+    check_num_classes(3, labels, "/data/bin")  # agrees: nothing to say
+    with pytest.raises(UsageError, match="num_classes=2 but /data/bin/label/dict.txt lists 3 labels") as training:
+        check_num_classes(2, labels, "/data/bin")
+    assert "task.num_classes=3" in training.value.fix
+    with pytest.raises(UsageError, match="the checkpoint was trained with 2 classes but .* lists 3 labels") as saved:
+        check_num_classes(2, labels, "/data/bin", from_checkpoint=True)
+    assert "num_classes" not in saved.value.fix and "--srcdict" in saved.value.fix

@@ -13,7 +13,7 @@ from helpers import BIN, ROOT, assert_one_clear_error, digest, run, validate
 from leebert_plugin.data.prepare import Examples, detect_kind, label_order, split_off
 from leebert_plugin.data.tables import read_table
 from leebert_plugin.errors import UsageError
-from leebert_plugin.export import bpe_of, export
+from leebert_plugin.export import export
 from leebert_plugin.hub import EarlyExitClassifier
 from leebert_plugin.prepare_data import main as prepare_data
 
@@ -98,9 +98,8 @@ def test_from_file_to_validation_with_exits_to_predict_with_label_names(prepared
     figures = validate(tmp_path, prepared, "--exit-policy", "normalized_entropy", "--exit-threshold", "0.3",
                        subset="test")
     assert figures["accuracy"] >= 90 and figures["speedup"] > 1.0, figures  # easy sentences leave early
-    clf = EarlyExitClassifier.from_pretrained(str(tmp_path / "checkpoint_best.pt"), data=str(prepared),
-                                              bpe="wordpiece", wordpiece_vocab=str(files["vocab"]))
-    assert clf.labels == ["neg", "neutral", "pos"]
+    clf = EarlyExitClassifier.from_pretrained(str(tmp_path / "checkpoint_best.pt"), data=str(prepared))  # prepare.json's bpe
+    assert clf.labels == ["neg", "neutral", "pos"] and clf.bpe is not None
     rng = random.Random(7)
     truth = [rng.choice(sorted(WORDS)) for _ in range(40)]
     sentences = [review(rng, y) for y in truth]
@@ -109,7 +108,7 @@ def test_from_file_to_validation_with_exits_to_predict_with_label_names(prepared
     assert len(preds) == 40 and sum(p.label == y for p, y in zip(preds, truth)) >= 36
     with pytest.raises(ValueError, match="out of range"):  # a service catches a bad threshold
         clf.predict(["the movie was good"], exit_policy="max_prob", threshold=1.5)
-    export(tmp_path / "checkpoint_best.pt", prepared, tmp_path / "served", bpe_of(prepared, None, {}))
+    export(tmp_path / "checkpoint_best.pt", prepared, tmp_path / "served")  # the bpe prepare.json records
     served = EarlyExitClassifier.from_pretrained(str(tmp_path / "served"))  # the bpe prepare_data recorded, shipped
     again = served.predict(sentences, exit_policy="normalized_entropy", threshold=0.3)
     assert [(p.label, p.exit_layer) for p in again] == [(p.label, p.exit_layer) for p in preds]

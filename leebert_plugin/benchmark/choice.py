@@ -13,6 +13,8 @@ The choice is among the published rules' points (global threshold, patience) unl
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
+from leebert_plugin.exits.pareto import best_at
+
 AXES = {"layers": "dev_speedup", "flops": "dev_flops_speedup"}
 RULES = ("published", "per_exit")
 PER_EXIT_POLICY = "per_exit_entropy"
@@ -49,10 +51,7 @@ def choose(points: Sequence[Dict], at: At, tolerance: float = 1e-9) -> Optional[
     """
     if at.axis == "full":
         return 0 if points else None
-    x = AXES[at.axis]
     per_exit = at.rule == "per_exit"
-    candidates = [i for i, p in enumerate(points)
-                  if p[x] >= at.speedup - tolerance and (p["policy"] == PER_EXIT_POLICY) == per_exit]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda i: (points[i]["dev_metric"], points[i][x]))
+    ruled = [i for i, p in enumerate(points) if (p["policy"] == PER_EXIT_POLICY) == per_exit]
+    best = best_at([points[i] for i in ruled], at.speedup, AXES[at.axis], "dev_metric", tolerance)
+    return None if best is None else ruled[best]

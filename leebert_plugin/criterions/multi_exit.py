@@ -236,9 +236,12 @@ class MultiExitCriterion(FairseqCriterion):
             if f"sxy{suffix}" in totals:
                 log_spearman(logging_outputs, f"preds{suffix}", f"spearman{suffix}")
 
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
+    def logging_outputs_can_be_summed(self) -> bool:
+        """False in regression validation, which logs its predictions as lists (Spearman's ranks):
+        fairseq then gathers the logging outputs across workers instead of summing them. Training
+        stays on the summing fast path. An instance method, so the answer follows the mode under
+        any task (fairseq's tasks ask the criterion they are given)."""
+        return not (self.regression_target and not self.training)
 
 
 def at_least_fp32(x: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ The task passes the stage (two-stage training, ``tasks/two_stage.py``: stage 2 a
 
 Stage 1 trains backbone, gates and the last exit:
     ce_L<L> (last exit, on the final gate-mixed state)  +  lambda * gate_reg  +  eta1 * contrast_layers
-    gate_reg = 1 / sum_i mean_batch(g_i) on the soft gates (rewards skipping)
+    gate_reg = 1 / sum_i mean_batch(g_i) on the soft gates (rewards skipping), per sentence; like the
+               cross-entropies it enters the loss summed over the batch: B / sum_i mean_batch(g_i)
     contrast_layers = sum_{j=0}^{L-2} InfoNCE_tok(P_j(h_j), P_{j+1}(h_{j+1}); t1), h_j = layer inputs
 Stage 2 freezes all that and trains exits 1..L-1 on the raw layer outputs:
     sum_{i<L} ce_L<i>  +  eta2 * contrast_exits

@@ -14,7 +14,7 @@ import multiprocessing
 import typing
 from argparse import Namespace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq.data import encoders
 from fairseq.registry import REGISTRIES
@@ -28,8 +28,35 @@ FILE_OPTIONS = ("wordpiece_vocab", "sentencepiece_model", "gpt2_encoder_json", "
 CHUNK = 512  # lines a worker encodes per task
 
 
+NO_BPE = "none"  # a model served without a bpe: its sentences come already encoded (pieces joined by spaces)
+
+
 def bpe_names() -> List[str]:
     return sorted(REGISTRIES["bpe"]["registry"])
+
+
+def option_names(name: str) -> List[str]:
+    """Bpe ``name``'s own options (its fairseq dataclass fields)."""
+    config = REGISTRIES["bpe"]["dataclass_registry"].get(name)
+    return [f.name for f in dataclasses.fields(config) if not f.name.startswith("_")] if config else []
+
+
+def check_choice(name: Optional[str], options: Dict[str, object]) -> None:
+    """A bpe named from Python (``bpe=``, with its options as keywords): an unknown name or an
+    option the bpe does not have is one line, not fairseq's ``KeyError`` or a silently ignored
+    keyword (a misspelt ``vocab=`` would leave the real option unset)."""
+    if name in (None, NO_BPE):
+        if options:
+            raise UsageError(f"bpe options {', '.join(sorted(options))} given without a bpe",
+                             "name the bpe they belong to (bpe='wordpiece', ...)")
+        return
+    if name not in bpe_names():
+        raise UsageError(f"unknown bpe {name!r}",
+                         f"use one of {', '.join(bpe_names())}, or {NO_BPE!r} for sentences that come already encoded")
+    unknown = sorted(set(options) - set(option_names(name)))
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not an option of bpe {name!r}",
+                         f"use its options: {', '.join(option_names(name))}")
 
 
 def _option_type(annotation) -> type:
@@ -56,9 +83,7 @@ def add_bpe_args(parser: argparse.ArgumentParser, name: str) -> None:
 
 def bpe_options(args: Namespace, name: str) -> Dict[str, object]:
     """The values in ``args`` of bpe ``name``'s own options (its fairseq dataclass fields), set ones only."""
-    config = REGISTRIES["bpe"]["dataclass_registry"].get(name)
-    fields = [f.name for f in dataclasses.fields(config) if not f.name.startswith("_")] if config else []
-    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    return {f: getattr(args, f) for f in option_names(name) if getattr(args, f, None) is not None}
 
 
 def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
@@ -74,6 +99,23 @@ def parse_with_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     if name in allowed:
         add_bpe_args(parser, name)
     return parser.parse_args(argv)
+
+
+def parse_with_optional_bpe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+                            default_help: str = "the one DATA/prepare.json records") -> Tuple[Namespace, Dict[str, object]]:
+    """Parse ``argv`` with an optional ``--bpe NAME`` (a registered bpe, or ``none`` for sentences
+    that come already encoded) and, when one is named, its own options; the parsed arguments and
+    the bpe's options that were set (what :func:`check_choice` and ``export.bpe_of`` take)."""
+    parser.add_argument("--bpe", choices=[*bpe_names(), NO_BPE],
+                        help=f"the bpe (default: {default_help}; {NO_BPE}: sentences come already encoded); "
+                             "--bpe NAME --help lists its options")
+    first = cli.ArgumentParser(add_help=False)
+    first.add_argument("--bpe")
+    name = first.parse_known_args(argv)[0].bpe
+    if name in bpe_names():
+        add_bpe_args(parser, name)
+    args = parser.parse_args(argv)
+    return args, bpe_options(args, name) if name in bpe_names() else {}
 
 
 def build(args: Namespace):

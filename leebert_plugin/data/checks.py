@@ -30,7 +30,7 @@ def check_split(data: str, split: str, regression: bool) -> None:
             f"split {split!r} is missing from {data!r} (no input0/{split}.bin/.idx; splits there: "
             f"{', '.join(present) or 'none'})",
             f"preprocess that split (fairseq-preprocess --{'valid' if split.startswith('valid') else split}pref ...) "
-            f"or name an existing one (--valid-subset / dataset.valid_subset)",
+            f"or name an existing one (--valid-subset or dataset.valid_subset; the scripts' --subset, --dev or --test)",
         )
     if os.path.getsize(prefix + ".bin") == 0:  # every sentence has at least its </s>
         raise UsageError(f"split {split!r} of {data!r} holds no sentences",
@@ -51,14 +51,20 @@ def label_count(data: str) -> int:
     return len(real_labels(Dictionary.load(os.path.join(data, "label", "dict.txt"))))
 
 
-def check_num_classes(num_classes: int, label_dict: Dictionary, data: str) -> None:
+def check_num_classes(num_classes: int, label_dict: Dictionary, data: str, from_checkpoint: bool = False) -> None:
+    """``num_classes`` against the data's labels. For a saved model (``from_checkpoint``) the count
+    is the checkpoint's, so the data is what is wrong: data of another task, or binarised with other
+    dictionaries; setting ``num_classes`` would not help."""
     labels = real_labels(label_dict)
-    if num_classes != len(labels):
-        raise UsageError(
-            f"num_classes={num_classes} but {os.path.join(data, 'label', 'dict.txt')} lists "
-            f"{len(labels)} labels ({', '.join(labels[:10])})",
-            f"set task.num_classes={len(labels)} (--num-classes {len(labels)})",
-        )
+    if num_classes == len(labels):
+        return
+    listed = f"{os.path.join(data, 'label', 'dict.txt')} lists {len(labels)} labels ({', '.join(labels[:10])})"
+    if from_checkpoint:
+        raise UsageError(f"the checkpoint was trained with {num_classes} classes but {listed}",
+                         "evaluate it on data of its own task, binarised with its training data's dictionaries "
+                         "(fairseq-preprocess --srcdict TRAIN-BIN/input0/dict.txt; the same for label)")
+    raise UsageError(f"num_classes={num_classes} but {listed}",
+                     f"set task.num_classes={len(labels)} (--num-classes {len(labels)})")
 
 
 def check_restore_file(restore_file: str, save_dir: str, world_size: int = 1, on_all_ranks: bool = True) -> None:

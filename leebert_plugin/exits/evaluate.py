@@ -21,9 +21,10 @@ import torch
 from fairseq import checkpoint_utils
 from torch import Tensor
 
+from leebert_plugin.errors import UsageError
 from leebert_plugin.devices import DeviceLike, Stopwatch, place, resolve_device, to_device
 from leebert_plugin.exits import glue_metrics
-from leebert_plugin.exits.flops import full_model_flops, sample_flops, unit_flops
+from leebert_plugin.exits.flops import full_model_flops, plain_flops, sample_flops, spent_flops, unit_flops
 from leebert_plugin.exits.policies import ExitPolicy
 
 
@@ -34,8 +35,39 @@ def load(checkpoint: Union[str, Path], data: Union[str, Path, None] = None,
     splits). The device is checked before the checkpoint is read, so a refused one costs nothing."""
     target = resolve_device(device)
     overrides = {"data": str(data)} if data else None
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides)
+    state = trained_state(checkpoint, overrides)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides,
+                                                                    state=state)
     return models[0].eval().to(target), task
+
+
+TASK = "early_exit_sentence_prediction"
+
+
+def trained_state(checkpoint: Union[str, Path], overrides: Optional[Dict] = None) -> Dict:
+    """The checkpoint's contents, refused in one line unless a fine-tuning run of :data:`TASK` (or of
+    a task derived from it) saved them: an encoder that ``convert_hf_bert.py`` wrote (task
+    ``masked_lm``) or another fairseq model would otherwise fail deep inside fairseq, while it sets
+    up a task whose data is not there."""
+    from fairseq.tasks import TASK_REGISTRY
+
+    from leebert_plugin.safe_loading import check_path
+    from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
+
+    if "://" not in str(checkpoint):  # a local path (fairseq's PathManager reads the others)
+        check_path(str(checkpoint))
+    try:  # fairseq's upgrade of the state assumes a training checkpoint: a flat tensor dict ends in KeyError
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), overrides)
+        name = getattr(state["cfg"].task, "_name", None)
+    except (KeyError, AttributeError, TypeError) as e:
+        raise UsageError(f"{checkpoint} is not a fairseq training checkpoint ({type(e).__name__} {e} reading it)",
+                         "pass checkpoint_best.pt or checkpoint_last.pt of a fine-tuning run; an export folder's "
+                         "model.pt loads with EarlyExitClassifier.from_pretrained(FOLDER)") from None
+    if not isinstance(TASK_REGISTRY.get(name), type) or not issubclass(TASK_REGISTRY[name], EarlyExitSentencePredictionTask):
+        raise UsageError(f"{checkpoint} was saved by task {name!r}, not by a fine-tuning run of {TASK}",
+                         f"pass checkpoint_best.pt or checkpoint_last.pt of a run trained with --user-dir user_dir "
+                         f"and task {TASK}; an encoder that convert_hf_bert.py wrote is fine-tuned first")
+    return state
 
 
 def batches(task, subset: str, batch_size: int) -> List[dict]:
@@ -264,8 +296,8 @@ def flops_speedup(t: ExitTrace, exit_at: Tensor) -> float:
     if t.layer_flops is None or t.exit_flops is None:
         raise ValueError("this trace has no FLOPs units (layer_flops, exit_flops): make it with trace()")
     layers = torch.tensor(t.exit_layers)[exit_at]
-    full = t.num_layers * t.layer_flops + t.exit_flops
-    ran = layers * t.layer_flops + (exit_at + 1) * t.exit_flops
+    full = plain_flops(t.layer_flops, t.exit_flops, t.num_layers)
+    ran = spent_flops(t.layer_flops, t.exit_flops, layers, exit_at + 1)
     return float(full.sum()) / float(ran.sum())
 
 

@@ -1,10 +1,9 @@
-"""Pareto fronts of (speed-up, metric) points, and the metric at a target speed-up.
+"""Pareto fronts of (speed-up, metric) points, and the best point at a target speed-up.
 
-Thresholds are chosen on dev only: the front and the interpolation weights come from dev
-points; the same weights applied to the matching test points give the test figure.
+Thresholds are chosen on dev only: the front and the choice come from dev points; the test
+figures of the point chosen are then read as they are.
 """
-import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 def front(points: Sequence[Dict], x: str = "dev_speedup", y: str = "dev_metric") -> List[Dict]:
@@ -16,18 +15,10 @@ def front(points: Sequence[Dict], x: str = "dev_speedup", y: str = "dev_metric")
     return best[::-1]
 
 
-def at_speedup(points: Sequence[Dict], target: float, x: str = "dev_speedup",
-               carry: Sequence[str] = ("test_metric", "test_speedup", "dev_metric")) -> Dict[str, float]:
-    """Interpolate linearly between the two dev-front points around ``target``; the ``carry`` keys
-    (test figures) get the same weights. Below the front's slowest point, that point itself (it is
-    faster than asked and at least as good). NaN when the front does not reach ``target``."""
-    pts = front(points, x=x)
-    if not pts or target > pts[-1][x] + 1e-12:
-        return {k: math.nan for k in carry}
-    if target <= pts[0][x]:
-        return {k: pts[0][k] for k in carry}
-    for a, b in zip(pts, pts[1:] + pts[-1:]):
-        if a[x] - 1e-12 <= target <= b[x] + 1e-12:
-            w = 0.0 if b[x] == a[x] else (target - a[x]) / (b[x] - a[x])
-            return {k: (1 - w) * a[k] + w * b[k] for k in carry}
-    return {k: math.nan for k in carry}
+def best_at(points: Sequence[Dict], target: float, x: str, y: str, tolerance: float = 1e-9) -> Optional[int]:
+    """Index of the point with the highest ``y`` among those whose ``x`` (a speed-up) is at least
+    ``target`` (ties: the faster); None when no point is that fast. A real point, never an
+    interpolation between two: a threshold one can deploy. Both the sweep's choice and the
+    benchmark's use it, each on its dev figures."""
+    candidates = [i for i, p in enumerate(points) if p[x] >= target - tolerance]
+    return max(candidates, key=lambda i: (points[i][y], points[i][x])) if candidates else None

@@ -241,16 +241,16 @@ def build_policy(
     if name not in POLICY_REGISTRY:
         raise UsageError(
             f"unknown exit policy {name!r}",
-            f"use one of {', '.join(sorted(POLICY_REGISTRY))} (--exit-policy / task.exit_policy)",
+            f"use one of {', '.join(sorted(POLICY_REGISTRY))} (--exit-policy or task.exit_policy; the scripts' --policy; exit_policy= in Python)",
         )
     if patience < 1:
-        raise UsageError(f"patience={patience} is below 1", "set --exit-patience (task.exit_patience) to 1 or more")
+        raise UsageError(f"patience={patience} is below 1", "set --exit-patience or task.exit_patience (patience= in Python) to 1 or more")
     target = "regression" if num_classes < 2 else "classification"
     if target not in POLICY_REGISTRY[name].targets:
         fits = sorted(n for n, cls in POLICY_REGISTRY.items() if target in cls.targets)
         raise UsageError(
             f"exit policy {name!r} does not apply to a {target} task (num_classes={num_classes})",
-            f"use one of {', '.join(fits)} for {target} (--exit-policy / task.exit_policy)",
+            f"use one of {', '.join(fits)} for {target} (--exit-policy or task.exit_policy; the scripts' --policy; exit_policy= in Python)",
         )
     policy = POLICY_REGISTRY[name](num_classes, threshold, patience, thresholds)
     low_high = policy.threshold_range()
@@ -271,7 +271,8 @@ def build_policy(
         if threshold is None:
             raise UsageError(
                 f"exit policy {name!r} needs a threshold",
-                f"pass --exit-threshold with a value in [{low:g}, {high:.4g}]",
+                f"pass a threshold in [{low:g}, {high:.4g}] (--exit-threshold or task.exit_threshold; the scripts' "
+                f"--threshold or --thresholds; threshold= in Python)",
             )
         if not (low <= threshold <= high) or math.isnan(threshold):
             raise UsageError(

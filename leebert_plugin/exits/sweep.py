@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
+from leebert_plugin.exits.pareto import best_at
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
 
@@ -38,9 +39,11 @@ class Sweep:
 
 
 def choose(rows: Sequence[Dict], full: Dict, target_speedup: Optional[float], max_drop: Optional[float]) -> Optional[Dict]:
+    """The dev row chosen: the most accurate at ``target_speedup`` or faster (ties: the faster),
+    else the fastest within ``max_drop`` accuracy points of full depth (ties: the more accurate)."""
     if target_speedup is not None:
-        ok = [r for r in rows if r["layer_speedup"] >= target_speedup]
-        return max(ok, key=lambda r: (r["accuracy"], r["layer_speedup"])) if ok else None
+        best = best_at(rows, target_speedup, "layer_speedup", "accuracy")
+        return None if best is None else rows[best]
     ok = [r for r in rows if r["accuracy"] >= full["accuracy"] - max_drop]
     return max(ok, key=lambda r: (r["layer_speedup"], r["accuracy"])) if ok else None
 

@@ -18,6 +18,7 @@ import torch
 
 from leebert_plugin.devices import fairseq_device_args, fairseq_env
 from leebert_plugin.errors import UsageError, usage_error_line
+from leebert_plugin.exits.evaluate import trained_state
 from leebert_plugin.launch import ROOT, json_records
 
 
@@ -66,8 +67,7 @@ def threshold_table(ckpt: Path, data: Path, policy: str, thresholds: Sequence[Op
                     batch_size: int = 32, patience: int = 1, device: torch.device = torch.device("cpu")) -> str:
     """:func:`table` of ``ckpt`` validated at each of ``thresholds`` (empty: the policy's default),
     under a heading that names the policy, subset, batch size and device."""
-    if not Path(ckpt).is_file():
-        raise UsageError(f"checkpoint {ckpt} does not exist", "pass the path of a checkpoint_*.pt file")
+    trained_state(ckpt)  # a missing file, a folder, or another task's checkpoint: one line before fairseq runs
     thresholds = list(thresholds) or [None]
     rows = [validate(ckpt, data, policy, t, subset, batch_size, patience, device) for t in thresholds]
     return f"policy {policy} on '{subset}', batch size {batch_size}, device {device}\n" + table(rows, thresholds)

@@ -318,6 +318,19 @@ def exit_bert_tiny_architecture(args):
     exit_bert_base_architecture(args)
 
 
+def arch_layers(arch: str) -> int:
+    """The encoder depth that architecture ``arch`` of ``exit_roberta`` sets (its registered
+    defaults applied to empty settings): what a run of it builds, without building it."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY
+
+    if ARCH_MODEL_NAME_REGISTRY.get(arch) != "exit_roberta":
+        names = sorted(a for a, m in ARCH_MODEL_NAME_REGISTRY.items() if m == "exit_roberta")
+        raise UsageError(f"{arch!r} is not an architecture of the exit_roberta model", f"use one of {', '.join(names)}")
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY[arch](args)
+    return int(args.encoder_layers)
+
+
 class _DictionaryOnly:
     """What ``build_model`` reads of a task: its dictionary."""
 

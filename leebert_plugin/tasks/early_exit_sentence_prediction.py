@@ -73,6 +73,9 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
         default="", metadata={"help": "checkpoint stage 2 starts from (default: SAVE_DIR/checkpoint_best.pt, "
                                       "kept as checkpoint_stage1_best.pt)"}
     )
+    # Read from other config groups. No help metadata on these: fairseq adds a field whose default is
+    # an interpolation to argparse when it has help, a second --max-epoch etc. whose default (None)
+    # would replace the owning group's (fairseq/dataclass/utils.py, gen_parser_from_dataclass).
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     load_checkpoint_on_all_dp_ranks: bool = II("checkpoint.load_checkpoint_on_all_dp_ranks")
@@ -133,7 +136,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)
         if not cfg.regression_target:
-            checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data)
+            checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data, kwargs.get("from_checkpoint", False))
         return task
 
     def build_model(self, cfg, from_checkpoint=False):
@@ -380,13 +383,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         for layer in model.exit_layers:
             logging_output[f"exit_L{layer}"] = (exit_layer == layer).sum()
         return loss, sample_size, logging_output
-
-    @classmethod
-    def logging_outputs_can_be_summed(cls, criterion) -> bool:
-        """Regression validation logs its predictions as lists (Spearman's ranks): gather them
-        across workers instead of summing (training stays on the summing fast path)."""
-        gathers = getattr(criterion, "regression_target", False) and not criterion.training
-        return criterion.logging_outputs_can_be_summed() and not gathers
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
