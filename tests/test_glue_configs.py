@@ -6,14 +6,21 @@ import yaml
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, json_records, run
+from leebert_plugin.glue_configs import names, write_or_check
 
 GLUE = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if not p.name.startswith("mr_")]
 DEMO = sorted((ROOT / "configs").glob("mr_*.yaml"))
 
 
-def test_committed_configs_match_the_generator():
+def test_committed_configs_match_the_generator(tmp_path):
     proc = run([str(BIN / "python"), "scripts/make_glue_configs.py", "--check"])
     assert proc.returncode == 0, proc.stderr
+    for path in GLUE:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "rte_leebert.yaml").write_text((tmp_path / "rte_leebert.yaml").read_text().replace("w_lr: 0.003", "w_lr: 0.1"))
+    (tmp_path / "wnli_deebert.yaml").unlink()
+    assert write_or_check(tmp_path, check=True) == ["rte_leebert.yaml", "wnli_deebert.yaml"]  # hand edits are caught
+    assert len(GLUE) == len(list(names())) == 34  # 9 tasks x 4 methods, no two-stage STS-B
 
 
 def test_glue_configs_train_where_fairseq_finds_and_only_the_demos_force_the_cpu():
