@@ -7,6 +7,7 @@ plus the optimizer step, on one fixed random batch. :func:`interleaved_updates` 
 in rounds, one after another within a round, so that a slow spell of the machine falls on each;
 :func:`meta_split` separates clo's updates that carry a meta step from those that do not.
 """
+import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -16,6 +17,8 @@ from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
 
+from leebert_plugin.criterions.leebert import LeeBertConfig
+from leebert_plugin.criterions.multi_exit import MultiExitConfig
 from leebert_plugin.devices import seconds, to_device
 from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
 from leebert_plugin.data.synthetic import word_dictionary
@@ -107,3 +110,36 @@ def meta_split(times: Sequence[float], per_round: int, interval: int) -> Tuple[L
     meta = [t for i, t in enumerate(times) if i % per_round % interval == 0]
     rest = [t for i, t in enumerate(times) if i % per_round % interval != 0]
     return meta, rest
+
+
+def compare(layers: int, dim: int, ffn: int, heads: int, batch: int, length: int, updates: int, rounds: int,
+            interval: int, mode: str, device: torch.device) -> str:
+    """``scripts/bench_clo.py``'s report: multi_exit + adam, LeeBERT with fixed weights + adam and
+    LeeBERT + clo (``mode``, a meta step every ``interval`` updates) on one fixed batch, about
+    ``updates`` each in ``rounds`` interleaved rounds (whole meta intervals per round); the mean and
+    median ms per update, the ratio of means to multi_exit + adam, and clo's updates with a meta
+    step apart from those without."""
+    size = dict(layers=layers, dim=dim, ffn=ffn, heads=heads, device=device)
+    clo_name = f"leebert + clo ({mode}, every {interval})"
+    steps = {
+        "multi_exit + adam": build_step(criterion_cfg=MultiExitConfig(_name="multi_exit"), optimizer="adam", **size),
+        "leebert (fixed weights) + adam": build_step(
+            criterion_cfg=LeeBertConfig(_name="leebert", learn_weights=False), optimizer="adam", **size),
+        clo_name: build_step(criterion_cfg=LeeBertConfig(_name="leebert"), optimizer="clo", mode=mode,
+                             interval=interval, **size),
+    }
+    per_round = max(interval, updates // rounds // interval * interval)
+    sample = fixed_batch(steps[clo_name].model.encoder.dictionary, batch, length, device)
+    times = interleaved_updates(steps, sample, rounds, per_round, device)
+    base = statistics.mean(times["multi_exit + adam"])
+    lines = [f"model: {layers} layers, dim {dim}, ffn {ffn}; batch {batch} x {length} tokens; "
+             f"{len(times[clo_name])} updates per variant; device {device}; torch threads {torch.get_num_threads()}",
+             f"{'variant':44} {'mean ms/update':>15} {'median ms':>10} {'ratio (mean)':>13}"]
+    for name, t in times.items():
+        mean = statistics.mean(t)
+        lines.append(f"{name:44} {1000 * mean:15.1f} {1000 * statistics.median(t):10.1f} {mean / base:13.2f}")
+    meta, rest = meta_split(times[clo_name], per_round, interval)
+    without = f"{1000 * statistics.mean(rest):.1f} ms" if rest else "none (--interval 1: every update has one)"
+    lines.append(f"clo updates with a meta step: {1000 * statistics.mean(meta):.1f} ms; without: {without}; "
+                 f"an update with a meta step costs {statistics.mean(meta) / base:.2f} plain updates")
+    return "\n".join(lines)

@@ -7,9 +7,11 @@ Batch 1 gives the latency of one sentence; larger batches the throughput.
 """
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from leebert_plugin.devices import Stopwatch
+from leebert_plugin.errors import UsageError
 
 
 @dataclass
@@ -49,3 +51,12 @@ def table(figures: Sequence[ServingFigures], layers: int) -> str:
         lines.append(f"| {f.batch_size} | {full:.2f} | {1000 / full:.0f} | {early:.2f} | {1000 / early:.0f} | "
                      f"{f.mean_layers:.2f} of {layers} | {full / early:.2f}x |")
     return "\n".join(lines)
+
+
+def read_sentences(path: Path, header: bool, samples: int) -> List[str]:
+    """The first ``samples`` sentences of a text file, one a line (a TSV: its first column),
+    skipping a header line with ``header`` and blank lines."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path} does not exist", "pass a text file with one sentence a line")
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[1 if header else 0:]
+    return [line.split("\t")[0] for line in lines if line.strip()][:samples]

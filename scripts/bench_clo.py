@@ -12,15 +12,12 @@ Runs on ``--device`` (default: CUDA if available, else the CPU); each update's t
 the GPU's queued kernels finish (``leebert_plugin.devices.Stopwatch``).
 """
 import argparse
-import statistics
 
 import torch
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
-from leebert_plugin.clo_bench import build_step, fixed_batch, interleaved_updates, meta_split
-from leebert_plugin.criterions.leebert import LeeBertConfig
-from leebert_plugin.criterions.multi_exit import MultiExitConfig
+from leebert_plugin.clo_bench import compare
 from leebert_plugin.devices import add_device_argument, resolve_device
 
 
@@ -42,29 +39,8 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = dict(layers=args.layers, dim=args.dim, ffn=args.ffn, heads=args.heads, device=device)
-    clo_name = f"leebert + clo ({args.mode}, every {args.interval})"
-    steps = {
-        "multi_exit + adam": build_step(criterion_cfg=MultiExitConfig(_name="multi_exit"), optimizer="adam", **size),
-        "leebert (fixed weights) + adam": build_step(
-            criterion_cfg=LeeBertConfig(_name="leebert", learn_weights=False), optimizer="adam", **size),
-        clo_name: build_step(criterion_cfg=LeeBertConfig(_name="leebert"), optimizer="clo", mode=args.mode,
-                             interval=args.interval, **size),
-    }
-    per_round = max(args.interval, args.updates // args.rounds // args.interval * args.interval)
-    sample = fixed_batch(steps[clo_name].model.encoder.dictionary, args.batch, args.length, device)
-    times = interleaved_updates(steps, sample, args.rounds, per_round, device)
-    base = statistics.mean(times["multi_exit + adam"])
-    print(f"model: {args.layers} layers, dim {args.dim}, ffn {args.ffn}; batch {args.batch} x {args.length} tokens; "
-          f"{len(times[clo_name])} updates per variant; device {device}; torch threads {torch.get_num_threads()}")
-    print(f"{'variant':44} {'mean ms/update':>15} {'median ms':>10} {'ratio (mean)':>13}")
-    for name, t in times.items():
-        mean = statistics.mean(t)
-        print(f"{name:44} {1000 * mean:15.1f} {1000 * statistics.median(t):10.1f} {mean / base:13.2f}")
-    meta, rest = meta_split(times[clo_name], per_round, args.interval)
-    without = f"{1000 * statistics.mean(rest):.1f} ms" if rest else "none (--interval 1: every update has one)"
-    print(f"clo updates with a meta step: {1000 * statistics.mean(meta):.1f} ms; without: {without}; "
-          f"an update with a meta step costs {statistics.mean(meta) / base:.2f} plain updates")
+    print(compare(args.layers, args.dim, args.ffn, args.heads, args.batch, args.length, args.updates, args.rounds,
+                  args.interval, args.mode, device))
 
 
 if __name__ == "__main__":

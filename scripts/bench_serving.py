@@ -15,9 +15,8 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.data.bpe_encode import parse_with_optional_bpe
 from leebert_plugin.devices import add_device_argument
-from leebert_plugin.errors import UsageError
 from leebert_plugin.hub import EarlyExitClassifier
-from leebert_plugin.serving_bench import measure, table
+from leebert_plugin.serving_bench import measure, read_sentences, table
 
 
 def main() -> None:
@@ -35,10 +34,7 @@ def main() -> None:
     p.add_argument("--rounds", type=cli.number(int, low=1), default=5)
     add_device_argument(p)
     args, bpe_options = parse_with_optional_bpe(p, default_help="an export's own, or the one DATA/prepare.json records")
-    if not args.text.is_file():
-        raise UsageError(f"{args.text} does not exist", "pass a text file with one sentence a line")
-    lines = args.text.read_text(encoding="utf-8").splitlines()[1 if args.header else 0:]
-    sentences = [line.split("\t")[0] for line in lines if line.strip()][:args.samples]
+    sentences = read_sentences(args.text, args.header, args.samples)
     clf = EarlyExitClassifier.from_pretrained(args.model, data=args.data, bpe=args.bpe, device=args.device, **bpe_options)
     figures = [measure(clf, sentences, b, args.policy, args.threshold, args.patience, args.rounds) for b in args.batch_sizes]
     print(f"{len(sentences)} sentences of {args.text}, {args.policy} threshold {args.threshold}, device {clf.device}, "

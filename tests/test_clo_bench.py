@@ -39,3 +39,16 @@ def test_every_variant_trains_and_meta_split_names_the_updates_with_a_meta_step(
     assert numbers == [8, 0, 2, 4, 6]
     meta, rest = meta_split(list(range(8)), per_round=4, interval=2)  # the timed updates' positions
     assert meta == numbers[1:] and rest == [1, 3, 5, 7]
+
+
+def test_the_report_prices_each_variant_against_multi_exit():
+    from leebert_plugin.clo_bench import compare
+
+    text = compare(layers=2, dim=32, ffn=64, heads=2, batch=4, length=8, updates=4, rounds=2, interval=2,
+                   mode="clo", device=torch.device("cpu"))
+    lines = text.splitlines()
+    assert lines[0].startswith("model: 2 layers, dim 32") and "4 updates per variant" in lines[0]
+    rows = {line[:44].strip(): line.split() for line in lines[2:5]}
+    assert list(rows) == ["multi_exit + adam", "leebert (fixed weights) + adam", "leebert + clo (clo, every 2)"]
+    assert rows["multi_exit + adam"][-1] == "1.00"  # the base of the ratios
+    assert lines[5].startswith("clo updates with a meta step:") and "without: " in lines[5]

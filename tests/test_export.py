@@ -115,3 +115,14 @@ def test_serving_figures_time_both_modes_on_the_same_sentences(exported):
     assert figures.mean_layers == 1.0 and set(figures.ms_per_sentence) == {"full depth", "early exit"}
     assert all(ms > 0 for ms in figures.ms_per_sentence.values())
     assert "| 4 |" in table([figures], clf.model.num_layers) and "1.00 of 4" in table([figures], clf.model.num_layers)
+
+
+def test_serving_reads_a_tsvs_first_column_without_header_or_blank_lines(tmp_path):
+    from leebert_plugin.serving_bench import read_sentences
+
+    text = tmp_path / "test.tsv"
+    text.write_text("sentence\tlabel\nA gem.\t1\n\nDull.\t0\nFine.\t1\n")
+    assert read_sentences(text, header=True, samples=2) == ["A gem.", "Dull."]
+    assert read_sentences(text, header=False, samples=9)[0] == "sentence"
+    with pytest.raises(UsageError, match="absent.txt does not exist"):
+        read_sentences(tmp_path / "absent.txt", header=False, samples=1)
