@@ -23,6 +23,7 @@ of the forward does not shrink with the layers (the embedding, a batch's fixed c
 batch runs its layers less efficiently: a target for ``wall / layer`` above the bound cannot be met
 by any loop on that machine.
 """
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -78,6 +79,42 @@ def assigned_plan(model: ExitRobertaModel, samples: int, min_len: int, max_len: 
                 for t in tokens]
 
     return plan
+
+
+Setup = Tuple[ExitRobertaModel, str, Callable[[int], Plan], str]  # model, head, plan(bsz), what was measured
+
+
+def synthetic_setup(layers: int, dim: int, ffn: int, heads: int, exit_head: str, samples: int, min_len: int,
+                    max_len: int, exit_probs: Sequence[float], device: torch.device) -> Setup:
+    """A random-weight model, random sentences and assigned exits (:func:`assigned_plan`), on ``device``."""
+    model = random_model(layers, dim, ffn, heads, exit_head).to(device)
+    plan = assigned_plan(model, samples, min_len, max_len, exit_probs, device)
+    about = (f"random weights: {layers} layers, dim {dim}, ffn {ffn}, {exit_head} exits; "
+             f"{samples} sentences of {min_len}-{max_len} tokens, assigned exits")
+    return model, HEAD, plan, about
+
+
+def checkpoint_setup(checkpoint: str, data: str, subset: str, samples: int, policy_name: str,
+                     threshold: Optional[float], patience: int, device: torch.device) -> Setup:
+    """A trained checkpoint, the first ``samples`` sentences of a real split in fairseq's batch
+    order, and the model's own exit policy, on ``device``."""
+    from leebert_plugin.exits.evaluate import batches, load
+
+    model, task = load(checkpoint, data, device)
+    head = task.cfg.classification_head_name
+    policy = build_policy(policy_name, model.exit_heads[head].num_classes, threshold, patience)
+
+    def plan(bsz: int) -> Plan:
+        split = batches(task, subset, bsz)[: math.ceil(samples / bsz)]
+        return [(s["net_input"]["src_tokens"].to(device), policy) for s in split]
+
+    task.load_dataset(subset)
+    n = min(samples, len(task.dataset(subset)))
+    about = (f"{checkpoint} ({model.num_layers} layers), {subset} of {data}, first {n} "
+             f"sentences; policy {policy_name} threshold {threshold} patience {patience}")
+    if model.skip_gates is not None:
+        about += "; skip gates: 'all exits' skips layers too, so 'heads %' is not the heads' cost alone"
+    return model, head, plan, about
 
 
 @dataclass

@@ -16,44 +16,13 @@ Everything runs on ``--device`` (default: CUDA if available, else the CPU); ever
 for the GPU's queued kernels (``leebert_plugin.devices.Stopwatch``).
 """
 import argparse
-import math
 
 import torch
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.devices import add_device_argument, resolve_device
-from leebert_plugin.exits.evaluate import batches, load
-from leebert_plugin.exits.policies import build_policy
-from leebert_plugin.speed_bench import HEAD, SpeedRow, assigned_plan, measure, random_model
-
-
-def synthetic(args):
-    """A random-weight model, random sentences and assigned exits, on ``args.device``."""
-    model = random_model(args.layers, args.dim, args.ffn, args.heads, args.exit_head).to(args.device)
-    plan = assigned_plan(model, args.samples, args.min_len, args.max_len, args.exit_probs, args.device)
-    about = (f"random weights: {args.layers} layers, dim {args.dim}, ffn {args.ffn}, {args.exit_head} exits; "
-             f"{args.samples} sentences of {args.min_len}-{args.max_len} tokens, assigned exits")
-    return model, HEAD, plan, about
-
-
-def trained(args):
-    """A trained checkpoint, a real split and the model's own exit policy, on ``args.device``."""
-    model, task = load(args.checkpoint, args.data, args.device)
-    head = task.cfg.classification_head_name
-    policy = build_policy(args.policy, model.exit_heads[head].num_classes, args.threshold, args.exit_patience)
-
-    def plan(bsz: int):
-        data = batches(task, args.subset, bsz)[: math.ceil(args.samples / bsz)]
-        return [(s["net_input"]["src_tokens"].to(args.device), policy) for s in data]
-
-    task.load_dataset(args.subset)
-    n = min(args.samples, len(task.dataset(args.subset)))
-    about = (f"{args.checkpoint} ({model.num_layers} layers), {args.subset} of {args.data}, first {n} "
-             f"sentences; policy {args.policy} threshold {args.threshold} patience {args.exit_patience}")
-    if model.skip_gates is not None:
-        about += "; skip gates: 'all exits' skips layers too, so 'heads %' is not the heads' cost alone"
-    return model, head, plan, about
+from leebert_plugin.speed_bench import SpeedRow, checkpoint_setup, measure, synthetic_setup
 
 
 def main():
@@ -89,7 +58,13 @@ def main():
         p.error(f"--max-len {args.max_len} is below --min-len {args.min_len}")
     if args.exit_probs and args.checkpoint:
         p.error("--exit-probs imposes exits on a random model; with --checkpoint the model's policy decides them")
-    model, head, plan, about = trained(args) if args.checkpoint else synthetic(args)
+    if args.checkpoint:
+        model, head, plan, about = checkpoint_setup(args.checkpoint, args.data, args.subset, args.samples, args.policy,
+                                                    args.threshold, args.exit_patience, args.device)
+    else:
+        model, head, plan, about = synthetic_setup(args.layers, args.dim, args.ffn, args.heads, args.exit_head,
+                                                   args.samples, args.min_len, args.max_len, args.exit_probs,
+                                                   args.device)
     print(f"{about}; median of {args.repeats}; device {args.device}; torch threads {torch.get_num_threads()}")
     print(SpeedRow.HEADER)
     for bsz in args.batch_sizes:

@@ -1,4 +1,4 @@
-"""The wall-clock benchmark's logic (leebert_plugin.speed_bench) on tiny random models."""
+"""The wall-clock benchmark's logic (leebert_plugin.speed_bench) on tiny random models and the trained fixture."""
 import pytest
 import torch
 
@@ -100,3 +100,14 @@ def test_measure_prices_the_bound_without_gates_only(model):
     gated = tiny_model(num_classes=2, skip_gates=True)
     work = assigned_plan(gated, samples=2, min_len=3, max_len=6, exit_probs=[], device=CPU)(2)
     assert measure(gated, HEAD, work, repeats=1, device=CPU).bound_per_layer is None
+
+
+def test_a_trained_checkpoint_is_timed_on_its_splits_first_sentences_under_its_own_policy(trained, mr_bin):
+    model, head, plan, about = speed_bench.checkpoint_setup(str(trained / "checkpoint_best.pt"), str(mr_bin), "valid",
+                                                            10, "normalized_entropy", 0.5, 1, CPU)
+    work = plan(4)
+    assert [t.size(0) for t, _ in work] == [4, 4, 4]  # whole batches covering the first 10 sentences
+    assert all(p.name == "normalized_entropy" and p.threshold == 0.5 for _, p in work)
+    assert "first 10 sentences" in about and f"valid of {mr_bin}" in about
+    row = measure(model, head, work, 1, CPU)
+    assert row.batch_size == 4 and 1.0 <= row.layer_x <= model.num_layers
