@@ -13,7 +13,7 @@ a sample whose gate says skip (g >= skip_threshold) keeps its state and gets no 
 layer; the layer runs on the other samples only.
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -231,44 +231,104 @@ def early_exit_pass(
     skip_threshold: float = 0.5,
 ) -> ExitOutput:
     """Inference: after each exit the policy marks the confident samples done; their logits go to
-    their slots and the remaining layers run on the other samples only. A sample whose gate says
-    skip keeps its state and gets no exit check at that layer.
+    their slots and the remaining layers run on the other samples only. With gates, a sample whose
+    gate says skip keeps its state and gets no exit check at that layer (:func:`_gated_pass`; the
+    loop without gates, :func:`_plain_pass`, has none of that bookkeeping).
 
     Host syncs: one per forward (is there padding at all), one per exit but the last (who leaves,
-    how long the rest still are, whether they still have padding: :func:`_census`) and one per
-    gated layer (who runs it). Rows are then picked with integer indices (a stable sort puts the
+    how long the rest still are, whether they still have padding: :func:`_census`) and, with gates,
+    one per layer (who runs it). Rows are then picked with integer indices (a stable sort puts the
     kept rows first, in their order, so results do not change), which need none. Per-sample
     counters are not updated layer by layer: they follow from the exit layer and the skips,
     written once when a sample leaves, at the cost of no torch call per layer.
     """
     policy.check_model(len(exit_layers), gates is not None)
-    num_layers = len(encoder.layers)
     exit_index = {layer: k for k, layer in enumerate(exit_layers)}
+    if gates is None:
+        return _plain_pass(encoder, heads, exit_index, src_tokens, policy)
+    return _gated_pass(encoder, heads, exit_index, src_tokens, policy, gates, skip_threshold)
+
+
+def _start(encoder: nn.Module, src_tokens: Tensor, policy: ExitPolicy, gated: bool) -> Tuple[ExitOutput, _Running]:
+    """The output record and every sample running, embedded; with gates, the per-sample tally of
+    skipped layers and missed checks (in the output's ``layers_skipped`` row order, ``2 x B``)."""
     x, padding_mask = embed(encoder, src_tokens)
     bsz, device = src_tokens.size(0), src_tokens.device
-    out = _new_output(x, padding_mask, num_layers)
-    # layers skipped and exit checks missed, per sample (only gates skip)
-    tally = torch.zeros(2, bsz, dtype=torch.long, device=device) if gates is not None else None
+    out = _new_output(x, padding_mask, len(encoder.layers))
+    tally = torch.zeros(2, bsz, dtype=torch.long, device=device) if gated else None
     run = _Running(slot=torch.arange(bsz, device=device), x=x, pad=padding_mask, pad_arg=_mask_or_none(padding_mask),
                    span=token_span(padding_mask) if bsz > 1 else None, state=policy.init_state(bsz, device),
-                   tally=None if tally is None else tally.clone())
-    n, first_check = bsz, True  # rows still running; no exit checked yet
+                   tally=tally)
+    return out, run
+
+
+def _after_check(out: ExitOutput, tally: Optional[Tensor], run: _Running, n: int, logits: Tensor,
+                 done: Optional[Tensor], layer_no: int, exits_passed: int) -> Tuple[_Running, int]:
+    """The rows ``done`` marks (None: all of them, at the last layer) leave with their ``logits``;
+    the others go on, trimmed to the length they still need. The running rows and their count
+    (0: nobody is left)."""
+    if out.logits.numel() == 0:  # the first check: now the number of classes is known
+        out.logits = logits.new_zeros(out.exit_layer.size(0), logits.size(-1))
+    if done is None:
+        _leave(out, tally, run, None, logits, layer_no, exits_passed)
+        return run, 0
+    n_done, length, first_pad = _census(done, run.span)
+    if not n_done:
+        return run, n
+    n_keep = n - n_done
+    if not n_keep:
+        _leave(out, tally, run, None, logits, layer_no, exits_passed)
+        return run, 0
+    order = torch.argsort(done, stable=True)  # kept rows first, each group in its order
+    _leave(out, tally, run, order[n_keep:], logits, layer_no, exits_passed)
+    return run.select(order[:n_keep], length, first_pad < length), n_keep
+
+
+def _plain_pass(encoder: nn.Module, heads: nn.Module, exit_index: Dict[int, int], src_tokens: Tensor,
+                policy: ExitPolicy) -> ExitOutput:
+    """Early exit without gates: every running row runs every layer and every exit check."""
+    num_layers = len(encoder.layers)
+    out, run = _start(encoder, src_tokens, policy, gated=False)
+    n = src_tokens.size(0)
+    for i in range(num_layers):
+        run.x = encoder.layers[i](run.x, encoder_padding_mask=run.pad_arg)
+        k = exit_index.get(i + 1)
+        if k is None:
+            continue
+        logits = heads(k, normed(encoder, run.x), run.pad_arg)
+        done = None
+        if i + 1 < num_layers:
+            done, run.state = policy.step(logits, run.state)
+        run, n = _after_check(out, None, run, n, logits, done, i + 1, k + 1)
+        if not n:
+            break
+    out.layers_run = out.exit_layer.clone()  # nothing skipped: every layer up to the exit ran
+    return out
+
+
+def _gated_pass(encoder: nn.Module, heads: nn.Module, exit_index: Dict[int, int], src_tokens: Tensor,
+                policy: ExitPolicy, gates: nn.Module, skip_threshold: float) -> ExitOutput:
+    """Early exit with skip gates: before each layer, the rows whose gate says skip keep their
+    state, and at an exit layer get no check (the policy's state of theirs is kept as it was)."""
+    num_layers = len(encoder.layers)
+    out, run = _start(encoder, src_tokens, policy, gated=True)
+    tally = run.tally.clone()  # the record of the rows that left; run.tally travels with the running rows
+    n = src_tokens.size(0)
     for i in range(num_layers):
         layer_no = i + 1
         k = exit_index.get(layer_no)
-        ran, n_run = None, n  # rows that run this layer (None: all) and how many
-        if gates is not None:
-            skip = ~(gates(i, run.x, run.pad_arg) < skip_threshold)
-            n_skip, _, first_pad = _census(skip, run.span)
-            out.skipped_per_layer[i] = n_skip
-            n_run = n - n_skip
-            if n_skip:
-                if k is not None and layer_no < num_layers:  # a skipped exit layer: no check there
-                    run.tally += skip
-                else:
-                    run.tally[0].add_(skip)
-                ran = torch.argsort(skip, stable=True)[:n_run]  # the running rows, in order
-                sub_pad = run.pad.index_select(0, ran) if first_pad < run.x.size(0) else None
+        skip = ~(gates(i, run.x, run.pad_arg) < skip_threshold)
+        n_skip, _, first_pad = _census(skip, run.span)
+        out.skipped_per_layer[i] = n_skip
+        n_run = n - n_skip
+        ran = None  # the rows that run this layer, when some skip it
+        if n_skip:
+            if k is not None and layer_no < num_layers:  # a skipped exit layer: no check there
+                run.tally += skip
+            else:
+                run.tally[0].add_(skip)
+            ran = torch.argsort(skip, stable=True)[:n_run]  # the running rows, in order
+            sub_pad = run.pad.index_select(0, ran) if first_pad < run.x.size(0) else None
         if ran is None:
             run.x = encoder.layers[i](run.x, encoder_padding_mask=run.pad_arg)
         elif n_run:
@@ -280,30 +340,16 @@ def early_exit_pass(
         else:  # only the rows that ran this layer get an exit check
             sub_logits = heads(k, normed(encoder, run.x.index_select(1, ran)), sub_pad)
             logits = sub_logits.new_zeros(n, sub_logits.size(-1)).index_copy(0, ran, sub_logits)
-        if first_check:
-            out.logits, first_check = logits.new_zeros(bsz, logits.size(-1)), False
-        if layer_no == num_layers:  # everyone left leaves here, skipped or not
-            n_keep = 0
-        else:
-            if ran is None:
-                done, run.state = policy.step(logits, run.state)
-            else:
-                sub_done, sub_state = policy.step(sub_logits, {name: v.index_select(0, ran) for name, v in run.state.items()})
-                run.state = {name: v.index_copy(0, ran, sub_state[name]) for name, v in run.state.items()}
-                done = sub_done.new_zeros(n).index_copy(0, ran, sub_done)
-            n_done, length, first_pad = _census(done, run.span)
-            if not n_done:
-                continue
-            n_keep = n - n_done
-        if not n_keep:
-            _leave(out, tally, run, None, logits, layer_no, k + 1)
+        done = None  # at the last layer everyone left leaves, skipped or not
+        if layer_no < num_layers and ran is None:
+            done, run.state = policy.step(logits, run.state)
+        elif layer_no < num_layers:
+            sub_done, sub_state = policy.step(sub_logits, {name: v.index_select(0, ran) for name, v in run.state.items()})
+            run.state = {name: v.index_copy(0, ran, sub_state[name]) for name, v in run.state.items()}
+            done = sub_done.new_zeros(n).index_copy(0, ran, sub_done)
+        run, n = _after_check(out, tally, run, n, logits, done, layer_no, k + 1)
+        if not n:
             break
-        order = torch.argsort(done, stable=True)  # kept rows first, each group in its order
-        _leave(out, tally, run, order[n_keep:], logits, layer_no, k + 1)
-        run, n = run.select(order[:n_keep], length, first_pad < length), n_keep
-    if gates is None:  # nothing skipped: every layer up to the exit ran, every exit up to it was checked
-        out.layers_run = out.exit_layer.clone()
-        return out
     out.layers_skipped, missed_checks = tally
     out.exits_run -= missed_checks
     out.layers_run = out.exit_layer - out.layers_skipped
