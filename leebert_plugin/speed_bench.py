@@ -2,7 +2,9 @@
 (``scripts/bench_speed.py`` is the command line).
 
 A *plan* is the work of one measurement: batches of tokens, each with the policy that decides its
-exits. Per batch size, :func:`measure` times the variants of the same plan in one process:
+exits (:func:`synthetic_setup`: a random model with imposed exits; :func:`checkpoint_setup`: a
+trained model on a real split under its own policy). Per batch size, :func:`measure` times the
+variants of the same plan in one process:
 
 * plain: fairseq's RoBERTa encoder at full depth, then the last exit's classifier
   (:func:`leebert_plugin.exits.evaluate.plain_forward`);
@@ -33,7 +35,7 @@ from torch import Tensor
 
 from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
 from leebert_plugin.devices import interleaved_seconds, ratios_per_repeat, seconds
-from leebert_plugin.exits.evaluate import plain_forward
+from leebert_plugin.exits.evaluate import batches, load, plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, random_exit_model
@@ -96,10 +98,8 @@ def synthetic_setup(layers: int, dim: int, ffn: int, heads: int, exit_head: str,
 
 def checkpoint_setup(checkpoint: str, data: str, subset: str, samples: int, policy_name: str,
                      threshold: Optional[float], patience: int, device: torch.device) -> Setup:
-    """A trained checkpoint, the first ``samples`` sentences of a real split in fairseq's batch
-    order, and the model's own exit policy, on ``device``."""
-    from leebert_plugin.exits.evaluate import batches, load
-
+    """A trained checkpoint, a real split's first batches in fairseq's order (whole batches, as many
+    as cover ``samples`` sentences), and the model's own exit policy, on ``device``."""
     model, task = load(checkpoint, data, device)
     head = task.cfg.classification_head_name
     policy = build_policy(policy_name, model.exit_heads[head].num_classes, threshold, patience)
@@ -110,7 +110,7 @@ def checkpoint_setup(checkpoint: str, data: str, subset: str, samples: int, poli
 
     task.load_dataset(subset)
     n = min(samples, len(task.dataset(subset)))
-    about = (f"{checkpoint} ({model.num_layers} layers), {subset} of {data}, first {n} "
+    about = (f"{checkpoint} ({model.num_layers} layers), {subset} of {data}, whole batches covering its first {n} "
              f"sentences; policy {policy_name} threshold {threshold} patience {patience}")
     if model.skip_gates is not None:
         about += "; skip gates: 'all exits' skips layers too, so 'heads %' is not the heads' cost alone"

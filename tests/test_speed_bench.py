@@ -108,6 +108,6 @@ def test_a_trained_checkpoint_is_timed_on_its_splits_first_sentences_under_its_o
     work = plan(4)
     assert [t.size(0) for t, _ in work] == [4, 4, 4]  # whole batches covering the first 10 sentences
     assert all(p.name == "normalized_entropy" and p.threshold == 0.5 for _, p in work)
-    assert "first 10 sentences" in about and f"valid of {mr_bin}" in about
+    assert "covering its first 10 sentences" in about and f"valid of {mr_bin}" in about
     row = measure(model, head, work, 1, CPU)
     assert row.batch_size == 4 and 1.0 <= row.layer_x <= model.num_layers

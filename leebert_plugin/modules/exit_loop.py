@@ -1,5 +1,7 @@
 """The layer loop, in two passes: full depth (training: every sample, the exits it trains) and
-early-exit inference, sharing the embedding, the output record and the batch compaction.
+early-exit inference, sharing the embedding, the output record and the batch compaction. The
+early-exit pass is two loops, one without skip gates and one with (``early_exit_pass`` picks), which
+share their start and the step after each exit check.
 
 With no policy, every layer runs on the whole batch and every exit's logits are returned, which
 is what the criteria train on. With a policy, the loop asks it after each exit which samples are
@@ -250,8 +252,8 @@ def early_exit_pass(
 
 
 def _start(encoder: nn.Module, src_tokens: Tensor, policy: ExitPolicy, gated: bool) -> Tuple[ExitOutput, _Running]:
-    """The output record and every sample running, embedded; with gates, the per-sample tally of
-    skipped layers and missed checks (in the output's ``layers_skipped`` row order, ``2 x B``)."""
+    """The output record and every sample running, embedded; with gates, ``run.tally``, ``2 x B``:
+    per sample, row 0 the layers it skipped, row 1 the exit checks it missed by skipping."""
     x, padding_mask = embed(encoder, src_tokens)
     bsz, device = src_tokens.size(0), src_tokens.device
     out = _new_output(x, padding_mask, len(encoder.layers))
