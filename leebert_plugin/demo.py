@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence
 
 from leebert_plugin import cli
 from leebert_plugin.errors import UsageError
-from leebert_plugin.launch import BIN, ROOT, train_with_progress
+from leebert_plugin.runtime.launch import BIN, ROOT, train_with_progress
 
 TARGET = 2.0  # the layer speed-up the threshold must reach on dev
 THRESHOLDS = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99]  # normalised entropy
@@ -85,7 +85,7 @@ def prepare(run: Path, tsv: Path, minilm: Path) -> Path:
 def train(run: Path, data: Path, minilm: Path, epochs: int, seed: int, device) -> Path:
     """LeeBERT from MiniLM; fairseq resumes a killed run from ``RUN/checkpoints``."""
     from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides
-    from leebert_plugin.devices import fairseq_env
+    from leebert_plugin.runtime.devices import fairseq_env
 
     save = run / "checkpoints"
     save.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def same_settings(run: Path, settings: dict) -> None:
 
 
 def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Optional[str]) -> None:
-    from leebert_plugin.devices import resolve_device
+    from leebert_plugin.runtime.devices import resolve_device
 
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # loading the checkpoint logs every setting
     device = resolve_device(device_name)
@@ -198,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run = (args.run_dir or ROOT / "runs" / ("mr" if args.quick else "main")).resolve()
     run.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        from leebert_plugin.devices import resolve_device
+        from leebert_plugin.runtime.devices import resolve_device
 
         quick(run, resolve_device(args.device))
     else:

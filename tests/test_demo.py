@@ -6,7 +6,7 @@ import pytest
 from helpers import validate
 from leebert_plugin import demo
 from leebert_plugin.errors import UsageError
-from leebert_plugin.launch import train_with_progress
+from leebert_plugin.runtime.launch import train_with_progress
 
 
 def test_report_chooses_on_dev_and_its_full_depth_row_is_fairseq_validates(trained, mr_bin, tmp_path, monkeypatch):
