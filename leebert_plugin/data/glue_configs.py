@@ -26,6 +26,7 @@ TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_thresholds":
                "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "shorten_method": "truncate"}
 MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee", "skip_gates": False,
          "skip_threshold": 0.5, "layer_projectors": False}
+LOG_INTERVAL = 5
 TWO_STAGE = {"exit_policy": "entropy", "exit_threshold": 0.3, "stage1_epochs": 5}
 METHODS = {
     "multi_exit": {
@@ -71,6 +72,10 @@ def build(task: str, method: str) -> dict:
     for key in ("fp16", "fp16_init_scale", "threshold_loss_scale", "fp16_scale_window"):
         common.pop(key, None)  # fp32: the clo meta step is not tested under fp16
     common["user_dir"] = "${oc.env:PWD}/user_dir"
+    # fairseq's 200 updates between stat lines are minutes of silence on a CPU (a RoBERTa-base update
+    # takes seconds there); LOG_INTERVAL updates show progress within about a minute, and cost a GPU
+    # run nothing but log lines
+    common["log_interval"] = LOG_INTERVAL
     regression = base["task"].get("num_classes") == 1
     if regression:  # validation gathers every prediction (Spearman): room beyond fairseq's 16 KB default
         common["all_gather_list_size"] = 1 << 20
