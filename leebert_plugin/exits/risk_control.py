@@ -50,14 +50,14 @@ the sequence needs, at its observed rate, for its bound to reach D.
 """
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.exits.calibrate import ALPHA_OFFSETS, per_exit_thresholds
+from leebert_plugin.exits.calibrate import ALPHA_OFFSETS, exit_scores, thresholds_for_levels
 from leebert_plugin.exits.evaluate import ExitTrace, flops_speedup, layer_speedup, predictions, replay
 from leebert_plugin.exits.policies import POLICY_REGISTRY, build_policy
 
@@ -91,12 +91,16 @@ def _log_pmf(n: int, p: float) -> np.ndarray:
     return (log_choose + k * math.log(p) + (n - k) * math.log1p(-p)).numpy()
 
 
+@lru_cache(maxsize=256)
 def binomial_cdf_table(n: int, p: float) -> np.ndarray:
     """``P(Binomial(n, p) <= k)`` for ``k = 0 .. n``, summed in log space (``logaddexp``), so that
-    tails far below 1e-300 of the largest term stay exact in relative terms; capped at 1."""
+    tails far below 1e-300 of the largest term stay exact in relative terms; capped at 1. Cached
+    (read-only): a simulation asks for the same ``(n, p)`` thousands of times."""
     if n < 0:
         raise ValueError(f"n={n} is negative")
-    return np.minimum(np.exp(np.logaddexp.accumulate(_log_pmf(n, p))), 1.0)
+    table = np.minimum(np.exp(np.logaddexp.accumulate(_log_pmf(n, p))), 1.0)
+    table.flags.writeable = False
+    return table
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -267,7 +271,11 @@ def fit_targets(t: ExitTrace, risk: str) -> ExitTrace:
 def levels(t: ExitTrace) -> List[float]:
     """The per-exit levels fitted on ``t`` (whose targets are :func:`fit_targets`'): the last
     exit's rate on them plus :data:`LEVEL_OFFSETS`, in [0, 1], highest (most conservative) first."""
-    last = float((t.logits[-1].argmax(-1) == t.targets).double().mean())
+    return levels_from_rate(float((t.logits[-1].argmax(-1) == t.targets).double().mean()))
+
+
+def levels_from_rate(last: float) -> List[float]:
+    """:func:`levels` from the last exit's rate ``last``."""
     return sorted({round(min(1.0, max(0.0, last + d)), 6) for d in LEVEL_OFFSETS}, reverse=True)
 
 
@@ -279,7 +287,8 @@ def per_exit_candidates(fit: ExitTrace, risk: str, values: Sequence[float] = ())
     bad = [v for v in chosen if not 0.0 <= v <= 1.0]
     if bad:
         raise UsageError(f"per-exit level {bad[0]:g} is out of range", "use accuracy levels in [0, 1]")
-    return [Candidate(PER_EXIT, a, thresholds=tuple(per_exit_thresholds(target, a))) for a in chosen]
+    taus = thresholds_for_levels(*exit_scores(target), chosen)
+    return [Candidate(PER_EXIT, a, thresholds=tuple(float(x) for x in row)) for a, row in zip(chosen, taus)]
 
 
 def split_fit_test(n: int, fit_fraction: float = 0.5, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
