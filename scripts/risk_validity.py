@@ -3,7 +3,7 @@
 
     python scripts/risk_validity.py [--records rt-all=benchmarks/records/rt-all 20ng-reduced=benchmarks/records/20ng-reduced] \
         [--splits 1000] [--max-drops 1 2 5] [--confidences 0.9 0.95] [--policies normalized_entropy patience per_exit_entropy] \
-        [--table risk-validity.md] [--tsv risk-validity.tsv] [--plot risk-validity.png] [--overwrite]
+        [--per-exit-splits 200] [--table risk-validity.md] [--tsv risk-validity.tsv] [--plot risk-validity.png] [--overwrite]
 
 Per recorded run (``traces.npz``), dev and test are pooled and split at random ``--splits`` times;
 each split calibrates on one half (the guaranteed rule, and today's point-estimate ``--max-drop``)
@@ -26,6 +26,8 @@ def main() -> None:
                             records_argument("20ng-reduced=benchmarks/records/20ng-reduced")],
                    help="NAME=FOLDER: a benchmark record folder and the name the table gives it")
     p.add_argument("--splits", type=cli.number(int, low=1), default=1000)
+    p.add_argument("--per-exit-splits", type=cli.number(int, low=1), default=200,
+                   help="the per-exit rule is refitted per split: its first N splits only")
     p.add_argument("--max-drops", type=cli.number(float, low=0, high=100, low_open=True), nargs="+", default=[1, 2, 5],
                    help="D, in accuracy points")
     p.add_argument("--confidences", type=cli.number(float, low=0, high=1, low_open=True), nargs="+", default=[0.9, 0.95])
@@ -41,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     cli.refuse_existing([args.table, args.tsv, args.plot], args.overwrite)
     rows = validity(dict(args.records), args.policies, args.max_drops, args.confidences, args.splits,
-                    args.calibration_fraction, args.seed, args.methods, args.risks, progress=print)
+                    args.calibration_fraction, args.seed, args.methods, args.risks, print, args.per_exit_splits)
     for path in (args.table, args.tsv, args.plot):
         path.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(rows, args.tsv)
