@@ -417,7 +417,7 @@ def choose(candidates_: Sequence[Candidate], loss: torch.Tensor, layer_speedups:
         message = (f"no {policy} setting passes: the most conservative ({first.candidate.value:g}) has bound "
                    f"{100 * first.bound:.2f}% > D = {100 * level:g}% on {n} examples; {more}")
     else:
-        message = (f"{policy} {knob(policy)} {chosen.candidate.value:g}: {risk} at most {100 * level:g}% with "
+        message = (f"{policy} at {knob(policy)} {chosen.candidate.value:g}: {risk} at most {100 * level:g}% with "
                    f"{100 * confidence:g}% confidence (upper bound {100 * chosen.bound:.2f}%, observed "
                    f"{100 * chosen.risk:.2f}% on {n} examples), {chosen.layer_speedup:.2f}x layer speed-up"
                    + (f", {chosen.flops_speedup:.2f}x FLOPs" if chosen.flops_speedup is not None else ""))
