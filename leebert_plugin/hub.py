@@ -9,6 +9,9 @@ Sentences are encoded as fairseq-preprocess and the task encoded the training da
 dictionary ids, ``</s>``, the task's init token; a pair joins with its separator token), batched,
 and run through the same batched early-exit loop as validation.
 
+``calibrate`` picks a threshold with a guarantee ("at most D points lost, with 95% confidence") on
+dev sentences, labelled or not (:mod:`leebert_plugin.exits.risk_control`).
+
 The model runs on the device ``from_pretrained`` put it on (default: CUDA if available, else the
 CPU); ``predict(..., device=...)`` moves it for that call and later ones.
 """

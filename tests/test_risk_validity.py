@@ -8,7 +8,6 @@ import torch
 
 from helpers import BIN, assert_one_clear_error, run
 from leebert_plugin.benchmark import risk_validity as rv
-from leebert_plugin.exits import risk_control as rc
 from leebert_plugin.exits.calibrate import thresholds_for_levels, thresholds_from_scores
 from leebert_plugin.exits.evaluate import ExitTrace, replay, save_traces
 from leebert_plugin.exits.policies import build_policy

@@ -30,7 +30,6 @@ it the slow part, so it may run on the first ``per_exit_splits`` splits only.
 """
 import argparse
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
