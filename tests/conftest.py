@@ -63,3 +63,16 @@ def plain_roberta(mr_bin, tmp_path_factory) -> Path:
                 "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return save / "checkpoint_last.pt"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run of the docs-commands test: the doc blocks it did not run, each with its reason."""
+    ran = [r for reports in terminalreporter.stats.values() for r in reports
+           if "test_docs_commands.py" in getattr(r, "nodeid", "")]
+    if ran:
+        from docs_blocks import collect, not_run_summary
+
+        lines = not_run_summary(collect(ROOT)[0])
+        terminalreporter.write_sep("-", f"{len(lines)} doc blocks not run by the docs test (their marks' reasons)")
+        for line in lines:
+            terminalreporter.write_line(line)
