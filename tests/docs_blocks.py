@@ -12,6 +12,8 @@ instead of a runnable block) is a :class:`MarkError`: a mark that silently faile
 let a broken block pass unnoticed, so the parse refuses it rather than guessing.
 """
 import re
+
+import pytest
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -20,6 +22,11 @@ RUN_LANGUAGES = ("bash", "python")
 MARK_PREFIX = "*Not run by the docs test"
 MARK = re.compile(r"^\*Not run by the docs test: (?P<reason>.*\S)\.\*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")  # info: no backtick (CommonMark)
+
+
+# what the docs test records for the terminal summary: block id -> exit status; (id, wall s, CPU s, passed)
+RESULTS = pytest.StashKey[dict]()
+TIMINGS = pytest.StashKey[list]()
 
 
 class MarkError(ValueError):
@@ -128,3 +135,11 @@ def collect(root: Path) -> Tuple[List[Block], List[Tuple[str, str]]]:
 def not_run_summary(blocks: List[Block]) -> List[str]:
     """One line per exempt block: page:line, language, the mark's reason."""
     return [f"{b.id} ({b.language}): {b.not_run}" for b in blocks if b.not_run is not None]
+
+
+def timing_summary(timings: List[Tuple[str, float, float, bool]]) -> List[str]:
+    """One line per block run (slowest first) and the total: wall and CPU seconds, passed or failed."""
+    lines = [f"{b}: {wall:.0f} s, {cpu:.0f} CPU s{'' if ok else ' (failed)'}"
+             for b, wall, cpu, ok in sorted(timings, key=lambda t: -t[1])]
+    return lines + [f"total: {len(timings)} blocks, {sum(t[1] for t in timings):.0f} s, "
+                    f"{sum(t[2] for t in timings):.0f} CPU s"]
