@@ -24,7 +24,7 @@ MARK = re.compile(r"^\*Not run by the docs test: (?P<reason>.*\S)\.\*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")  # info: no backtick (CommonMark)
 
 
-# what the docs test records for the terminal summary: block id -> exit status; (id, wall s, CPU s, passed)
+# what the docs test records for the terminal summary: block id -> exit status; (what ran, wall s, CPU s, passed)
 RESULTS = pytest.StashKey[dict]()
 TIMINGS = pytest.StashKey[list]()
 
@@ -138,8 +138,8 @@ def not_run_summary(blocks: List[Block]) -> List[str]:
 
 
 def timing_summary(timings: List[Tuple[str, float, float, bool]]) -> List[str]:
-    """One line per block run (slowest first) and the total: wall and CPU seconds, passed or failed."""
+    """One line per block run (and the stand-in; slowest first) and the total: wall and CPU seconds, failed or not."""
     lines = [f"{b}: {wall:.0f} s, {cpu:.0f} CPU s{'' if ok else ' (failed)'}"
              for b, wall, cpu, ok in sorted(timings, key=lambda t: -t[1])]
-    return lines + [f"total: {len(timings)} blocks, {sum(t[1] for t in timings):.0f} s, "
+    return lines + [f"total: {len(timings)} runs, {sum(t[1] for t in timings):.0f} s, "
                     f"{sum(t[2] for t in timings):.0f} CPU s"]
