@@ -12,7 +12,12 @@
 4. a normalised-entropy threshold chosen on dev, the most accurate at 2x layer speed-up or more,
    then measured on test next to full depth: accuracy, mean layers, layer, FLOPs and wall-clock
    speed-up (batch 32, the plain forward timed in the same run). The table goes to stdout and
-   ``RUN/report.md``, the Pareto plot to ``RUN/pareto.png``.
+   ``RUN/report.md``, the Pareto plot to ``RUN/pareto.png``; both end with the commands that
+   export the model, serve it from Python and validate it at another threshold (:func:`next_steps`).
+
+The terminal shows the job's own ``[main job]`` lines, the progress bar and the table; the
+libraries' log lines (fairseq's import sets the root logger to DEBUG on stderr) go to
+``RUN/main-job.log``, fairseq's training log to ``RUN/train.log``.
 
 Each step is skipped when its output exists, so a re-run (or a run after a kill) goes on where it
 stopped; fairseq resumes the training itself. ``--quick``: the one-minute demo of earlier
@@ -23,11 +28,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from leebert_plugin import cli
 from leebert_plugin.errors import UsageError
-from leebert_plugin.launch import BIN, ROOT, train_with_progress
+from leebert_plugin.runtime.launch import BIN, ROOT, train_with_progress
 
 TARGET = 2.0  # the layer speed-up the threshold must reach on dev
 THRESHOLDS = [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99]  # normalised entropy
@@ -37,6 +42,57 @@ ARCH, LAYERS = "exit_bert_minilm_l6", 6  # MiniLM-L6 as converted: what the reci
 
 def step(text: str) -> None:
     print(f"[main job] {text}", flush=True)
+
+
+def library_logs_to(log: Path) -> None:
+    """Send every library log record of this process to ``log`` instead of the terminal.
+
+    fairseq's import of ``wav2vec2_classification`` calls ``logging.basicConfig(level=DEBUG)``, so
+    hydra's and fairseq's DEBUG/INFO lines would be interleaved with the job's own lines. The job
+    is a command, the root logger is its own: its handlers are replaced by one file handler."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def shown(path: Path) -> str:
+    """``path`` as the commands print it: relative to the repository root when inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def next_steps(run: Path, checkpoint: Path, data: Path, threshold: Optional[float]) -> str:
+    """The commands that use the model this run trained, with its paths: export it to a folder for
+    serving, classify raw text with it from Python at the chosen threshold, and validate it at
+    another threshold on dev and test (the table's figures, from fairseq's own tool)."""
+    chosen = 0.5 if threshold is None else threshold
+    other = round(chosen - 0.1 if chosen > 0.5 else chosen + 0.1, 2)
+    export = run / "export"
+    python = shown(BIN / "python")
+    return "\n".join([
+        f"Next (from {ROOT}):",
+        "",
+        "```bash",
+        "# export the model to a self-contained folder for serving",
+        f"{python} -m leebert_plugin.export {shown(checkpoint)} {shown(data)} {shown(export)} --overwrite",
+        "# classify raw text from Python, each sentence leaving at the exit the threshold picks",
+        f"{python} -c \"from leebert_plugin.hub import EarlyExitClassifier; "
+        f"clf = EarlyExitClassifier.from_pretrained('{shown(export)}'); "
+        f"print(clf.predict(['a gripping, funny and moving film', 'a dull, lifeless mess'], "
+        f"exit_policy='normalized_entropy', threshold={chosen:g}))\"",
+        f"# validate at another threshold (dev and test; --exit-threshold {chosen:g} gives the table's rows)",
+        f"{shown(BIN / 'fairseq-validate')} {shown(data)} --path {shown(checkpoint)} --user-dir user_dir "
+        f"--task early_exit_sentence_prediction --exit-policy normalized_entropy --exit-threshold {other:g} "
+        "--valid-subset valid,test --batch-size 32",
+        "```",
+    ]) + "\n"
 
 
 def backbone(run: Path) -> Path:
@@ -85,7 +141,7 @@ def prepare(run: Path, tsv: Path, minilm: Path) -> Path:
 def train(run: Path, data: Path, minilm: Path, epochs: int, seed: int, device) -> Path:
     """LeeBERT from MiniLM; fairseq resumes a killed run from ``RUN/checkpoints``."""
     from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides
-    from leebert_plugin.devices import fairseq_env
+    from leebert_plugin.runtime.devices import fairseq_env
 
     save = run / "checkpoints"
     save.mkdir(parents=True, exist_ok=True)
@@ -106,7 +162,7 @@ def train(run: Path, data: Path, minilm: Path, epochs: int, seed: int, device) -
 
 
 def report(run: Path, checkpoint: Path, data: Path, device) -> str:
-    """Choose the threshold on dev, measure it on test; the table, ``report.md`` and ``pareto.png``."""
+    """Choose the threshold on dev, measure it on test; the table (with :func:`next_steps`) and ``pareto.png``."""
     from leebert_plugin.exits.evaluate import load
     from leebert_plugin.exits.sweep import plot, sweep
 
@@ -116,8 +172,10 @@ def report(run: Path, checkpoint: Path, data: Path, device) -> str:
     plot(result, run / "pareto.png")
     if result.chosen is None:
         best = max(r["layer_speedup"] for r in result.rows)
-        return (f"no threshold reached {TARGET:g}x on dev (the fastest: {best:.2f}x); see {run / 'pareto.png'}\n")
-    return summary_table(result, checkpoint, model.num_layers)
+        return (f"no threshold reached {TARGET:g}x on dev (the fastest: {best:.2f}x); see {run / 'pareto.png'}\n\n"
+                + next_steps(run, checkpoint, data, None))
+    return (summary_table(result, checkpoint, model.num_layers) + "\n"
+            + next_steps(run, checkpoint, data, result.test_row["threshold"]))
 
 
 def summary_table(result, checkpoint: Path, layers: int) -> str:
@@ -147,9 +205,8 @@ def same_settings(run: Path, settings: dict) -> None:
 
 
 def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Optional[str]) -> None:
-    from leebert_plugin.devices import resolve_device
+    from leebert_plugin.runtime.devices import resolve_device
 
-    logging.getLogger("fairseq").setLevel(logging.WARNING)  # loading the checkpoint logs every setting
     device = resolve_device(device_name)
     same_settings(run, {"train_rows": train_rows, "epochs": epochs, "seed": seed})
     minilm = backbone(run)
@@ -157,8 +214,8 @@ def main_job(run: Path, train_rows: int, epochs: int, seed: int, device_name: Op
     checkpoint = train(run, data, minilm, epochs, seed, device)
     table = report(run, checkpoint, data, device)
     (run / "report.md").write_text(table)
-    print("\n" + table)
     step(f"wrote {run / 'report.md'} and {run / 'pareto.png'}")
+    print("\n" + table, end="")
 
 
 def quick(run: Path, device) -> None:
@@ -197,8 +254,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser().parse_args(argv)
     run = (args.run_dir or ROOT / "runs" / ("mr" if args.quick else "main")).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    library_logs_to(run / "main-job.log")
     if args.quick:
-        from leebert_plugin.devices import resolve_device
+        from leebert_plugin.runtime.devices import resolve_device
 
         quick(run, resolve_device(args.device))
     else:

@@ -164,7 +164,7 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     from fairseq import tasks
 
     import leebert_plugin  # noqa: F401  (registers the task and the model)
-    from leebert_plugin.devices import resolve_device
+    from leebert_plugin.runtime.devices import resolve_device
 
     folder = Path(folder).resolve()
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))

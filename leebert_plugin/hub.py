@@ -21,7 +21,7 @@ import torch
 from fairseq.data import data_utils
 
 from leebert_plugin.data.bpe_encode import build as build_bpe, check_choice, encode_text
-from leebert_plugin.devices import DeviceLike, model_device, place
+from leebert_plugin.runtime.devices import DeviceLike, model_device, place
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.policies import build_policy

@@ -5,11 +5,11 @@
                                 [--updates 40] [--interval 10] [--mode clo] [--threads 2] [--device cuda]
 
 Three variants (multi_exit + adam, LeeBERT with fixed weights + adam, LeeBERT + clo) train on one
-fixed random batch, interleaved in rounds (``leebert_plugin.clo_bench``); the mean and median
+fixed random batch, interleaved in rounds (``leebert_plugin.benchmark.clo_cost``); the mean and median
 per-update time of each is reported, the ratios to multi_exit + adam, and clo's updates with a
 meta step apart from those without.
 Runs on ``--device`` (default: CUDA if available, else the CPU); each update's time is read after
-the GPU's queued kernels finish (``leebert_plugin.devices.Stopwatch``).
+the GPU's queued kernels finish (``leebert_plugin.runtime.devices.Stopwatch``).
 """
 import argparse
 
@@ -17,8 +17,8 @@ import torch
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
-from leebert_plugin.clo_bench import compare
-from leebert_plugin.devices import add_device_argument, resolve_device
+from leebert_plugin.benchmark.clo_cost import compare
+from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 
 MODEL_DIR: a folder ``python -m leebert_plugin.export`` wrote (or a checkpoint with ``--data``, and
 ``--bpe NAME`` with its options unless DATA has the ``prepare.json`` that records it);
-TEXT_FILE: one sentence a line (a TSV's first column). The logic: ``leebert_plugin/serving_bench.py``.
+TEXT_FILE: one sentence a line (a TSV's first column). The logic: ``leebert_plugin/benchmark/serving.py``.
 """
 import argparse
 from pathlib import Path
@@ -14,9 +14,9 @@ from pathlib import Path
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.data.bpe_encode import parse_with_optional_bpe
-from leebert_plugin.devices import add_device_argument
+from leebert_plugin.runtime.devices import add_device_argument
 from leebert_plugin.hub import EarlyExitClassifier
-from leebert_plugin.serving_bench import measure, read_sentences, table
+from leebert_plugin.benchmark.serving import measure, read_sentences, table
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ assignment (each sample leaves at a layer drawn uniformly, or as ``--exit-probs`
 numbers measure the mechanism, not a model's confidence. With ``--checkpoint`` a trained model's
 own policy decides on a real split (the first ``--samples`` sentences, in fairseq's batch order).
 Either way the plugin's real layer loop runs (batch shrinking, padding trimming, exit heads at every
-executed exit). What is timed and reported per batch size: ``leebert_plugin.speed_bench``.
+executed exit). What is timed and reported per batch size: ``leebert_plugin.benchmark.speed``.
 Everything runs on ``--device`` (default: CUDA if available, else the CPU); every clock read waits
-for the GPU's queued kernels (``leebert_plugin.devices.Stopwatch``).
+for the GPU's queued kernels (``leebert_plugin.runtime.devices.Stopwatch``).
 """
 import argparse
 
@@ -21,8 +21,8 @@ import torch
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
-from leebert_plugin.devices import add_device_argument, resolve_device
-from leebert_plugin.speed_bench import SpeedRow, checkpoint_setup, measure, synthetic_setup
+from leebert_plugin.runtime.devices import add_device_argument, resolve_device
+from leebert_plugin.benchmark.speed import SpeedRow, checkpoint_setup, measure, synthetic_setup
 
 
 def main():

@@ -45,7 +45,7 @@ from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
 from leebert_plugin.data.checks import label_count
-from leebert_plugin.devices import add_device_argument, resolve_device
+from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.exit_roberta import arch_layers
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The plugin's first run on a GPU: every method x precision, two ranks on one GPU, exit decisions
-against the CPU, and the wall-clock table (leebert_plugin/gpu_check.py says what each check asserts).
+against the CPU, and the wall-clock table (leebert_plugin/benchmark/gpu_check says what each check asserts).
 
     python scripts/gpu_check.py                          # on CUDA, under 8 minutes on one GPU
     python scripts/gpu_check.py --device cpu --quick     # the CPU self-test of the same checks
@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 import leebert_plugin  # noqa: F401  (registers everything)
-from leebert_plugin import cli, gpu_check as gc
-from leebert_plugin.devices import resolve_device
+from leebert_plugin import cli
+from leebert_plugin.benchmark import gpu_check as gc
+from leebert_plugin.runtime.devices import resolve_device
 from leebert_plugin.errors import UsageError
 
 

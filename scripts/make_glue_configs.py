@@ -4,14 +4,14 @@
     python scripts/make_glue_configs.py            # (re)write them
     python scripts/make_glue_configs.py --check    # exit 1 if a committed config differs
 
-The settings and their sources: ``leebert_plugin/glue_configs.py``.
+The settings and their sources: ``leebert_plugin/data/glue_configs.py``.
 """
 import argparse
 from pathlib import Path
 
 from leebert_plugin import cli
 from leebert_plugin.errors import UsageError
-from leebert_plugin.glue_configs import write_or_check
+from leebert_plugin.data.glue_configs import write_or_check
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
-from leebert_plugin.devices import add_device_argument, resolve_device
+from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.sweep import plot, sweep, table_lines, write_tsv
 

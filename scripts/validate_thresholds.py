@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from leebert_plugin import cli
-from leebert_plugin.devices import add_device_argument, resolve_device
+from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.exits.validate_table import threshold_table
 
 

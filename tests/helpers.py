@@ -9,8 +9,8 @@ from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
 import leebert_plugin  # noqa: F401  (registers everything)
-from leebert_plugin import launch
-from leebert_plugin.launch import BIN, ROOT, free_port, json_records, run  # noqa: F401  (the tests' names)
+from leebert_plugin.runtime import launch
+from leebert_plugin.runtime.launch import BIN, ROOT, free_port, json_records, run  # noqa: F401  (the tests' names)
 from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
 from leebert_plugin.models.exit_roberta import ExitRobertaModel, exit_roberta_tiny_architecture, random_exit_model
 

@@ -1,12 +1,15 @@
 """The main job's pieces (leebert_plugin/demo.py) on the tiny trained model, and the training progress bar."""
+import logging
+import shlex
 import sys
 
 import pytest
 
-from helpers import validate
+from helpers import run, validate
+from leebert_plugin.runtime.launch import json_records
 from leebert_plugin import demo
 from leebert_plugin.errors import UsageError
-from leebert_plugin.launch import train_with_progress
+from leebert_plugin.runtime.launch import train_with_progress
 
 
 def test_report_chooses_on_dev_and_its_full_depth_row_is_fairseq_validates(trained, mr_bin, tmp_path, monkeypatch):
@@ -43,3 +46,46 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
     demo.same_settings(tmp_path, {"train_rows": 6000, "epochs": 1, "seed": 1})  # the same: goes on
     with pytest.raises(UsageError, match=r"train_rows=6000 \(now 4000\)"):
         demo.same_settings(tmp_path, {"train_rows": 4000, "epochs": 1, "seed": 1})
+
+
+def test_the_report_ends_with_the_next_commands_and_the_validate_one_runs(trained, mr_bin, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "TARGET", 1.2)
+    checkpoint = trained / "checkpoint_best.pt"
+    table = demo.report(tmp_path, checkpoint, mr_bin, "cpu")
+    chosen = float(table.split("threshold ", 1)[1].split(" ", 1)[0])
+    commands = [line for line in table.splitlines()[-7:] if line and not line.startswith(("#", "```"))]
+    export, serve, validate_line = commands[-3:]
+    assert table.rstrip().endswith("```")  # the commands are the last thing the user sees
+    assert export.split()[1:] == ["-m", "leebert_plugin.export", str(checkpoint), str(mr_bin), str(tmp_path / "export"),
+                                  "--overwrite"]
+    assert f"from_pretrained('{tmp_path / 'export'}')" in serve and f"threshold={chosen:g}" in serve
+    argv = shlex.split(validate_line)
+    assert argv[1:4] == [str(mr_bin), "--path", str(checkpoint)]
+    other = float(argv[argv.index("--exit-threshold") + 1])
+    assert other != chosen  # "another threshold"
+    proc = run([*argv, "--cpu", "--log-format", "json"])  # from the repository root, as the report says
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [len(json_records(proc.stdout, subset)) for subset in ("valid", "test")] == [1, 1]
+
+
+@pytest.fixture
+def root_logger_restored():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_library_log_lines_go_to_the_log_file_not_the_terminal(tmp_path, capfd, root_logger_restored):
+    demo.library_logs_to(tmp_path / "main-job.log")
+    logging.getLogger("hydra.core.utils").debug("Setting JobRuntime")  # below the file's level: dropped
+    logging.getLogger("leebert_plugin.models.hf_bert_import").info("no MLM head in the checkpoint")
+    demo.step("a progress line")
+    out = capfd.readouterr()
+    assert out.out == "[main job] a progress line\n" and out.err == ""
+    log = (tmp_path / "main-job.log").read_text()
+    assert "no MLM head in the checkpoint" in log and "Setting JobRuntime" not in log

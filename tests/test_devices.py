@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import BIN, assert_one_clear_error, run, validate, tiny_model
-from leebert_plugin.devices import (
+from leebert_plugin.runtime.devices import (
     Stopwatch,
     fairseq_device_args,
     fairseq_env,

@@ -108,7 +108,7 @@ def test_a_missing_bpe_file_is_refused_before_anything_is_written(trained, mr_bi
 
 
 def test_serving_figures_time_both_modes_on_the_same_sentences(exported):
-    from leebert_plugin.serving_bench import measure, table
+    from leebert_plugin.benchmark.serving import measure, table
 
     clf = EarlyExitClassifier.from_pretrained(str(exported), device="cpu")
     figures = measure(clf, SENTENCES * 4, 4, "max_prob", 0.0, rounds=2)  # max_prob >= 0: everyone leaves at exit 1
@@ -118,7 +118,7 @@ def test_serving_figures_time_both_modes_on_the_same_sentences(exported):
 
 
 def test_serving_reads_a_tsvs_first_column_without_header_or_blank_lines(tmp_path):
-    from leebert_plugin.serving_bench import read_sentences
+    from leebert_plugin.benchmark.serving import read_sentences
 
     text = tmp_path / "test.tsv"
     text.write_text("sentence\tlabel\nA gem.\t1\n\nDull.\t0\nFine.\t1\n")

@@ -6,7 +6,7 @@ import yaml
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, json_records, run
-from leebert_plugin.glue_configs import names, write_or_check
+from leebert_plugin.data.glue_configs import names, write_or_check
 
 GLUE = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if not p.name.startswith("mr_")]
 DEMO = sorted((ROOT / "configs").glob("mr_*.yaml"))

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import RANGES, check_options
+from leebert_plugin.runtime.option_checks import RANGES, check_options
 
 
 @pytest.mark.parametrize("cfg", [

@@ -31,11 +31,11 @@ from leebert_plugin.benchmark.evaluation import (
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
-from leebert_plugin.checkpoint_files import atomic_write, is_intact
-from leebert_plugin.devices import fairseq_env
+from leebert_plugin.fairseq_patches.checkpoint_files import atomic_write, is_intact
+from leebert_plugin.runtime.devices import fairseq_env
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
-from leebert_plugin.launch import ROOT, train_with_progress
+from leebert_plugin.runtime.launch import ROOT, train_with_progress
 
 BIN = Path(sys.executable).parent
 TRACES = "traces.npz"  # a run's dev and test traces (runs without gates): scored again without the checkpoint

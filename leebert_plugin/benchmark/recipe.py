@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from leebert_plugin.devices import fairseq_device_args
+from leebert_plugin.runtime.devices import fairseq_device_args
 
 METHODS: Dict[str, Dict] = {
     "full_ft": {"config": "sst_2_multi_exit", "last_exit_only": True},

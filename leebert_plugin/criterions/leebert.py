@@ -20,7 +20,7 @@ from torch import Tensor
 
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion, at_least_fp32
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import check_options
+from leebert_plugin.runtime.option_checks import check_options
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 DISTILL_VARIANTS = ("lae", "lle")

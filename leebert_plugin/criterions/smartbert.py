@@ -28,7 +28,7 @@ from torch import Tensor
 from leebert_plugin.criterions.contrastive import token_info_nce
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import check_options
+from leebert_plugin.runtime.option_checks import check_options
 from leebert_plugin.modules.exit_loop import ExitOutput
 
 STAGE2_PAIRS = ("all", "authors")

@@ -7,7 +7,7 @@ import numpy as np
 from fairseq.data import Dictionary, data_utils
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.safe_loading import check_checkpoint_file
+from leebert_plugin.fairseq_patches.safe_loading import check_checkpoint_file
 
 PREPROCESS_HINT = "preprocess the data with fairseq-preprocess into DATA/input0 and DATA/label (see README)"
 

@@ -10,7 +10,7 @@ against real passes). Sweeps over many thresholds cost one pass instead of one p
 Every function runs on one device: ``device`` when given (the model is moved there and every batch
 is moved there as it runs; the batches stay where :func:`batches` made them, on the CPU, as
 fairseq's loaders do), else the device the model is on. Wall-clock is read through
-:class:`~leebert_plugin.devices.Stopwatch`, which waits for a GPU's queued kernels.
+:class:`~leebert_plugin.runtime.devices.Stopwatch`, which waits for a GPU's queued kernels.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from fairseq import checkpoint_utils
 from torch import Tensor
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.devices import DeviceLike, Stopwatch, place, resolve_device, to_device
+from leebert_plugin.runtime.devices import DeviceLike, Stopwatch, place, resolve_device, to_device
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, plain_flops, sample_flops, spent_flops, unit_flops
 from leebert_plugin.exits.policies import ExitPolicy
@@ -51,7 +51,7 @@ def trained_state(checkpoint: Union[str, Path], overrides: Optional[Dict] = None
     up a task whose data is not there."""
     from fairseq.tasks import TASK_REGISTRY
 
-    from leebert_plugin.safe_loading import check_path
+    from leebert_plugin.fairseq_patches.safe_loading import check_path
     from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionTask
 
     if "://" not in str(checkpoint):  # a local path (fairseq's PathManager reads the others)

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from leebert_plugin.devices import fairseq_device_args, fairseq_env
+from leebert_plugin.runtime.devices import fairseq_device_args, fairseq_env
 from leebert_plugin.errors import UsageError, usage_error_line
 from leebert_plugin.exits.evaluate import trained_state
-from leebert_plugin.launch import ROOT, json_records
+from leebert_plugin.runtime.launch import ROOT, json_records
 
 
 def validate(ckpt: Path, data: Path, policy: str, threshold: Optional[float], subset: str,

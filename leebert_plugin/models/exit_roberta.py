@@ -21,7 +21,7 @@ from leebert_plugin.modules.exit_heads import EXIT_HEAD_REGISTRY
 from leebert_plugin.modules.exit_loop import early_exit_pass, full_depth_pass
 from leebert_plugin.modules.skip_gate import LayerProjectors, SkipGates
 from leebert_plugin.optim.exit_adam import EXIT_PARAM
-from leebert_plugin.option_checks import check_options
+from leebert_plugin.runtime.option_checks import check_options
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from leebert_plugin.data.bilevel_split import in_d2, subset_sample
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import check_options
+from leebert_plugin.runtime.option_checks import check_options
 from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim.hypergradient import hypergradient
 

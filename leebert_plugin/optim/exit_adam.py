@@ -13,7 +13,7 @@ from fairseq.optim import register_optimizer
 from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.option_checks import check_option
+from leebert_plugin.runtime.option_checks import check_option
 
 EXIT_PARAM = "is_exit_param"  # attribute set to True on every exit-head parameter
 

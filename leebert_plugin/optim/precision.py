@@ -20,7 +20,8 @@ fresh state over the trainable tensors instead.
 
 The exit heads' tag (``exit_adam``'s ``exit_lr_scale``) lives on the model's parameters;
 fairseq's per-parameter masters carry ``param_group`` and ``optim_overrides`` from the model's
-tensor but not our tag, so :func:`install` makes them carry it too. The flat master is one tensor
+tensor but not our tag, so :mod:`leebert_plugin.fairseq_patches.fp32_masters` makes them carry it
+too. The flat master is one tensor
 for all parameters and cannot carry it: ``exit_adam`` refuses a scale there.
 """
 import logging
@@ -29,11 +30,9 @@ from typing import List, Sequence
 import torch
 from fairseq import optim
 from fairseq.optim.amp_optimizer import AMPOptimizer
-from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer, _FP16OptimizerMixin
+from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.optim.exit_adam import EXIT_PARAM
-from leebert_plugin.patching import wrap_once
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +63,6 @@ def restrict_to(optimizer, params: Sequence[torch.nn.Parameter]) -> None:
     else:
         optimizer.optimizer = optim.build_optimizer(optimizer.cfg, params).optimizer
     optimizer.set_lr(lr)
-
-
-def _carrying_exit_tag(build_fp32_params):
-    """fairseq's ``build_fp32_params`` (a classmethod, called on the class), whose per-parameter
-    masters also carry the exit tag."""
-    def build(args, params, flatten=True):
-        masters = build_fp32_params(args, params, flatten=flatten)
-        if not flatten:
-            for p, p32 in zip(params, masters):
-                if getattr(p, EXIT_PARAM, False):
-                    setattr(p32, EXIT_PARAM, True)
-        return masters
-
-    return build
-
-
-def install() -> None:
-    """fairseq's per-parameter fp32 masters carry the exit heads' tag (``exit_lr_scale``)."""
-    wrap_once(_FP16OptimizerMixin, "build_fp32_params", _carrying_exit_tag)
 
 
 def check_precision(common, cuda_available: bool) -> None:

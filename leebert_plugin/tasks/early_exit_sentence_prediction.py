@@ -18,7 +18,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, OmegaConf, open_dict
 
-from leebert_plugin import cli, ddp
+from leebert_plugin import cli
+from leebert_plugin.fairseq_patches import command_line, ddp
 from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
@@ -26,7 +27,7 @@ from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy, parse_thresholds
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
-from leebert_plugin.option_checks import check_options
+from leebert_plugin.runtime.option_checks import check_options
 from leebert_plugin.tasks.nonfinite import check_finite
 from leebert_plugin.tasks.two_stage import TwoStageTraining
 
@@ -131,7 +132,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                                  f"set optimization.max_epoch above {cfg.stage1_epochs}, e.g. {cfg.stage1_epochs * 2}")
             precision.check_precision(_outer(cfg, "common_settings", None), torch.cuda.is_available())
             if _outer(cfg, "write_checkpoints_asynchronously", False):
-                raise cli.async_checkpoints_refused()
+                raise command_line.async_checkpoints_refused()
             checks.check_restore_file(cfg.restore_file, cfg.save_dir, world,
                                       world == 1 or cfg.load_checkpoint_on_all_dp_ranks)
         task = super().setup_task(cfg, **kwargs)

@@ -11,7 +11,7 @@ import signal
 from fairseq import checkpoint_utils
 
 import leebert_plugin  # noqa: F401  (registers the plugin)
-from leebert_plugin import checkpoint_files
+from leebert_plugin.fairseq_patches import checkpoint_files
 
 PHASE, _, NTH = os.environ.get("LEEBERT_KILL_AT", "").partition(":")
 COUNTS = {"write": 0, "copy": 0, "replace": 0}

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from leebert_plugin import gpu_check as gc
+from leebert_plugin.benchmark import gpu_check as gc
 from leebert_plugin.errors import UsageError
 
 

@@ -14,7 +14,7 @@ import torch
 from fairseq import utils
 from fairseq.distributed import utils as distributed_utils
 
-from leebert_plugin.patching import wrap_once
+from leebert_plugin.fairseq_patches.wrapping import wrap_once
 
 
 def on_cpu(gather: Callable) -> Callable:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/ and user_dir/ live there
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and user_dir/ live there
 BIN = Path(sys.executable).parent  # fairseq's console scripts sit beside this Python
 
 

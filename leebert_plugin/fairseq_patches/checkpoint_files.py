@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
-from leebert_plugin.patching import MARK, wrap_once
+from leebert_plugin.fairseq_patches.wrapping import MARK, wrap_once
 
 CHUNK = 1 << 20
 TRAIN_COMMANDS = ("fairseq-hydra-train", "fairseq-train")  # the commands that resume

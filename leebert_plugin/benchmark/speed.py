@@ -14,7 +14,7 @@ variants of the same plan in one process:
   with one exit head each and nothing else, its schedule worked out in advance: what no loop can
   beat, since fewer layers or heads would change the answers.
 
-They take turns batch by batch (:func:`leebert_plugin.devices.interleaved_seconds`), so a slow
+They take turns batch by batch (:func:`leebert_plugin.runtime.devices.interleaved_seconds`), so a slow
 spell of the machine falls on all alike. The figures (:class:`SpeedRow`): the layer speed-up
 ``L / mean executed layers``; the wall-clock speed-up, ``layer x`` times the median over repeats of
 ``(plain / early) / layer x`` (each repeat's ratio is taken within the repeat, so its range over the
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from leebert_plugin.data.synthetic import random_token_batch, word_dictionary
-from leebert_plugin.devices import interleaved_seconds, ratios_per_repeat, seconds
+from leebert_plugin.runtime.devices import interleaved_seconds, ratios_per_repeat, seconds
 from leebert_plugin.exits.evaluate import batches, load, plain_forward
 from leebert_plugin.exits.policies import AssignedExit, ExitPolicy, build_policy
 from leebert_plugin.errors import UsageError

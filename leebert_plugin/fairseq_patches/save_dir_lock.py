@@ -34,7 +34,7 @@ from typing import Callable, Optional
 from fairseq import checkpoint_utils, distributed_utils
 
 from leebert_plugin.errors import UsageError
-from leebert_plugin.patching import wrap_once
+from leebert_plugin.fairseq_patches.wrapping import wrap_once
 
 logger = logging.getLogger(__name__)
 

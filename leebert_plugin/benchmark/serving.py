@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from leebert_plugin.devices import Stopwatch
+from leebert_plugin.runtime.devices import Stopwatch
 from leebert_plugin.errors import UsageError
 
 

@@ -7,6 +7,7 @@ traceback. Importing the plugin wraps that one loader: a zip checkpoint is first
 statically (nothing in it runs) and refused if it names globals outside torch's allow-list, and a
 legacy-format file the weights-only loader refuses ends in the same single line.
 """
+import argparse
 import functools
 import os
 import pickle
@@ -15,10 +16,11 @@ from typing import Callable
 
 import torch
 from fairseq import checkpoint_utils
+from fairseq.distributed.utils import _TensorPlaceholder
 
-from leebert_plugin.checkpoint_files import damaged_fix
 from leebert_plugin.errors import UsageError
-from leebert_plugin.patching import wrap_once
+from leebert_plugin.fairseq_patches.checkpoint_files import damaged_fix
+from leebert_plugin.fairseq_patches.wrapping import wrap_once
 
 TRUST_FIX = ("load only checkpoints you trust; if you trust this one, allow-list those classes with "
              "torch.serialization.add_safe_globals in your user dir")
@@ -100,6 +102,13 @@ def existing_paths(load: Callable) -> Callable:
 
 
 def install() -> None:
-    """Route fairseq's checkpoint loading through :func:`safe_loader` (once per process)."""
+    """Route fairseq's checkpoint loading through :func:`safe_loader` (once per process).
+
+    Checkpoints written by the argparse CLI (fairseq-train) store an ``argparse.Namespace``, and
+    fairseq's ``broadcast_object`` (rank 0 sends a state to the others) pickles a
+    ``_TensorPlaceholder`` (an int) per tensor; torch >= 2.6 loads weights-only by default. Exactly
+    these classes are allowed, nothing else."""
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([argparse.Namespace, _TensorPlaceholder])
     wrap_once(checkpoint_utils, "load_checkpoint_to_cpu", safe_loader)
     wrap_once(checkpoint_utils, "load_model_ensemble_and_task", existing_paths)

@@ -1,13 +1,13 @@
-"""The wall-clock benchmark's logic (leebert_plugin.speed_bench) on tiny random models and the trained fixture."""
+"""The wall-clock benchmark's logic (leebert_plugin.benchmark.speed) on tiny random models and the trained fixture."""
 import pytest
 import torch
 
 from helpers import tiny_model
-from leebert_plugin import speed_bench
+from leebert_plugin.benchmark import speed as speed_bench
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.policies import AssignedExit
 from leebert_plugin.data.synthetic import random_token_batch
-from leebert_plugin.speed_bench import HEAD, SpeedRow, assigned_plan, bound_schedule, layers_only, measure, random_model
+from leebert_plugin.benchmark.speed import HEAD, SpeedRow, assigned_plan, bound_schedule, layers_only, measure, random_model
 
 CPU = torch.device("cpu")
 

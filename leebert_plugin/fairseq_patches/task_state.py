@@ -16,7 +16,7 @@ import functools
 from fairseq import checkpoint_utils
 from fairseq.trainer import Trainer
 
-from leebert_plugin.patching import wrap_once
+from leebert_plugin.fairseq_patches.wrapping import wrap_once
 
 
 def restoring_task_state(load_checkpoint):

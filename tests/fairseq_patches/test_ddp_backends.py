@@ -130,7 +130,7 @@ def test_fairseqs_pytorch_ddp_wrapper_accepts_a_cpu_module():
 
 
 def test_find_unused_parameters_false_is_refused_with_several_workers_under_pytorch_ddp():
-    from leebert_plugin.ddp import check_backend
+    from leebert_plugin.fairseq_patches.ddp import check_backend
     from leebert_plugin.errors import UsageError
 
     check_backend("pytorch_ddp", False, 1)  # one process: no DDP
@@ -140,7 +140,7 @@ def test_find_unused_parameters_false_is_refused_with_several_workers_under_pyto
 
 
 def test_bmuf_and_optimizer_state_sharding_are_refused_in_one_line():
-    from leebert_plugin.ddp import check_backend
+    from leebert_plugin.fairseq_patches.ddp import check_backend
     from leebert_plugin.errors import UsageError
 
     check_backend("pytorch_ddp", True, 2, use_bmuf=False, zero_sharding="none")

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from leebert_plugin.criterions.leebert import LeeBertConfig
 from leebert_plugin.criterions.multi_exit import MultiExitConfig
-from leebert_plugin.devices import seconds, to_device
+from leebert_plugin.runtime.devices import seconds, to_device
 from leebert_plugin.optim.clo import CLOConfig, CLOOptimizer
 from leebert_plugin.data.synthetic import word_dictionary
 from leebert_plugin.models.exit_roberta import random_exit_model

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from helpers import BIN, ROOT, assert_one_clear_error, launch_two_processes, run
-from leebert_plugin import save_dir_lock
-from leebert_plugin.launch import quiet_env
+from leebert_plugin.fairseq_patches import save_dir_lock
+from leebert_plugin.runtime.launch import quiet_env
 
 
 def _command(mr_bin, save, updates):
@@ -48,7 +48,7 @@ def test_a_second_run_on_a_save_dir_in_use_is_refused_and_a_killed_runs_lock_is_
 
 
 def test_the_lock_is_released_at_exit_and_a_foreign_hosts_lock_is_refused(tmp_path):
-    code = ("import os, sys; from leebert_plugin import save_dir_lock as L; "
+    code = ("import os, sys; from leebert_plugin.fairseq_patches import save_dir_lock as L; "
             "assert L.acquire(sys.argv[1]) is None; assert L.acquire(sys.argv[1]) is None; "
             "print(os.getpid(), open(sys.argv[1] + '/leebert.lock').read())")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)

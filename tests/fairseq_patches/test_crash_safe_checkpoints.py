@@ -14,7 +14,7 @@ import torch
 
 from conftest import hydra_train
 from helpers import BIN, ROOT, assert_refused, json_records, run
-from leebert_plugin.checkpoint_files import atomic_write, damaged_fix, is_intact, resume_command
+from leebert_plugin.fairseq_patches.checkpoint_files import atomic_write, damaged_fix, is_intact, resume_command
 
 UPDATES = 40
 # the first four kill the first save of a fresh run (no progress); each later one kills the

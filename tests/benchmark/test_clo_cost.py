@@ -1,7 +1,7 @@
-"""The cost benchmark of a CLO update (leebert_plugin.clo_bench) on a tiny random model."""
+"""The cost benchmark of a CLO update (leebert_plugin.benchmark.clo_cost) on a tiny random model."""
 import torch
 
-from leebert_plugin.clo_bench import build_step, fixed_batch, interleaved_updates, meta_split
+from leebert_plugin.benchmark.clo_cost import build_step, fixed_batch, interleaved_updates, meta_split
 from leebert_plugin.criterions.leebert import LeeBertConfig
 from leebert_plugin.criterions.multi_exit import MultiExitConfig
 
@@ -42,7 +42,7 @@ def test_every_variant_trains_and_meta_split_names_the_updates_with_a_meta_step(
 
 
 def test_the_report_prices_each_variant_against_multi_exit():
-    from leebert_plugin.clo_bench import compare
+    from leebert_plugin.benchmark.clo_cost import compare
 
     text = compare(layers=2, dim=32, ffn=64, heads=2, batch=4, length=8, updates=4, rounds=2, interval=2,
                    mode="clo", device=torch.device("cpu"))
