@@ -9,6 +9,9 @@ Sentences are encoded as fairseq-preprocess and the task encoded the training da
 dictionary ids, ``</s>``, the task's init token; a pair joins with its separator token), batched,
 and run through the same batched early-exit loop as validation.
 
+``calibrate`` picks a threshold with a guarantee ("at most D points lost, with 95% confidence") on
+dev sentences, labelled or not (:mod:`leebert_plugin.exits.risk_control`).
+
 The model runs on the device ``from_pretrained`` put it on (default: CUDA if available, else the
 CPU); ``predict(..., device=...)`` moves it for that call and later ones.
 """
@@ -23,7 +26,9 @@ from fairseq.data import data_utils
 from leebert_plugin.data.bpe_encode import build as build_bpe, check_choice, encode_text
 from leebert_plugin.runtime.devices import DeviceLike, model_device, place
 from leebert_plugin.errors import UsageError
-from leebert_plugin.exits.evaluate import load
+from leebert_plugin.exits import risk_control
+from leebert_plugin.exits.evaluate import ExitTrace, load
+from leebert_plugin.exits.flops import unit_flops
 from leebert_plugin.exits.policies import build_policy
 from leebert_plugin.export import bpe_of, is_export, read_export
 
@@ -123,6 +128,104 @@ class EarlyExitClassifier:
         policy.check_model(len(self.model.exit_layers), self.model.skip_gates is not None)  # before any sentence is read
         device = place(self.model, device)
         return self._stream(iter(sentences), policy, batch_size, device)
+
+    def calibrate(self, dev_sentences: Sequence[Sentence], dev_labels: Optional[Sequence[str]] = None,
+                  max_drop: float = 0.01, confidence: float = 0.95, exit_policy: str = "normalized_entropy",
+                  values: Sequence[float] = (), patience: int = 1, risk: Optional[str] = None,
+                  batch_size: int = 32, device: DeviceLike = None) -> risk_control.Certified:
+        """The fastest setting of ``exit_policy`` that loses at most ``max_drop`` (a fraction: 0.01 is
+        one accuracy point) with probability ``confidence`` over the draw of ``dev_sentences``, by
+        :mod:`leebert_plugin.exits.risk_control` (exact binomial bounds, fixed-sequence testing).
+
+        ``risk``: ``"disagreement"`` with the full-depth prediction (no labels needed: a service
+        can calibrate on its own unlabelled traffic) or ``"accuracy_drop"`` (answers full depth got
+        right and the early exit lost; needs ``dev_labels``); by default the latter when labels are
+        given (tighter), the former otherwise. Both bound the accuracy drop. ``values``: the
+        thresholds to test (patiences for ``patience``, levels for ``per_exit_entropy``), by
+        default a fine grid; they are tested from the most conservative to the most aggressive.
+
+        Returns a :class:`~leebert_plugin.exits.risk_control.Certified`: ``.threshold`` (the value
+        chosen), ``.bound`` (its upper confidence bound), ``.speedup`` (layers, on dev),
+        ``.message`` (one line; where nothing passes, how many examples would be needed) and
+        ``.settings()``, the keyword arguments that make :meth:`predict` run it (full depth when
+        nothing passed). The sentences must be new to the model and like the traffic it will
+        serve; the guarantee is about that distribution, not about one batch of it."""
+        if isinstance(dev_sentences, (str, tuple)) or not isinstance(dev_sentences, Sequence):
+            raise UsageError(f"dev_sentences is a {type(dev_sentences).__name__}, not a list of sentences",
+                             "pass a list: calibrate([sentence, ...]) or calibrate([(first, second), ...])")
+        if self.regression:
+            raise UsageError("calibrate bounds a classifier's accuracy drop; this model is a regression model",
+                             "calibrate a classification model, or pick a regression threshold on dev by hand")
+        risk_control.check_level(max_drop, confidence)
+        risk = risk or ("accuracy_drop" if dev_labels is not None else "disagreement")
+        if risk not in risk_control.RISKS:
+            raise UsageError(f"unknown risk {risk!r}", f"use one of {', '.join(risk_control.RISKS)}")
+        if risk == "accuracy_drop" and dev_labels is None:
+            raise UsageError("risk='accuracy_drop' needs dev_labels",
+                             "pass dev_labels, or risk='disagreement' (no labels needed)")
+        if not dev_sentences:
+            raise UsageError("no dev sentences to calibrate on", "pass a few hundred or more sentences")
+        targets = self._label_ids(dev_labels, len(dev_sentences))
+        kind = risk_control.knob(exit_policy)  # an unknown or unfit policy: one line, before any pass
+        if self.model.skip_gates is not None:
+            return self._calibrate_gated(dev_sentences, targets, max_drop, confidence, exit_policy, values,
+                                         patience, risk, batch_size, device, kind)
+        t = self._trace(dev_sentences, targets, batch_size, device)
+        return risk_control.certify_trace(t, exit_policy, max_drop, confidence, risk, values, patience)
+
+    def _label_ids(self, labels: Optional[Sequence[str]], n: int) -> Optional[torch.Tensor]:
+        """The labels as class indices (the order of :attr:`labels`); None stays None."""
+        if labels is None:
+            return None
+        if isinstance(labels, str) or len(labels) != n:
+            raise UsageError(f"{1 if isinstance(labels, str) else len(labels)} dev labels for {n} dev sentences",
+                             "pass one label per sentence, as written in the data (e.g. " + ", ".join(self.labels[:3]) + ")")
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = [label for label in labels if str(label) not in index]
+        if unknown:
+            raise UsageError(f"dev label {unknown[0]!r} is not one of the model's labels",
+                             "use the labels as written in the data: " + ", ".join(self.labels))
+        return torch.tensor([index[str(label)] for label in labels])
+
+    @torch.no_grad()
+    def _trace(self, sentences: Sequence[Sentence], targets: Optional[torch.Tensor], batch_size: int,
+               device: DeviceLike) -> ExitTrace:
+        """Every exit's logits over ``sentences`` at full depth (a trace, as fairseq's splits get by
+        :func:`~leebert_plugin.exits.evaluate.trace`); targets: the labels, else the full-depth
+        predictions (read only by the per-exit rule's fit under ``disagreement``)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size={batch_size!r}", "use a whole batch size of 1 or more")
+        device = place(self.model, device)
+        pad = self.task.source_dictionary.pad()
+        per_batch, lengths = [], []
+        for start in range(0, len(sentences), batch_size):
+            tokens = data_utils.collate_tokens([self.encode(s) for s in sentences[start:start + batch_size]], pad)
+            _, extra = self.model(tokens.to(device), classification_head_name=self.head)
+            per_batch.append(torch.stack(extra["exits"].exit_logits).float().cpu())
+            lengths.append(tokens.ne(pad).sum(-1))
+        logits, lengths = torch.cat(per_batch, 1), torch.cat(lengths)
+        layer_flops, exit_flops = unit_flops(self.model, self.head, lengths)
+        return ExitTrace(logits, logits[-1].argmax(-1) if targets is None else targets, lengths,
+                         list(self.model.exit_layers), self.model.num_layers, 0, False, None,
+                         layer_flops.cpu(), exit_flops.cpu())
+
+    def _calibrate_gated(self, sentences, targets, max_drop, confidence, exit_policy, values, patience, risk,
+                         batch_size, device, kind) -> risk_control.Certified:
+        """Skip gates make a replay inexact: one real pass per candidate (a coarser default grid)."""
+        C = len(self.labels)
+        if kind == "level":
+            raise UsageError(f"exit policy {exit_policy!r} needs every exit checked, and skip gates skip some",
+                             "use entropy or normalized_entropy with a skip-gated (SmartBERT) model")
+        grid = values or risk_control.default_values(exit_policy, C, len(self.model.exit_layers))[4::5]
+        cands = risk_control.candidates(exit_policy, grid, C, patience)
+        index = {label: i for i, label in enumerate(self.labels)}
+        full = torch.tensor([index[p.label] for p in self.predict(sentences, batch_size=batch_size, device=device)])
+        rows, speed = [], []
+        for c in cands:
+            preds = self.predict(sentences, batch_size=batch_size, **c.settings())
+            rows.append(risk_control.losses(torch.tensor([index[p.label] for p in preds]), full, targets, risk))
+            speed.append(self.model.num_layers * len(preds) / sum(p.layers_run for p in preds))
+        return risk_control.choose(cands, torch.stack(rows), speed, max_drop, confidence, risk)
 
     @torch.no_grad()
     def _stream(self, sentences: Iterator[Sentence], policy, batch_size: int, device: torch.device) -> Iterator[Prediction]:

@@ -24,8 +24,9 @@ classes) reach no fast point at all. So both rules also get points calibrated fo
 speed-ups, so that neither rule has a point made for a compared speed-up that the other lacks.
 """
 import math
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from leebert_plugin.exits.evaluate import ExitTrace, layer_speedup, replay
@@ -45,11 +46,22 @@ def alpha_grid(t: ExitTrace) -> List[float]:
 def per_exit_thresholds(t: ExitTrace, alpha: float) -> List[float]:
     """``tau_1 .. tau_{E-1}`` (normalised entropy, in [0, 1]) for accuracy level ``alpha`` on the
     trace ``t`` (every exit's logits over dev, at full depth; no skip gates)."""
+    return thresholds_from_scores(*exit_scores(t), alpha)
+
+
+def exit_scores(t: ExitTrace) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What the per-exit calibration reads of ``t``: every exit's ``H(p) / ln C`` and whether its
+    answer is right (both E x N); computed once, they serve every level."""
     if t.gated:
         raise ValueError("per-exit calibration reads every exit's logits: not for skip-gated models")
     exits, n, classes = t.logits.shape
     h = entropy(t.logits.reshape(-1, classes)).view(exits, n) / math.log(classes)
-    right = t.logits.argmax(-1) == t.targets.unsqueeze(0)
+    return h, t.logits.argmax(-1) == t.targets.unsqueeze(0)
+
+
+def thresholds_from_scores(h: torch.Tensor, right: torch.Tensor, alpha: float) -> List[float]:
+    """:func:`per_exit_thresholds` from :func:`exit_scores`' ``h`` and ``right`` (E x N)."""
+    exits, n = h.shape
     running = torch.ones(n, dtype=torch.bool)
     taus: List[float] = []
     for k in range(exits - 1):
@@ -66,6 +78,39 @@ def per_exit_thresholds(t: ExitTrace, alpha: float) -> List[float]:
             tau = 1.0 if j == len(hs) - 1 else float(hs[j] + hs[j + 1]) / 2
         taus.append(tau)
         running &= ~(h[k] < tau)
+    return taus
+
+
+def thresholds_for_levels(h: torch.Tensor, right: torch.Tensor, alphas) -> np.ndarray:
+    """:func:`thresholds_from_scores` for every level of ``alphas`` at once (levels x E-1, the
+    same values): each exit's scores are sorted once, and each level's running samples are a mask
+    over that order, so ``acc_k(tau)`` is a masked cumulative sum. What a simulation that refits the
+    rule thousands of times needs (:mod:`leebert_plugin.benchmark.risk_validity`)."""
+    hh, rr = h.numpy(), right.numpy()
+    alphas = np.asarray(alphas, dtype=np.float64)
+    exits, n = hh.shape
+    L = len(alphas)
+    running = np.ones((L, n), dtype=bool)
+    taus = np.zeros((L, exits - 1))
+    positions = np.arange(n)
+    for k in range(exits - 1):
+        order = np.argsort(hh[k], kind="stable")
+        hs, rs = hh[k][order], rr[k][order]
+        run = running[:, order]
+        count = np.cumsum(run, 1)
+        acc = np.cumsum(run & rs, 1) / np.maximum(count, 1)
+        # the next running position after each position (n: none)
+        at = np.where(run, positions, n)
+        nxt = np.concatenate([np.minimum.accumulate(at[:, ::-1], 1)[:, ::-1][:, 1:], np.full((L, 1), n)], 1)
+        h_next = np.where(nxt < n, hs[np.minimum(nxt, n - 1)], np.inf)
+        ok = run & (acc >= alphas[:, None] - 1e-12) & ((nxt == n) | (h_next > hs[None, :]))
+        any_ok = ok.any(1)
+        j = n - 1 - ok[:, ::-1].argmax(1)  # the last ok position
+        jn = nxt[np.arange(L), j]
+        mid = (hs[j] + hs[np.minimum(jn, n - 1)]).astype(np.float64) / 2  # summed in the scores' precision
+        tau = np.where(~any_ok, 0.0, np.where(jn == n, 1.0, mid))
+        taus[:, k] = tau
+        running &= ~(hh[k][None, :] < tau.astype(hh.dtype)[:, None])
     return taus
 
 

@@ -44,6 +44,9 @@ class ExitPolicy:
     uses_thresholds = False  # one threshold per exit (``thresholds``) instead of one for all
     # what the logits are: classes (B x C, C >= 2) or a regression value (B x 1); both for "none"
     targets = ("classification",)
+    # a higher threshold lets more samples leave (entropy: exit below it); False where a lower one
+    # does (max_prob: exit above it). Orders a calibration's thresholds from cautious to aggressive
+    exits_more_as_threshold_grows = True
 
     def __init__(self, num_classes: int, threshold: Optional[float] = None, patience: int = 1,
                  thresholds: Sequence[float] = ()):
@@ -102,6 +105,8 @@ class NormalizedEntropyExit(ExitPolicy):
 @register_policy("max_prob")
 class MaxProbExit(ExitPolicy):
     """Shallow-Deep / RightTool: exit when max_c p_c >= threshold."""
+
+    exits_more_as_threshold_grows = False
 
     def threshold_range(self) -> Tuple[float, float]:
         return 0.0, 1.0

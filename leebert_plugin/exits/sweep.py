@@ -10,16 +10,19 @@ that leaves at the earliest correct exit (the first exit when none is correct) g
 Selection uses dev only (:func:`choose`): with a target speed-up ``S``, the most accurate threshold
 whose dev layer speed-up is at least ``S``; with a maximum drop ``D``, the fastest whose dev accuracy
 is within ``D`` points of full depth. The chosen threshold is then measured on test, next to test's
-full depth.
+full depth. With a confidence as well (:func:`certify`), the choice on dev holds the drop under D
+with that confidence instead (:mod:`leebert_plugin.exits.risk_control`).
 """
 import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from tqdm import tqdm
 
-from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, run, score, trace
+from leebert_plugin.exits import risk_control
+from leebert_plugin.exits.evaluate import batches, oracle_exits, pass_outcomes, plain_seconds, run, score, trace
 from leebert_plugin.exits.pareto import best_at
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
@@ -85,6 +88,79 @@ def sweep(model, task, policy: str, thresholds: Sequence[float], patience: int =
         result.test_row = _timed(model, task, test_data, build_policy(policy, C, result.chosen["threshold"], patience),
                                  test, test_plain, threshold=result.chosen["threshold"])
     return result
+
+
+@dataclass
+class CertifiedSweep:
+    certified: risk_control.Certified  # the sequence tested on dev and its choice
+    test_full: Optional[Dict] = None  # test at full depth
+    test_row: Optional[Dict] = None  # test under the setting chosen
+
+
+RISK_COLUMNS = ["value", "losses", "n", "risk", "bound", "p_value", "passed", "layer_speedup", "flops_speedup"]
+
+
+def _real_outcomes(model, task, data, cands, full, risk: str):
+    """Skip gates make a replay inexact: per candidate, one real pass's losses and speed-ups."""
+    C = model.exit_heads[task.cfg.classification_head_name].num_classes
+    rows, speed, flops = [], [], []
+    for c in cands:
+        out = pass_outcomes(model, task, data, c.build(C))
+        rows.append(risk_control.losses(out.pred, full.pred, full.target, risk))
+        m = out.metrics()
+        speed.append(m["layer_speedup"])
+        flops.append(m["flops_speedup"])
+    return torch.stack(rows), speed, flops
+
+
+def certify(model, task, policy: str, values: Sequence[float], patience: int = 1, dev: str = "valid",
+            test: Optional[str] = "test", batch_size: int = 32, max_drop: float = 1.0, confidence: float = 0.95,
+            risk: str = "accuracy_drop") -> CertifiedSweep:
+    """Choose on ``dev`` the fastest setting of ``policy`` whose ``risk`` is at most ``max_drop``
+    accuracy points with ``confidence`` (:mod:`~leebert_plugin.exits.risk_control`: exact binomial
+    bounds, fixed-sequence testing from the most conservative of ``values`` on; the default grid
+    when empty), then measure it on ``test`` with a real pass, next to test's full depth. A model
+    without skip gates is replayed from one trace of dev (exact); a gated one gets a real pass per
+    setting."""
+    risk_control.check_level(max_drop, confidence, "--max-drop", 100.0, "accuracy points, e.g. 1.0 for one point")
+    level = max_drop / 100.0
+    C = model.exit_heads[task.cfg.classification_head_name].num_classes
+    kind = risk_control.knob(policy)
+    gated = model.skip_gates is not None
+    if not gated and kind != "level" and values:  # every value checked before the first pass
+        risk_control.candidates(policy, values, C, patience)
+    dev_data = batches(task, dev, batch_size)
+    never = build_policy("none", C)
+    if gated:
+        if kind == "level":
+            build_policy(policy, C, thresholds=[0.5] * (len(model.exit_layers) - 1)).check_model(
+                len(model.exit_layers), True)
+        cands = risk_control.candidates(policy, values or risk_control.default_values(
+            policy, C, len(model.exit_layers))[4::5], C, patience)
+        loss, speed, flops = _real_outcomes(model, task, dev_data, cands, pass_outcomes(model, task, dev_data, never),
+                                            risk)
+        certified = risk_control.choose(cands, loss, speed, level, confidence, risk, flops)
+    else:
+        certified = risk_control.certify_trace(trace(model, task, dev_data), policy, level, confidence, risk, values,
+                                               patience)
+    result = CertifiedSweep(certified)
+    if certified.chosen is not None and test:
+        test_data = batches(task, test, batch_size)
+        result.test_full, test_plain = _full_depth(model, task, test_data, never, test)
+        c = certified.chosen.candidate
+        result.test_row = _timed(model, task, test_data, c.build(C), test, test_plain, threshold=c.value)
+    return result
+
+
+def write_risk_tsv(result: CertifiedSweep, path: Path) -> None:
+    """The sequence as tested on dev, one row per setting, in test order."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(RISK_COLUMNS)
+        for r in result.certified.rows:
+            w.writerow([f"{r.candidate.value:.6g}", r.losses, r.n, f"{r.risk:.6g}", f"{r.bound:.6g}", f"{r.p_value:.4g}",
+                        int(r.passed), f"{r.layer_speedup:.4g}",
+                        "" if r.flops_speedup is None else f"{r.flops_speedup:.4g}"])
 
 
 def write_tsv(result: Sweep, path: Path) -> None:
