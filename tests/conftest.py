@@ -63,3 +63,21 @@ def plain_roberta(mr_bin, tmp_path_factory) -> Path:
                 "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return save / "checkpoint_last.pt"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """After a run of the docs-commands test: the doc blocks it did not run, each with its mark's
+    reason, and the time each block it ran took."""
+    ran = [r for reports in terminalreporter.stats.values() for r in reports
+           if "test_docs_commands.py" in getattr(r, "nodeid", "")]
+    if ran:
+        from docs_blocks import TIMINGS, collect, not_run_summary, timing_summary
+
+        lines = not_run_summary(collect(ROOT)[0])
+        terminalreporter.write_sep("-", f"{len(lines)} doc blocks not run by the docs test (their marks' reasons)")
+        for line in lines:
+            terminalreporter.write_line(line)
+        if config.stash.get(TIMINGS, None):
+            terminalreporter.write_sep("-", "doc blocks run by the docs test")
+            for line in timing_summary(config.stash[TIMINGS]):
+                terminalreporter.write_line(line)
