@@ -24,6 +24,7 @@ from leebert_plugin import cli
 from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.exits.evaluate import load
 from leebert_plugin.exits.sweep import plot, sweep, table_lines, write_tsv
+from leebert_plugin.runtime.outputs import check_folder, files_of
 
 
 def main() -> None:
@@ -43,13 +44,14 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep's sweep.tsv and pareto.png in --out")
     add_device_argument(p)
     args = p.parse_args()
+    check_folder(args.out, "--out", beside=False)  # before the sweep, not after it
     cli.refuse_existing([args.out / "sweep.tsv", args.out / "pareto.png"], args.overwrite)
-    model, task = load(args.checkpoint, args.data, resolve_device(args.device))
-    result = sweep(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test, args.batch_size,
-                   args.target_speedup, args.max_drop)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_tsv(result, args.out / "sweep.tsv")
-    plot(result, args.out / "pareto.png")
+    with files_of(args.out, "sweep.tsv"):  # one sweep at a time into --out; each file whole, old or new
+        model, task = load(args.checkpoint, args.data, resolve_device(args.device))
+        result = sweep(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test,
+                       args.batch_size, args.target_speedup, args.max_drop)
+        write_tsv(result, args.out / "sweep.tsv")
+        plot(result, args.out / "pareto.png")
     print(f"dev full depth: accuracy {result.full['accuracy']:.2f}; oracle layer speed-up {result.oracle:.2f}x; "
           f"policy {args.policy}")
     print("\n".join(table_lines(result)))

@@ -13,6 +13,7 @@ is within ``D`` points of full depth. The chosen threshold is then measured on t
 full depth.
 """
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,6 +24,7 @@ from leebert_plugin.exits.evaluate import batches, oracle_exits, plain_seconds, 
 from leebert_plugin.exits.pareto import best_at
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.runtime.outputs import write_text
 
 COLUMNS = ["split", "threshold", "accuracy", "f1", "mcc", "layer_speedup", "flops_speedup", "wall_speedup"]
 
@@ -88,11 +90,13 @@ def sweep(model, task, policy: str, thresholds: Sequence[float], patience: int =
 
 
 def write_tsv(result: Sweep, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, delimiter="\t", extrasaction="ignore")
-        w.writeheader()
-        for r in result.rows + ([result.test_row] if result.test_row else []):
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    """The dev rows and the test row as ``path`` (whole or not at all: :func:`atomic_write`)."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, COLUMNS, delimiter="\t", extrasaction="ignore")
+    w.writeheader()
+    for r in result.rows + ([result.test_row] if result.test_row else []):
+        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, text.getvalue())
 
 
 def plot(result: Sweep, path: Path) -> None:
