@@ -99,7 +99,7 @@ def _write(stage: Path, checkpoint: Path, data: Path, bpe: Optional[Tuple[str, D
     regression = bool(task.cfg.regression_target)
     labels = [] if regression else [task.label_dictionary[i] for i in range(task.label_dictionary.nspecial,
                                                                                len(task.label_dictionary))]
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, stage / "model.pt")
+    outputs.torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, stage / "model.pt")
     (stage / "input0").mkdir()
     task.source_dictionary.save(str(stage / "input0" / "dict.txt"))
     if not regression:

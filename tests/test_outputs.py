@@ -178,3 +178,16 @@ def test_an_output_argument_is_checked_before_the_work(make, words, tmp_path):
     with pytest.raises(UsageError) as err:
         outputs.check_folder(make(tmp_path), "--out")
     assert all(w in str(err.value) for w in words)
+
+
+def test_torchs_errno_less_runtime_error_counts_as_a_full_disk_only_when_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    """torch.save given a path reports a full disk as ``RuntimeError: ... unexpected pos`` with no
+    errno: taken for a full disk when less than 1 MiB is free there, passed on otherwise."""
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    for free, expected in ((10_000, UsageError), (10 << 30, RuntimeError)):
+        monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path, free=free: usage(1 << 40, 0, free))
+        with pytest.raises(expected):
+            with outputs.disk_space(tmp_path):
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 334208 vs 334160")

@@ -18,7 +18,8 @@ it back and is refused). A lock from another host cannot be checked from here an
 line says which file to delete if that run is really gone. Files of a process's own
 (``leebert.lock.<new|old>.<pid>.<host>``) that a SIGKILL left behind are removed by the next run
 on the same host. Without hard links the lock is created with ``O_EXCL`` and written after
-(:func:`_link`).
+(:func:`_link`). :func:`acquire_lock` is the same lock for any file: the plugin's other outputs
+(exports, data folders, sweeps) hold theirs through :mod:`leebert_plugin.runtime.outputs`.
 """
 import atexit
 import errno

@@ -24,7 +24,7 @@ from leebert_plugin.data.wordpiece_vocab import fairseq_order, load_vocab, write
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.models.exit_roberta import ExitRobertaModel
-from leebert_plugin.runtime.outputs import carry_over, check_folder, replacing
+from leebert_plugin.runtime.outputs import carry_over, check_folder, replacing, torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def convert(hf_dir: Path, out_dir: Path) -> dict:
         check_against_config(state, weights, config, len(vocab), hf_dir)
         arch, overrides = matching_arch(config)
         lowercase = _lowercase(hf_dir)
-        torch.save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), stage / "model.pt")
+        torch_save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), stage / "model.pt")
         write_dict(vocab, stage / "dict.txt")
         summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
                    "wordpiece_lowercase": lowercase, "vocab_size": len(vocab)}

@@ -82,17 +82,39 @@ def disk_full_error(folder: PathLike) -> UsageError:
                       "free space on that disk, or write to a folder on another disk")
 
 
+LOW = 1 << 20  # bytes free under which a failed write is taken for a full disk
+
+
+def _nearly_full(folder: PathLike) -> bool:
+    try:
+        return shutil.disk_usage(mount_point(folder)).free < LOW
+    except OSError:
+        return False
+
+
 @contextmanager
 def disk_space(folder: PathLike) -> Iterator[None]:
-    """A write inside that fails on a full disk raises :func:`disk_full_error` of ``folder``."""
+    """A write inside that fails on a full disk raises :func:`disk_full_error` of ``folder``: an
+    ``ENOSPC``/``EDQUOT`` behind the error, or an ``OSError``/``RuntimeError`` (torch's writer given
+    a path reports a full disk as ``RuntimeError: ... unexpected pos``, without the errno) while
+    less than :data:`LOW` bytes are free there."""
     try:
         yield
     except UsageError:
         raise
     except Exception as exc:
-        if is_disk_full(exc):
+        if is_disk_full(exc) or (isinstance(exc, (OSError, RuntimeError)) and _nearly_full(folder)):
             raise disk_full_error(folder) from exc
         raise
+
+
+def torch_save(obj, path: PathLike) -> None:
+    """``torch.save`` through a Python file: a full disk then surfaces as the file's ``OSError``
+    (``ENOSPC``) behind torch's ``RuntimeError``, which :func:`disk_space` recognises."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # ---- output arguments, checked before the work starts -------------------------------------------
