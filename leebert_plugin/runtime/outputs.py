@@ -16,7 +16,8 @@ through this module:
   renamed to ``.NAME.replaced``, the new one renamed in, and the backup deleted: for the instant
   between the two renames the target is missing, but the old folder is whole under a known name,
   and :func:`settled` (called by the next writer, and by the loaders of exports and data folders)
-  renames it back. Chosen over a symlink to versioned folders, which would always be atomic but
+  renames it back (``LEEBERT_NO_RENAME_EXCHANGE=1`` forces this variant: the tests run both). Chosen
+  over a symlink to versioned folders, which would always be atomic but
   changes what the user sees at the target (a link whose copy or ``rm`` behaves differently).
 - one writer per output: the folder's lock ``.NAME.lock`` beside it (the save-dir lock's
   machinery, :func:`~leebert_plugin.fairseq_patches.save_dir_lock.acquire_lock`), held while
