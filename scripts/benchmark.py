@@ -47,6 +47,7 @@ from leebert_plugin.benchmark.report import across_tables, summary
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime.outputs import check_folder, files_of, write_text
 from leebert_plugin.models.exit_roberta import arch_layers
 
 
@@ -97,6 +98,7 @@ def main() -> None:
     data = (args.data or args.offline / (DATASETS[args.dataset] + SIZES[size])).resolve()
     restore = None if args.restore == "none" else str(Path(args.restore or args.offline / "minilm" / "model.pt").resolve())
     out = (args.out or ROOT / "runs" / "benchmark" / f"{args.dataset}-{args.setting}").resolve()
+    check_folder(out, "--out", beside=False)  # before hours of training, not after them
     if not (data / "input0" / "train.idx").is_file() or (restore and not Path(restore).is_file()):
         raise UsageError(f"{data} or {restore} is missing",
                          "run bash scripts/prepare_offline_benchmark.sh first (or pass --data/--restore)")
@@ -117,11 +119,12 @@ def main() -> None:
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
     shown_runs, shown = summary_runs(m, runs, variants(["all"]), log=lambda line: print(line, flush=True))
     text = summary(shown_runs, header, reps=args.bootstrap, variants=shown)
-    write_points(shown_runs, out / "points.tsv")
-    (out / "summary.md").write_text(text)
-    plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
-    rules = plot_rules(runs, out / "rules.png")
-    panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
+    with files_of(out, "summary.md"):  # one invocation writes the summaries at a time; each file whole
+        write_points(shown_runs, out / "points.tsv")
+        write_text(out / "summary.md", text)
+        plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
+        rules = plot_rules(runs, out / "rules.png")
+        panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
     print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (", rules.png" if rules else "")
           + (f", ablations.png ({len(panels)} panels)" if panels else ""))
 

@@ -14,6 +14,7 @@ method's exits have the same shapes (PABEE's and LeeBERT's, built the same way a
 encoder).
 """
 import csv
+import io
 import json
 import re
 import sys
@@ -31,7 +32,8 @@ from leebert_plugin.benchmark.evaluation import (
 )
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
-from leebert_plugin.fairseq_patches.checkpoint_files import atomic_write, is_intact
+from leebert_plugin.fairseq_patches.checkpoint_files import is_intact
+from leebert_plugin.runtime.outputs import atomic_write, write_text
 from leebert_plugin.runtime.devices import fairseq_env
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
@@ -249,9 +251,7 @@ def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
               **({"budget": trained_under} if trained_under is not None else {}),
               **({"device": trained_on} if trained_on else {}), **result}
     outcomes.save(save / "outcomes.npz")
-    partial = save / "result.json.part"
-    partial.write_text(json.dumps(result, indent=1))
-    partial.replace(save / "result.json")  # written last: its presence means finished
+    write_text(save / "result.json", json.dumps(result, indent=1))  # written last (whole): its presence means finished
     return Run(name, seed, result, outcomes)
 
 
@@ -413,17 +413,18 @@ def summary_runs(m: Matrix, runs: Mapping[str, List[Run]], known: Sequence[Varia
 def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
     """Every operating point of every run, one row each (``chosen_at``: the targets it was chosen for)."""
     targets = [At("layers", s, rule) for s in (1.5, 1.9, 2.0, 3.0) for rule in RULES] + [At("flops", 2.0)]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
-        for method, rs in runs.items():
-            for r in rs:
-                chosen = {i: [] for i in range(len(r.result["points"]))}
-                for at in targets:
-                    i = choose(r.result["points"], at)
-                    if i is not None:
-                        chosen[i].append(str(at))
-                for i, pt in enumerate(r.result["points"]):
-                    cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
-                             for k in POINT_COLUMNS]
-                    w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
+    text = io.StringIO(newline="")
+    w = csv.writer(text, delimiter="\t")
+    w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
+    for method, rs in runs.items():
+        for r in rs:
+            chosen = {i: [] for i in range(len(r.result["points"]))}
+            for at in targets:
+                i = choose(r.result["points"], at)
+                if i is not None:
+                    chosen[i].append(str(at))
+            for i, pt in enumerate(r.result["points"]):
+                cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
+                         for k in POINT_COLUMNS]
+                w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
+    write_text(path, text.getvalue())  # whole or not at all
