@@ -76,6 +76,14 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
                  for m in ("pabee", "smartbert")}
     assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias is None
     assert checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))["cfg"].common.cpu  # --device cpu
+    # SmartBERT trained its authors' schedule (5 + 4 epochs at batch 16), its record holds the gates of every
+    # stage-1 epoch and the epoch the dev selection kept
+    smart_result = json.loads((out / "smartbert" / "seed1" / "result.json").read_text())
+    assert smart_result["budget"]["stage1_epochs"] == 5 and smart_result["budget"]["epochs"] == 9
+    gates = smart_result["gates"]
+    assert [e["epoch"] for e in gates["epochs"]] == [1, 2, 3, 4, 5] and 1 <= gates["kept_epoch"] <= 5
+    assert all(len(e["skip_per_layer"]) == 4 and "last_acc_gates_off" in e for e in gates["epochs"])
+    assert "gates" not in result  # pabee has none
     # SmartBERT without an exit policy: its gates' layer speed-up, as fairseq-validate measures it
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")
