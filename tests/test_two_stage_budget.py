@@ -9,6 +9,7 @@ from helpers import ROOT
 from leebert_plugin.data.glue_tasks import TRAIN_SIZES
 from leebert_plugin.errors import UsageError
 from leebert_plugin.tasks.stage_schedule import StagePlan, check_stage_epochs, linear_warmup_decay, updates_per_epoch
+from leebert_plugin.tasks.two_stage import trained_epoch
 
 # the bundled demo data (data/mr/train.tsv, a header line and one snippet a line) and GLUE's
 CONFIG_DATA = {"mr": sum(1 for _ in open(ROOT / "data" / "mr" / "train.tsv")) - 1,
@@ -110,3 +111,11 @@ def test_max_epoch_is_checked_at_setup():
     check_stage_epochs(5, 0, 0, stage1_only=False)  # no max_epoch: max_update is checked with the epoch iterator
     with pytest.raises(UsageError, match="goes on past stage 1"):
         check_stage_epochs(5, 9, 0, stage1_only=True)
+
+
+def test_the_kept_stage_1_epoch_is_read_from_the_checkpoint_s_data_position():
+    # fairseq saves an epoch's end as the next epoch, none of its batches done
+    assert trained_epoch({"extra_state": {"train_iterator": {"epoch": 4, "iterations_in_epoch": 0}}}) == "3"
+    assert trained_epoch({"extra_state": {"train_iterator": {"epoch": 4, "iterations_in_epoch": 7}}}) == \
+        "4, after 7 of its batches"
+    assert trained_epoch({"model": {}}) == ""

@@ -38,6 +38,19 @@ def frozen_in_stage2(model, head_name: str) -> List[str]:
     return [name for name, p in model.named_parameters() if id(p) not in trained]
 
 
+def trained_epoch(state: dict) -> str:
+    """The epoch whose training a checkpoint holds, in words ("" : it does not say). fairseq saves
+    the data iterator's position: at an epoch's end, the next epoch with no batch of it done
+    (``{"epoch": k + 1, "iterations_in_epoch": 0}``), so epoch k; within an epoch (a
+    ``save_interval_updates`` save), that epoch, part-trained."""
+    position = (state.get("extra_state") or {}).get("train_iterator") or {}
+    if "epoch" not in position:
+        return ""
+    if position.get("iterations_in_epoch", 0) == 0:
+        return f"{position['epoch'] - 1}"
+    return f"{position['epoch']}, after {position['iterations_in_epoch']} of its batches"
+
+
 class TwoStageTraining:
     def __init__(self, cfg, max_epoch: int = 0, max_update: int = 0, lr: float = 0.0,
                  warmup_updates: Optional[int] = None):
@@ -97,7 +110,7 @@ class TwoStageTraining:
 
     def _read_stage1(self, path: str, default: str) -> dict:
         """The stage-1 checkpoint's model weights (kept as checkpoint_stage1_best.pt) and the epoch
-        that wrote it (None: a checkpoint that does not say)."""
+        it holds (:func:`trained_epoch`)."""
         if not os.path.isfile(path):
             raise UsageError(f"stage 2 needs a stage-1 checkpoint, and {path} does not exist",
                              "let stage 1 validate and save (task.stage1_epochs > 0, checkpoint.no_save=false) "
@@ -106,8 +119,7 @@ class TwoStageTraining:
         if path == default and not os.path.exists(kept):
             shutil.copyfile(path, kept)
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        epoch = ((state.get("extra_state") or {}).get("train_iterator") or {}).get("epoch")
-        return {"model": state["model"], "epoch": epoch}
+        return {"model": state["model"], "epoch": trained_epoch(state)}
 
     def _enter_stage2(self, model) -> None:
         default = os.path.join(self.cfg.save_dir, "checkpoint_best.pt")
@@ -129,6 +141,6 @@ class TwoStageTraining:
             del checkpoint_utils.save_checkpoint.best
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # the dev selection over stage-1 epochs, in a line the benchmark's records read (gate_diagnostics.py)
-        kept = "" if stage1["epoch"] is None else f" (kept stage-1 epoch {stage1['epoch']})"
+        kept = f" (kept stage-1 epoch {stage1['epoch']})" if stage1["epoch"] else ""
         logger.info(f"stage 2: restored {path}{kept}; training the intermediate exits only ({trainable} parameters)")
 
