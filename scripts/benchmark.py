@@ -2,7 +2,7 @@
 """Accuracy against speed-up for every method, paired by seed, with intervals, on real data.
 
     bash scripts/prepare_offline_benchmark.sh                        # once: MiniLM, rotten tomatoes, 20 Newsgroups
-    python scripts/benchmark.py --setting reduced                    # 5 methods x 5 seeds, 1,000 snippets, 2 epochs
+    python scripts/benchmark.py --setting reduced                    # 6 methods x 5 seeds, 1,000 snippets, 2 epochs
     python scripts/benchmark.py --setting medium                     # 3,000 snippets (one 3-hour session, 2 cores)
     python scripts/benchmark.py --setting full --dataset 20ng        # the whole training set (a GPU)
     python scripts/benchmark.py --setting reduced --ablation distill weights   # + LeeBERT's ablations
@@ -10,8 +10,12 @@
 
 Every run is a real ``fairseq-hydra-train`` of the GLUE SST-2 config of the method (full
 fine-tuning with the last exit only, PABEE, DeeBERT's two stages, LeeBERT with ``clo``, SmartBERT's
-two stages) from the converted all-MiniLM-L6-v2, under one shared budget (epochs, batch size,
-learning rate, exit pooling, exit learning-rate scale; ``leebert_plugin/benchmark/recipe.py``).
+two stages, and full fine-tuning trained as SmartBERT's backbone) from the converted
+all-MiniLM-L6-v2, under one shared budget (epochs, batch size, learning rate, exit pooling, exit
+learning-rate scale; ``leebert_plugin/benchmark/recipe.py``), but for the two-stage methods, which
+train their authors' schedules (SmartBERT 5 + 4 epochs, DeeBERT 3 + 3; each stage with its own
+warm-up and decay), and ``full_ft_smartbert``, which trains SmartBERT's stage-1 epochs. The setting's
+epochs (and ``--epochs``) are the shared budget's.
 The last checkpoint of each run is evaluated on dev and test at every point of its policy grid
 (``leebert_plugin/benchmark/evaluation.py``); the point "at S x" is chosen on dev and read on
 test (``choice.py``); methods are compared by paired differences with a 95% interval over seeds

@@ -30,6 +30,7 @@ from leebert_plugin.benchmark.choice import RULES, At, choose
 from leebert_plugin.benchmark.evaluation import (
     VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
 )
+from leebert_plugin.benchmark.gate_diagnostics import stage1_diagnostics
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
 from leebert_plugin.fairseq_patches.checkpoint_files import is_intact
@@ -101,7 +102,7 @@ class Matrix:
         size, the architecture and whether it starts from a pretrained encoder. Not the paths of the
         data or the encoder: they differ between machines. A variant's overrides may replace one of
         these values (``leebert-cls``); they are recorded beside it."""
-        return {**self.budget.reaching(self.method_of(name)), "data": self.data.name, "num_classes": self.num_classes,
+        return {**self.budget.reaching(self.method_of(name), self.layers), "data": self.data.name, "num_classes": self.num_classes,
                 "train_size": self.train_size, "arch": self.arch, "pretrained": self.restore is not None}
 
     def launched_as(self, name: str) -> Dict:
@@ -129,7 +130,8 @@ def check_overrides(extra: Sequence[str]) -> None:
 def train(m: Matrix, method: str, seed: int) -> float:
     """One fairseq-hydra-train run with a progress bar; its wall-clock seconds."""
     save = m.save_dir(method, seed)
-    code, seconds = train_with_progress(m.command(method, seed), save / "train.log", m.budget.updates(m.train_size),
+    updates = m.budget.for_method(m.method_of(method)).updates(m.train_size)
+    code, seconds = train_with_progress(m.command(method, seed), save / "train.log", updates,
                                         f"{method} seed {seed}", fairseq_env(m.device), cwd=ROOT)
     if code != 0:
         tail = "\n".join((save / "train.log").read_text().splitlines()[-15:])
@@ -235,10 +237,14 @@ def across_columns(outs: Sequence[Path], methods: Sequence[str],
 def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str],
            trained_under: Optional[Dict]) -> Run:
     """Evaluate the trained run ``name`` seed ``seed`` from its checkpoint and write its record
-    (:func:`_write`), its traces too when it has no gates."""
+    (:func:`_write`), its traces too when it has no gates; a run with gates also records them
+    epoch by epoch of stage 1, from its training log (``gates``: :func:`stage1_diagnostics`)."""
     save = m.save_dir(name, seed)
-    return _write(m, name, seed, seconds, trained_on, trained_under,
-                  *evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES))
+    result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES)
+    log = save / "train.log"
+    gates = stage1_diagnostics(log.read_text()) if log.is_file() else None
+    return _write(m, name, seed, seconds, trained_on, trained_under, {**result, **({"gates": gates} if gates else {})},
+                  outcomes)
 
 
 def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], trained_under: Optional[Dict],
