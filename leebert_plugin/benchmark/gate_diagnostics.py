@@ -11,7 +11,7 @@ accuracy at chance while the gates-off one is not) reads off the record.
 import re
 from typing import Dict, List, Optional
 
-from leebert_plugin.launch import json_records
+from leebert_plugin.runtime.launch import json_records
 
 FIGURES = ("gate_logit_mean", "gate_logit_std", "last_acc_gates_on", "last_acc_gates_off", "mean_skipped")
 KEPT = re.compile(r"stage 2: restored .* \(kept stage-1 epoch ([0-9]+)")  # mid-epoch: ", after N of its batches"
