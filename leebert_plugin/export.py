@@ -86,7 +86,7 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
     model_cfg = _without_paths(model_cfg)
     task_cfg = {k: v for k, v in OmegaConf.to_container(task.cfg, resolve=True, enum_to_str=True).items()
                 if not isinstance(v, dict)}  # the task's own settings, not the optimizer's or dataset's it reads
-    task_cfg = {k: "." if isinstance(v, str) and os.path.isabs(v) else v for k, v in task_cfg.items()}  # data, save dir
+    task_cfg = _serving_task_settings(task_cfg)
     regression = bool(task.cfg.regression_target)
     labels = [] if regression else [task.label_dictionary[i] for i in range(task.label_dictionary.nspecial,
                                                                                len(task.label_dictionary))]
@@ -135,6 +135,24 @@ def _check_out(out: Path, overwrite: bool) -> None:
                          "export into a new folder, or remove that folder yourself")
 
 
+# the task's settings that only training reads (interpolated from fairseq's checkpoint group): the
+# manifest keeps fairseq's defaults, never the training run's paths; a restore path written as "."
+# was once checked as a checkpoint file when the export loaded (IsADirectoryError)
+TRAINING_ONLY = ("save_dir", "restore_file")
+
+
+def _serving_task_settings(settings: Dict) -> Dict:
+    """The task's settings for the manifest: absolute paths (the data folder) become ``.`` (the
+    export folder itself is the data folder when it loads) and the settings of :data:`TRAINING_ONLY`
+    fairseq's defaults, whatever the training run gave them."""
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    defaults = CheckpointConfig()
+    out = {k: "." if isinstance(v, str) and os.path.isabs(v) else v for k, v in settings.items()}
+    out.update({k: getattr(defaults, k) for k in TRAINING_ONLY if k in out})
+    return out
+
+
 def _plain(settings: Dict) -> Dict:
     """A Namespace's settings as JSON values (tuples become lists, anything else its text)."""
     def value(v):
@@ -172,7 +190,8 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
         raise UsageError(f"{folder / MANIFEST} is format {manifest.get('format')}, this plugin reads {FORMAT}",
                          "export the checkpoint again with this version")
     target = resolve_device(device)
-    task = tasks.setup_task(OmegaConf.create(dict(manifest["task"], data=str(folder))))
+    # a saved model, not a training run: the training-only checks (restore file, save dir) do not apply
+    task = tasks.setup_task(OmegaConf.create(dict(manifest["task"], data=str(folder))), from_checkpoint=True)
     model_cfg = manifest["model"]
     model = task.build_model(Namespace(**model_cfg) if manifest.get("model_is_namespace") else OmegaConf.create(model_cfg))
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True), strict=True)
