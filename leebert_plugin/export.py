@@ -109,7 +109,7 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
                     shutil.copy(value, stage / "bpe" / Path(value).name)
                     value = f"bpe/{Path(value).name}"
                 shipped["options"][option] = value
-        manifest = {"format": FORMAT, "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
+        manifest = {"format": FORMAT, "pairs": (Path(data) / "input1").is_dir(), "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
                     "regression": regression, "bpe": shipped, "checkpoint_sha256": _sha256(Path(checkpoint))}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         if out.exists():
@@ -176,6 +176,44 @@ def is_export(path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
+REEXPORT = "export the checkpoint again: python -m leebert_plugin.export CHECKPOINT DATA OUT (--overwrite replaces it)"
+
+
+def read_manifest(folder) -> Dict:
+    """``FOLDER/export.json``, checked: a JSON object of this plugin's format with the fields the
+    loader reads, else one line naming the folder and what is wrong."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} cannot be read ({type(err).__name__}: {str(err)[:80]})", REEXPORT) from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} holds a JSON {type(manifest).__name__}, not the export's settings", REEXPORT)
+    if manifest.get("format") != FORMAT:
+        raise UsageError(f"{path} is format {manifest.get('format')}, this plugin reads {FORMAT}",
+                         "export the checkpoint again with this version")
+    missing = [k for k in ("model", "task", "labels", "bpe") if k not in manifest]
+    wrong = [k for k in ("model", "task") if k not in missing and not isinstance(manifest[k], dict)]
+    if missing or wrong:
+        raise UsageError(f"{path} lacks {', '.join(missing)}" if missing else f"{path}: {wrong[0]} is not a JSON object",
+                         REEXPORT)
+    return manifest
+
+
+def _read_weights(folder: Path) -> Dict[str, torch.Tensor]:
+    """``FOLDER/model.pt``, refused in one line when missing, damaged or not a tensor dict."""
+    path = folder / "model.pt"
+    if not path.is_file():
+        raise UsageError(f"{folder} is an export folder without its model.pt", REEXPORT)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, a damaged pickle, a refused global: one line each
+        raise UsageError(f"{path} is not readable ({type(err).__name__}: {str(err)[:80]})", REEXPORT) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} is not an export's weights (a dict of tensors)", REEXPORT)
+    return state
+
+
 def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional[Tuple[str, Dict[str, str]]]]:
     """The model (eval mode, on ``device``), its task and its bpe with the options (None: none), from
     an export folder."""
@@ -185,16 +223,29 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     from leebert_plugin.runtime.devices import resolve_device
 
     folder = Path(folder).resolve()
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise UsageError(f"{folder / MANIFEST} is format {manifest.get('format')}, this plugin reads {FORMAT}",
-                         "export the checkpoint again with this version")
+    manifest = read_manifest(folder)
+    needed = ["input0/dict.txt"] + ([] if manifest.get("regression") else ["label/dict.txt"])
+    for rel in needed:
+        if not (folder / rel).is_file():
+            raise UsageError(f"{folder} is an export folder without its {rel}", REEXPORT)
     target = resolve_device(device)
+    state = _read_weights(folder)
     # a saved model, not a training run: the training-only checks (restore file, save dir) do not apply
-    task = tasks.setup_task(OmegaConf.create(dict(manifest["task"], data=str(folder))), from_checkpoint=True)
     model_cfg = manifest["model"]
-    model = task.build_model(Namespace(**model_cfg) if manifest.get("model_is_namespace") else OmegaConf.create(model_cfg))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True), strict=True)
+    try:
+        task = tasks.setup_task(OmegaConf.create(dict(manifest["task"], data=str(folder))), from_checkpoint=True)
+        model = task.build_model(Namespace(**model_cfg) if manifest.get("model_is_namespace") else OmegaConf.create(model_cfg))
+    except UsageError:
+        raise
+    except Exception as err:  # settings edited by hand or cut short: fairseq fails on them anywhere inside
+        raise UsageError(f"the settings in {folder / MANIFEST} do not build a model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:100] if str(err) else ''})", REEXPORT) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # tensors of another model than export.json describes
+        first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
+        raise UsageError(f"{folder / 'model.pt'} does not fit the model {MANIFEST} describes ({first[:120]})",
+                         REEXPORT) from None
     bpe = None
     if manifest["bpe"] is not None:
         options = {k: str(folder / v) if k in FILE_OPTIONS else v for k, v in manifest["bpe"]["options"].items()}

@@ -1,6 +1,7 @@
 """Checks on a preprocessed GLUE-layout directory, each ending in one clear :class:`UsageError`."""
 import hashlib
 import os
+from argparse import Namespace
 from typing import List, Optional
 
 import numpy as np
@@ -172,3 +173,25 @@ def check_same_dictionaries(saved: Optional[str], current: str, data: str) -> No
         raise UsageError(f"{data} was binarised with other dictionaries (input0/label dict.txt) than the "
                          "checkpoint was trained on", "binarise the data with the training data's dictionaries "
                          "(fairseq-preprocess --srcdict TRAIN-BIN/input0/dict.txt; the same for label)")
+
+
+# the model settings a resumed checkpoint's tensors depend on: a resume that changes one would fail
+# in the strict load with a list of tensors (and a fix about checkpoint.restore_file, which a resume
+# does not set)
+MODEL_SHAPE = ("_name", "arch", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+               "exit_layers", "exit_head", "exit_pooling", "skip_gates", "layer_projectors", "max_positions")
+
+
+def changed_model_setting(saved, current):
+    """The first setting of :data:`MODEL_SHAPE` that ``current`` (the run's model config) gives
+    otherwise than ``saved`` (a checkpoint's), as ``(key, saved value, value)``; None if none does.
+    Either may be a Namespace, a dict or a DictConfig; a setting one of them lacks is not compared."""
+    def value(cfg, key):
+        return getattr(cfg, key, None) if isinstance(cfg, Namespace) else cfg.get(key) if hasattr(cfg, "get") else None
+    if saved is None or current is None:
+        return None
+    for key in MODEL_SHAPE:
+        a, b = value(saved, key), value(current, key)
+        if a is not None and b is not None and str(a) != str(b):
+            return key, a, b
+    return None
