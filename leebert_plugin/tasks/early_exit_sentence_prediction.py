@@ -152,6 +152,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         checks.check_rows(cfg.data, split, self.source_dictionary, getattr(self, "label_dictionary", None),
                           cfg.regression_target, cfg.init_token, cfg.max_positions, str(cfg.shorten_method),
                           _outer(cfg, "max_tokens", None))
+        checks.warn_unk_share(cfg.data, split, self.source_dictionary)
         return super().load_dataset(split, combine=combine, **kwargs)
 
     def build_criterion(self, cfg, from_checkpoint=False):
