@@ -220,6 +220,7 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     from fairseq import tasks
 
     import leebert_plugin  # noqa: F401  (registers the task and the model)
+    from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
     from leebert_plugin.runtime.devices import resolve_device
 
     folder = Path(folder).resolve()
@@ -240,12 +241,10 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     except Exception as err:  # settings edited by hand or cut short: fairseq fails on them anywhere inside
         raise UsageError(f"the settings in {folder / MANIFEST} do not build a model ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:100] if str(err) else ''})", REEXPORT) from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:  # tensors of another model than export.json describes
-        first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
-        raise UsageError(f"{folder / 'model.pt'} does not fit the model {MANIFEST} describes ({first[:120]})",
-                         REEXPORT) from None
+    # compared as written, before the model's own load upgrades the state (it would give a missing
+    # exit head fresh random weights, as it does for a plain RoBERTa checkpoint)
+    check_state_dict_fits(model, state, "", f"the model {folder / MANIFEST} describes", REEXPORT)
+    model.load_state_dict(state, strict=True)
     bpe = None
     if manifest["bpe"] is not None:
         options = {k: str(folder / v) if k in FILE_OPTIONS else v for k, v in manifest["bpe"]["options"].items()}

@@ -565,7 +565,9 @@ API_CALLS: Dict[str, tuple] = {  # name -> (the call, words of its UsageError)
         _damaged(lambda f: (f / "model.pt").write_bytes((f / "model.pt").read_bytes()[:5000])),
         ["model.pt is not readable", "export the checkpoint again"]),
     "export: model.pt empty": (_damaged(lambda f: (f / "model.pt").write_bytes(b"")), ["model.pt is not readable"]),
-    "export: model.pt of another model": (_damaged(_fewer_tensors), ["model.pt does not fit the model export.json describes"]),
+    "export: model.pt of another model (fresh exits were injected silently)": (
+        _damaged(_fewer_tensors), ["does not fit the model", "export.json describes", "tensors are missing",
+                                   "export the checkpoint again"]),
     "export: export.json cut short (JSONDecodeError before)": (
         _damaged(lambda f: (f / "export.json").write_text((f / "export.json").read_text()[:100])),
         ["export.json cannot be read (JSONDecodeError", "export the checkpoint again"]),
