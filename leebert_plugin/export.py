@@ -9,8 +9,13 @@
 - ``input0/dict.txt`` and, for classification, ``label/dict.txt``: the dictionaries, laid out as a
   data folder so that the task itself is set up from ``OUT``;
 - ``bpe/``: the bpe's files (a WordPiece ``vocab.txt``, a sentencepiece model, GPT-2's two files);
-- ``export.json``: the model's and the task's settings, the label names, the bpe and its options
-  (file options relative to ``OUT``), and the SHA-256 of the checkpoint it came from.
+- ``export.json``: the model's and the task's settings, the label names, whether the model reads
+  sentence pairs, the bpe and its options (file options relative to ``OUT``), and the SHA-256 of
+  the checkpoint it came from. Settings only training reads (the save dir, the restore file) are
+  written as fairseq's defaults: the folder loads as a saved model, not as a training run.
+
+A folder with a missing, damaged or mismatched file is refused in one line naming the file
+(:func:`read_manifest`, :func:`read_export`).
 
 No data folder and no path of the machine that exported it is needed to load it:
 ``EarlyExitClassifier.from_pretrained(OUT)``. The bpe defaults to the one ``prepare_data`` recorded
@@ -109,8 +114,9 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
                     shutil.copy(value, stage / "bpe" / Path(value).name)
                     value = f"bpe/{Path(value).name}"
                 shipped["options"][option] = value
-        manifest = {"format": FORMAT, "pairs": (Path(data) / "input1").is_dir(), "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
+        manifest = {"format": FORMAT, "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
                     "regression": regression, "bpe": shipped, "checkpoint_sha256": _sha256(Path(checkpoint))}
+        manifest["pairs"] = (Path(data) / "input1").is_dir()  # sentence pairs or single sentences: the hub refuses the other
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
