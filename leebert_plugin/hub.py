@@ -57,6 +57,7 @@ def _coder(chosen: Optional[Tuple[str, dict]]):
 
 
 def _number(name: str, value, allow_none: bool = True) -> None:
+    """``value`` is a real number (numpy's too; not a bool, not its text), or None where allowed."""
     if (value is None and allow_none) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
         return
     hint = f"{name}={float(value)}" if isinstance(value, str) and _is_float(value) else f"{name}=0.3"
@@ -123,7 +124,7 @@ def check_sentence(item, position: int, pairs: Optional[bool]) -> Tuple[str, ...
                              f"classifies {what}", "pass each sentence as one string" if pairs is False
                              else "pass each as a (first, second) pair")
         return tuple(item)
-    raise UsageError(f"sentence {position} is {item!r} (a {type(item).__name__}), not text",
+    raise UsageError(f"sentence {position} is {repr(item)[:60]} (a {type(item).__name__}), not text",
                      "pass strings" + (" (decode bytes first: text.decode('utf-8'))" if isinstance(item, bytes) else "")
                      + (", or (first, second) pairs of strings" if pairs is not False else ""))
 
