@@ -229,3 +229,46 @@ def precision_optimizer(model, precision: str, optimizer: str = "exit_adam", **s
     if common.get("fp16") or common.get("bf16"):
         return FP16Optimizer.build_optimizer(cfg, params)
     return optim.build_optimizer(cfg.optimizer, params)
+
+
+# ---- a tiny Hugging Face BERT folder, for the converter and the own-data walk -----------------------
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_hf_bert(folder: Path, words: List[str], seed: int = 0, **config) -> Path:
+    """``folder`` as a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors) of
+    exit_bert_tiny's shape (2 layers, 128 wide, 2 heads, ffn 512) with random weights (std 0.02,
+    BERT's initialisation); ``config`` overrides config.json's fields (a value None drops the field)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = BERT_SPECIALS + list(words)
+    settings = {"model_type": "bert", "architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
+                "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "vocab_size": len(vocab)}
+    settings.update(config)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    d, ffn = 128, 512
+    weights = {"embeddings.word_embeddings.weight": normal(len(vocab), d),
+               "embeddings.position_embeddings.weight": normal(512, d),
+               "embeddings.token_type_embeddings.weight": normal(2, d),
+               "embeddings.LayerNorm.weight": torch.ones(d), "embeddings.LayerNorm.bias": torch.zeros(d)}
+    for i in range(2):
+        p = f"encoder.layer.{i}."
+        for name, shape in (("attention.self.query", (d, d)), ("attention.self.key", (d, d)),
+                            ("attention.self.value", (d, d)), ("attention.output.dense", (d, d)),
+                            ("intermediate.dense", (ffn, d)), ("output.dense", (d, ffn))):
+            weights[p + name + ".weight"], weights[p + name + ".bias"] = normal(*shape), torch.zeros(shape[0])
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            weights[p + name + ".weight"], weights[p + name + ".bias"] = torch.ones(d), torch.zeros(d)
+    (folder / "config.json").write_text(json.dumps(settings, indent=1))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder

@@ -448,3 +448,293 @@ def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
         assert_refused(save, lambda: run(cmd), *case.words)
     assert not (tmp_path / "PWNED").exists()  # no pickled global ever ran
 
+
+
+# issue 34: api and files ------------------------------------------------------------------------
+# Commands the Case tools above run (fairseq-validate's parse errors, a resume with other model
+# settings, the bi-level split's status), the prepare_data and converter commands (run by
+# FILE_COMMANDS below), and the Python API (API_CALLS: run in this process, where the contract is
+# the exception a caller catches: a UsageError, which is a ValueError).
+def _export_weights(tmp: Path, fx: dict) -> Path:
+    from leebert_plugin.export import export
+
+    out = export(Path(fx["ckpt"]), Path(fx["data"]), tmp / "export", bpe="none")
+    return out / "model.pt"
+
+
+def _resumed_with(override: str) -> Callable[[Path, dict], str]:
+    def build(tmp: Path, fx: dict) -> str:
+        _resume_trained(tmp, fx)
+        return override
+    return build
+
+
+API_AND_FILES_FILES = {"export_weights": _export_weights,
+                       "resume_other_exits": _resumed_with("model.exit_layers='2,4'"),
+                       "resume_other_layers": _resumed_with("+model.encoder_layers=2")}
+API_AND_FILES_CASES: Dict[str, Case] = {
+    "validate: --exit-threshold abc (argparse's usage text before)": Case(
+        "validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "abc"],
+        ["fairseq-validate: argument --exit-threshold: invalid float value: 'abc'"]),
+    "validate: --exit-threshold 0.3,0.5": Case(
+        "validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "0.3,0.5"],
+        ["invalid float value: '0.3,0.5'", "--exit-thresholds t1,t2", "per_exit_entropy"]),
+    "validate: --path an export's model.pt (KeyError 'best_loss' before)": Case(
+        "validate", ["{data}", "--path", "{export_weights}"],
+        ["is the weights of an export folder", "EarlyExitClassifier.from_pretrained(", "checkpoint_best.pt"]),
+    "leebert: D1 empty (d2_ratio=0.9999)": Case("train", [*LEEBERT_SHORT, "task.d2_ratio=0.9999"],
+                                                 ["D1 is empty", "d2_ratio=0.9999", "nearer 0.5"], "mr_leebert"),
+    "train: resume into a save dir whose checkpoint has other exits": Case(
+        "train", ["{resume_other_exits}"], ["checkpoint_last.pt, the checkpoint this run resumes",
+                                            "model.exit_layers=''", "asks for model.exit_layers='2,4'",
+                                            "another checkpoint.save_dir"]),
+    "train: resume into a save dir whose checkpoint has other layers": Case(
+        "train", ["{resume_other_layers}"], ["checkpoint_last.pt, the checkpoint this run resumes",
+                                             "model.encoder_layers=4", "asks for model.encoder_layers=2"]),
+}
+CATALOGUE.update(API_AND_FILES_CASES)
+FILES.update(API_AND_FILES_FILES)
+
+
+@pytest.mark.parametrize("name", list(API_AND_FILES_CASES))
+def test_bad_input_api_and_files(name, mr_bin, trained, plain_roberta, tmp_path):
+    test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path)
+
+
+def test_an_error_where_the_bilevel_split_is_checked_ends_with_status_1(mr_bin, tmp_path):
+    """Not only "not 0": the line was followed by SIGABRT (status 134), which scripts read as a crash."""
+    save = guarded_dir(tmp_path)
+    case = CATALOGUE["leebert: D1 empty (d2_ratio=0.9999)"]
+    proc = run(command(case, {"data": str(mr_bin), "save": str(save)}))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+
+
+def test_a_lock_naming_a_live_unrelated_pid_says_how_to_clear_it(mr_bin, tmp_path):
+    """A pid reused after a restart: alive, but not a training run (here: a sleep this test started)."""
+    import json
+    import socket
+    import subprocess
+
+    save = guarded_dir(tmp_path)
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        (save / "leebert.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                       "started": "2026-01-01 00:00:00"}))
+        case = Case("train", ["optimization.max_update=2"], [])
+        assert_refused(save, lambda: run(command(case, {"data": str(mr_bin), "save": str(save)})),
+                       f"pid {other.pid} on this host", "its command: sleep 300", "not a training run",
+                       f"ps -p {other.pid} -o pid,lstart,args", f"delete {save / 'leebert.lock'}")
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _converter(hf: Callable[[Path], Path]) -> Callable[[Path], List[str]]:
+    return lambda tmp: [sys.executable, str(ROOT / "scripts" / "convert_hf_bert.py"), str(hf(tmp)), str(tmp / "out")]
+
+
+def _prepare(content: str, *extra: str) -> Callable[[Path], List[str]]:
+    def argv(tmp: Path) -> List[str]:
+        from helpers import tiny_hf_bert
+
+        (tmp / "train.tsv").write_text(content)
+        vocab = tiny_hf_bert(tmp / "bert", ["the", "film"]) / "vocab.txt"
+        return [sys.executable, "-m", "leebert_plugin.prepare_data", "--train", str(tmp / "train.tsv"), "--out",
+                str(tmp / "out"), "--bpe", "wordpiece", "--wordpiece-vocab", str(vocab), *extra]
+    return argv
+
+
+def _bert_with(**config) -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        from helpers import tiny_hf_bert
+
+        return tiny_hf_bert(tmp / "hf", ["the", "film", "the"] if config.pop("duplicate", False) else ["the", "film"],
+                            **config)
+    return build
+
+
+ROWS = "text\tlabel\n" + "the film\ta\nfilm the\tb\n" * 10
+FILE_COMMANDS: Dict[str, tuple] = {  # name -> (argv in a tmp dir, words); the guarded dir: OUT
+    "converter: a duplicated token in vocab.txt": (
+        _converter(_bert_with(duplicate=True)), ["hf/vocab.txt:8 repeats the token 'the' of line 6", "unchanged"]),
+    "converter: config.json without intermediate_size (KeyError before)": (
+        _converter(_bert_with(intermediate_size=None)), ["hf/config.json has no intermediate_size field",
+                                                         "the config.json that came with these weights"]),
+    "converter: config.json with a hidden_size of text": (
+        _converter(_bert_with(hidden_size="128")), ["hidden_size='128' is not a whole number"]),
+    "prepare_data: an unclosed quote read with --quoting csv": (
+        _prepare(ROWS + '"open\ta\n', "--quoting", "csv"), ["train.tsv:22 is not valid TSV with CSV quoting",
+                                                            "--quoting none"]),
+    "prepare_data: a row that fits neither quoting": (
+        _prepare(ROWS + '"a\tb"x\ta\n'), ["train.tsv:22 is not valid TSV with CSV quoting", "close the quote"]),
+    "prepare_data: --delimiter of two characters": (_prepare(ROWS, "--delimiter", "::"),
+                                                    ["--delimiter", "'::' is not tab, comma, semicolon, pipe"]),
+    "prepare_data: a ';' file forced to commas": (
+        _prepare(ROWS.replace("\t", ";"), "--delimiter", "comma"), ["has no header naming the columns", "--delimiter"]),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_COMMANDS))
+def test_bad_file_commands(name, tmp_path):
+    argv, words = FILE_COMMANDS[name]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cmd = argv(tmp_path)
+    assert_refused(out, lambda: run(cmd, cwd=ROOT), *words)
+
+
+@pytest.fixture(scope="module")
+def api(trained, mr_bin, tmp_path_factory) -> dict:
+    from leebert_plugin.export import export
+    from leebert_plugin.hub import EarlyExitClassifier
+
+    spm = {"sentencepiece_model": str(mr_bin / "raw" / "spm.model")}
+    folder = export(trained / "checkpoint_best.pt", mr_bin, tmp_path_factory.mktemp("api") / "export",
+                    bpe="sentencepiece", bpe_options=spm)
+    return {"clf": EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin),
+                                                       device="cpu", bpe="sentencepiece", **spm),
+            "export": folder}
+
+
+def _damaged(edit: Callable[[Path], None]) -> Callable[[dict, Path], object]:
+    """from_pretrained of a copy of the export that ``edit`` damaged."""
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        copy = tmp / "damaged"
+        shutil.copytree(fx["export"], copy)
+        edit(copy)
+        return EarlyExitClassifier.from_pretrained(str(copy), device="cpu")
+    return call
+
+
+def _fewer_tensors(folder: Path) -> None:
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state.pop(sorted(state)[-1])
+    torch.save(state, folder / "model.pt")
+
+
+def _without(key: str) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        import json
+
+        manifest = json.loads((folder / "export.json").read_text())
+        del manifest[key]
+        (folder / "export.json").write_text(json.dumps(manifest))
+    return edit
+
+
+def _predict(*args, **kwargs) -> Callable[[dict, Path], object]:
+    return lambda fx, tmp: fx["clf"].predict(*args, **kwargs)
+
+
+def _served(*args, **kwargs) -> Callable[[dict, Path], object]:
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        return EarlyExitClassifier.from_pretrained(str(fx["export"]), device="cpu").predict(*args, **kwargs)
+    return call
+
+
+def _from_pretrained(*args, **kwargs) -> Callable[[dict, Path], object]:
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        return EarlyExitClassifier.from_pretrained(*args, **kwargs)
+    return call
+
+
+API_CALLS: Dict[str, tuple] = {  # name -> (the call, words of its UsageError)
+    "hub: None inside the batch": (_predict(["fine", None]), ["sentence 1 is None (a NoneType), not text", "pass strings"]),
+    "hub: an int inside the batch": (_predict(["fine", 3]), ["sentence 1 is 3 (a int), not text"]),
+    "hub: bytes inside the batch": (_predict([b"fine"]), ["sentence 0 is b'fine' (a bytes)", "decode bytes first"]),
+    "hub: a dict as the batch (it classified the keys)": (_predict({"a": "fine"}), ["sentences is a mapping",
+                                                                                     "classify its keys"]),
+    "hub: a 0-d numpy string": (lambda fx, tmp: fx["clf"].predict(__import__("numpy").array("fine")),
+                                ["sentences is a single ndarray", "pass a list"]),
+    "hub: bytes as the batch": (_predict(b"fine film"), ["sentences is a single bytes"]),
+    "hub: a number as the batch": (_predict(5), ["sentences is a int, not an iterable"]),
+    "hub: threshold='0.3'": (_predict(["fine"], exit_policy="entropy", threshold="0.3"),
+                             ["threshold='0.3' is a str, not a number", "threshold=0.3"]),
+    "hub: threshold as a list": (_predict(["fine"], exit_policy="entropy", threshold=[0.3, 0.5]),
+                                 ["threshold=[0.3, 0.5] is a list, not a number", "thresholds=[...]"]),
+    "hub: patience='2'": (_predict(["fine"], exit_policy="patience", patience="2"), ["patience='2' is not a whole number"]),
+    "hub: exit_policy as a number": (_predict(["fine"], exit_policy=3), ["exit_policy=3 is a int, not a policy name"]),
+    "hub: thresholds as a string": (_predict(["fine"], exit_policy="per_exit_entropy", thresholds="0.2,0.3"),
+                                    ["thresholds='0.2,0.3' is not a list of numbers"]),
+    "hub: a sentence pair to a single-sentence model (it returned a label)": (
+        _predict([("a fine film", "a dull one")]), ["sentence 0 is a tuple of 2 strings",
+                                                    "classifies single sentences", "one string"]),
+    "hub: a 3-tuple to a single-sentence export": (_served([("a", "b", "c")]), ["sentence 0 is a tuple of 3 strings"]),
+    "hub: checkpoint=None": (_from_pretrained(None), ["checkpoint=None is a NoneType, not a path"]),
+    "hub: data as a number": (lambda fx, tmp: _from_pretrained("x.pt", data=3, bpe="none")(fx, tmp),
+                              ["data=3 is a int, not a path"]),
+    "export: model.pt missing (FileNotFoundError before)": (
+        _damaged(lambda f: (f / "model.pt").unlink()), ["is an export folder without its model.pt",
+                                                        "export the checkpoint again"]),
+    "export: model.pt truncated": (
+        _damaged(lambda f: (f / "model.pt").write_bytes((f / "model.pt").read_bytes()[:5000])),
+        ["model.pt is not readable", "export the checkpoint again"]),
+    "export: model.pt empty": (_damaged(lambda f: (f / "model.pt").write_bytes(b"")), ["model.pt is not readable"]),
+    "export: model.pt of another model (fresh exits were injected silently)": (
+        _damaged(_fewer_tensors), ["does not fit the model", "export.json describes", "tensors are missing",
+                                   "export the checkpoint again"]),
+    "export: export.json cut short (JSONDecodeError before)": (
+        _damaged(lambda f: (f / "export.json").write_text((f / "export.json").read_text()[:100])),
+        ["export.json cannot be read (JSONDecodeError", "export the checkpoint again"]),
+    "export: export.json a JSON list": (_damaged(lambda f: (f / "export.json").write_text("[1, 2]")),
+                                        ["export.json holds a JSON list"]),
+    "export: export.json without its task": (_damaged(_without("task")), ["export.json lacks task"]),
+    "export: export.json not UTF-8": (_damaged(lambda f: (f / "export.json").write_bytes(b"\xff\xfe{")),
+                                      ["export.json cannot be read (UnicodeDecodeError"]),
+    "export: input0/dict.txt missing": (_damaged(lambda f: (f / "input0" / "dict.txt").unlink()),
+                                        ["is an export folder without its input0/dict.txt"]),
+}
+
+
+@pytest.mark.parametrize("name", list(API_CALLS))
+def test_bad_api_input(name, api, tmp_path):
+    from leebert_plugin.errors import UsageError
+
+    call, words = API_CALLS[name]
+    with pytest.raises(UsageError) as refused:
+        call(api, tmp_path)
+    assert isinstance(refused.value, ValueError)
+    message = str(refused.value)
+    assert message.startswith("leebert-plugin: error:") and "Fix:" in message and "\n" not in message
+    for w in words:
+        assert w in message, message
+
+
+def test_ranks_that_built_different_models_are_named_in_one_line():
+    from leebert_plugin.fairseq_patches.ddp import model_difference
+
+    same = {"a.weight": (4, 4), "b.bias": (4,)}
+    assert model_difference([same, dict(same)]) is None
+    said = model_difference([same, {"a.weight": (4, 4), "b.bias": (3,)}])
+    assert said == "rank 1 built another model than rank 0 (2 parameters against 2): b.bias is [4] on rank 0 and [3] on rank 1"
+    assert "c.weight is missing on rank 0 and [2] on rank 1" in model_difference([same, {**same, "c.weight": (2,)}])
+
+
+def test_two_ranks_building_different_models_end_in_one_line_not_ddps_traceback(mr_bin, tmp_path):
+    """Rank 1 reads a data folder whose dictionary has 8 more symbols: its embedding is larger."""
+    from helpers import launch_two_processes
+
+    other = tmp_path / "other-data"
+    shutil.copytree(mr_bin, other)
+    with open(other / "input0" / "dict.txt", "a") as f:
+        f.writelines(f"extra{i} 1\n" for i in range(8))
+    save = tmp_path / "save"
+    save.mkdir()
+    ranks = launch_two_processes("mr_multi_exit", save, "task.data=${oc.env:LEEBERT_RANK_DATA}", "optimization.max_update=2",
+                                 "dataset.batch_size=16", probe=False,
+                                 env={"0:LEEBERT_RANK_DATA": str(mr_bin), "1:LEEBERT_RANK_DATA": str(other)})
+    from helpers import assert_one_clear_error
+
+    from fairseq.data import Dictionary
+
+    n = len(Dictionary.load(str(mr_bin / "input0" / "dict.txt"))) + 1  # the task adds <mask>
+    for proc in ranks:  # the first tensor in name order whose shape follows the dictionary: the LM head's bias
+        assert_one_clear_error(proc, "rank 1 built another model than rank 0",
+                               f"encoder.lm_head.bias is [{n}] on rank 0 and [{n + 8}] on rank 1", "the same data folder")

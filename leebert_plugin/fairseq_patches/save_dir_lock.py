@@ -52,6 +52,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _command_of(pid: int) -> Optional[str]:
+    """The command line of process ``pid`` (Linux's ``/proc``), or None where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip() or None
+
+
+def _in_use(what: str, path: Path, holder: dict, elsewhere: str) -> UsageError:
+    """The refusal for a lock whose pid is alive on this host. A pid can be reused (the machine
+    restarted, the run was killed and its number handed out again), which the plugin cannot tell
+    for sure: the line shows what that process is and how to clear the lock once the user has."""
+    pid, command = holder["pid"], _command_of(holder["pid"])
+    detail = f"its command: {command[:80]}" if command else "its command cannot be read here"
+    if command is not None and not any(w in command for w in ("fairseq", "hydra", "leebert")):
+        detail += "; not a run of the plugin by the look of it: perhaps its pid was reused after a restart"
+    return UsageError(f"{what} is in use by another run (pid {pid} on this host, started {holder.get('started')}; "
+                      f"{detail})", f"wait for it to finish (or stop it), or {elsewhere}; if ps -p "
+                      f"{pid} -o pid,lstart,args shows no run on {what} (a reused pid), delete {path} and start again")
+
+
 def _read(path: Path) -> Optional[dict]:
     try:
         holder = json.loads(path.read_text())
@@ -175,9 +197,7 @@ def acquire_lock(path: Path, what: str, elsewhere: str, one_run: str) -> Optiona
                     f"{what} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
                     f"{holder.get('started')})", f"wait for it, or {elsewhere}; if that run is gone, delete {path}")
             if holder is not None and _alive(holder["pid"]):
-                return UsageError(
-                    f"{what} is in use by another run (pid {holder['pid']} on this host, started "
-                    f"{holder.get('started')})", f"wait for it to finish (or stop it), or {elsewhere}")
+                return _in_use(what, path, holder, elsewhere)
             logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
             _take_over(path, holder, me)
             continue

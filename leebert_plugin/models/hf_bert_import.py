@@ -49,6 +49,9 @@ LAYER_KEYS = {
     "final_layer_norm": "output.LayerNorm",
 }
 ENCODER = "encoder.sentence_encoder."
+# the config.json fields the model's shape is read from (the others have BERT's defaults)
+SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
 OUTPUTS = ("model.pt", "dict.txt", "vocab.txt", "convert.json")
 
 
@@ -67,6 +70,12 @@ def read_config(hf_dir: Path) -> dict:
     if config.get("hidden_act") not in ACTIVATIONS:
         raise UsageError(f"{path} uses the activation {config.get('hidden_act')!r}",
                          f"convert a BERT with one of {', '.join(ACTIVATIONS)}")
+    missing = [k for k in SHAPE_FIELDS if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)]
+    if missing:
+        value = config.get(missing[0])
+        raise UsageError(f"{path} has no {missing[0]} field" if missing[0] not in config else
+                         f"{path}: {missing[0]}={value!r} is not a whole number",
+                         f"use the config.json that came with these weights (it names {', '.join(SHAPE_FIELDS)})")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UsageError(f"{path} uses {config['position_embedding_type']!r} position embeddings",
                          "convert a BERT with absolute (learned) positions")
@@ -103,12 +112,13 @@ def read_vocab(hf_dir: Path, out_vocab: Path) -> List[str]:
         ids = model["vocab"]
         tokens = sorted(ids, key=ids.get)
         out_vocab.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    elif (hf_dir / "vocab.txt").is_file():
-        out_vocab.write_text((hf_dir / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    else:
+        return load_vocab(out_vocab, source=hf_dir / "tokenizer.json")
+    if not (hf_dir / "vocab.txt").is_file():
         raise UsageError(f"{hf_dir} has neither vocab.txt nor tokenizer.json",
                          "put the checkpoint's vocab.txt next to its config.json")
-    return load_vocab(out_vocab)
+    tokens = load_vocab(hf_dir / "vocab.txt")  # checked where it is: a message names the user's file
+    out_vocab.write_text((hf_dir / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return tokens
 
 
 def matching_arch(config: dict) -> Tuple[str, Dict[str, object]]:

@@ -210,6 +210,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         checks.check_rows(cfg.data, split, self.source_dictionary, getattr(self, "label_dictionary", None),
                           cfg.regression_target, cfg.init_token, cfg.max_positions, str(cfg.shorten_method),
                           _outer(cfg, "max_tokens", None))
+        checks.warn_unk_share(cfg.data, split, self.source_dictionary)
         return super().load_dataset(split, combine=combine, **kwargs)
 
     def build_criterion(self, cfg, from_checkpoint=False):
@@ -343,11 +344,22 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def dictionaries_sha256(self) -> str:
         return checks.dictionaries_sha256(self.source_dictionary, getattr(self, "label_dictionary", None))
 
-    def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool) -> None:
+    def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool, model_cfg=None) -> None:
         """Before fairseq's trainer reads a checkpoint it resumes from or restores without resetting
         the optimizer: the same criterion (fairseq asserts it deep inside, unless the optimizer is
         reset). The fix differs: a checkpoint of this save dir is resumed with its own criterion; one
-        from elsewhere (``checkpoint.restore_file``) is started from with a fresh optimizer."""
+        from elsewhere (``checkpoint.restore_file``) is started from with a fresh optimizer. A
+        checkpoint of this save dir is also resumed with its own model settings (``model_cfg``,
+        the run's: :func:`checks.changed_model_setting`)."""
+        if model_cfg is not None and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cfg.save_dir):
+            cfg = state.get("cfg")
+            changed = checks.changed_model_setting(cfg.get("model") if hasattr(cfg, "get") else None, model_cfg)
+            if changed is not None:
+                key, saved_value, value = changed
+                raise UsageError(f"{path}, the checkpoint this run resumes, was trained with model.{key}={saved_value!r}; "
+                                 f"this run asks for model.{key}={value!r}",
+                                 f"resume with model.{key}={saved_value!r}, or start in another checkpoint.save_dir "
+                                 f"(from its weights: checkpoint.restore_file={path} checkpoint.reset_optimizer=true)")
         history = state.get("optimizer_history") or [{}]
         saved = history[-1].get("criterion_name")
         if reset_optimizer or state.get("last_optimizer_state") is None or saved is None \
