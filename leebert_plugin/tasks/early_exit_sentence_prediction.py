@@ -6,9 +6,10 @@ histogram. The exit settings are task fields, so ``fairseq-validate --exit-thres
 the value saved in the checkpoint.
 """
 import logging
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from fairseq import distributed_utils
@@ -24,6 +25,7 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy, parse_thresholds
+from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.option_checks import check_options
@@ -88,6 +90,9 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
     max_epoch: int = II("optimization.max_epoch")
+    # the run's length, from which clo derives the loss weights' lr (optim/bilevel.py)
+    max_update: int = II("optimization.max_update")
+    update_freq: Any = II("optimization.update_freq")
     # checked against the longest sentence of every split before the first batch (data/checks.py)
     max_tokens: Optional[int] = II("dataset.max_tokens")
     # the precision settings, checked before fairseq builds its optimizer wrapper (optim/precision.py)
@@ -105,6 +110,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         super().__init__(cfg, data_dictionary, label_dictionary)
         self.bilevel: Optional[BilevelTraining] = None  # LeeBERT's learned loss weights (clo): bilevel_for
         self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
+        self._train_batches: Optional[int] = None  # batches per epoch of the training split (get_batch_iterator)
         self.two_stage = TwoStageTraining(cfg) if cfg.stage1_epochs > 0 else None
         self._said_stage1_policy = False
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience,
@@ -190,10 +196,42 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             if spec is not None:
                 self.bilevel = BilevelTraining(self._bilevel_settings(), spec["names"], spec["parametrization"],
                                                spec["group_scales"], self.cfg.d2_ratio, self.cfg.seed,
-                                               next(model.parameters()).device)
+                                               next(model.parameters()).device, self.planned_updates())
                 if self._bilevel_state is not None:
                     self.bilevel.load_state_dict(*self._bilevel_state)
         return self.bilevel
+
+    def planned_updates(self) -> Optional[int]:
+        """The updates this run will take, as fairseq's trainer stops it: ``optimization.max_update``,
+        or ``max_epoch`` x the updates of an epoch (its training batches / ``update_freq``, known once
+        the trainer built the epoch iterator), the smaller when both are set; None when neither is."""
+        max_update = _outer(self.cfg, "max_update", 0) or 0
+        max_epoch = _outer(self.cfg, "max_epoch", 0) or 0
+        by_epochs = None
+        if max_epoch > 0 and self._train_batches:
+            freq = _outer(self.cfg, "update_freq", [1]) or [1]
+            by_epochs = max_epoch * math.ceil(self._train_batches / max(1, int(freq[0])))
+        known = [n for n in (max_update if max_update > 0 else None, by_epochs) if n]
+        return min(known) if known else None
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator; that of the training split has its number of batches noted (per
+        worker), which gives the run's length under ``max_epoch`` (:meth:`planned_updates`)."""
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if any(dataset is d for name, d in self.datasets.items() if name.startswith("train")):
+            self._train_batches = len(itr)
+        return itr
+
+    def learned_loss_weights(self) -> Optional[Dict[str, float]]:
+        """LeeBERT's learned loss-term weights by term name (``ce_L3``, ``kd_L3<L7``), from training or
+        as the loaded checkpoint saved them (the hub, ``fairseq-validate``); None without them."""
+        if self.bilevel is not None:
+            weights = self.bilevel.weights
+        elif self._bilevel_state is not None:
+            weights = LossWeights.from_state(self._bilevel_state[0]["weights"])
+        else:
+            return None
+        return dict(zip(weights.names, weights.weights().detach().cpu().tolist()))
 
     def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
