@@ -161,7 +161,7 @@ def test_clo_warns_once_with_the_share_of_meta_steps_that_had_both_splits(caplog
     model = tiny_model(num_classes=2)
     model.train()
     crit = leebert()
-    training = bilevel_training(model, crit, w_update_interval=1)
+    training = bilevel_training(model, crit, w_update_interval=1, w_lr=3e-3)
     sample = sample_for(model, 8, seed=3)
     b1, b2 = training.split(sample)
     assert b1 is not None and b2 is not None
