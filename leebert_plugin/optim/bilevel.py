@@ -202,10 +202,6 @@ class BilevelTraining:
         if len(t["updates"]) >= TRAJECTORY_POINTS:
             t["updates"], t["weights"], t["stride"] = t["updates"][::2], t["weights"][::2], 2 * t["stride"]
 
-    def trajectory_record(self) -> Dict:
-        """The trajectory as the benchmark records it (:func:`trajectory_of`)."""
-        return trajectory_of(self.state_dict())
-
     def _watch_share(self, moved: bool, b1: Optional[dict], b2: Optional[dict]) -> None:
         """Warn once when fewer than ``LOW_SHARE`` of the last ``SHARE_WINDOW`` meta steps had
         both D1 and D2 examples (on some worker): a meta step without them leaves the weights
