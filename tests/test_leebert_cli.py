@@ -33,7 +33,8 @@ def test_each_meta_mode_trains_end_to_end(mode, precision, mr_bin, tmp_path):
     assert all("wkl_kd" in r and "wratio_ce" in r for r in records)
     assert float(records[-1]["wratio_kd"]) > 1.0
     record = weights_record(tmp_path / "checkpoint_last.pt")
-    assert record["updates"] == list(range(6)) and record["w_lr"] == 0.05 and record["planned_updates"] == 6
+    # update 0 runs at lr 0 (fairseq's warm-up starts there): no virtual step, the weights stay
+    assert record["updates"] == list(range(1, 6)) and record["w_lr"] == 0.05 and record["planned_updates"] == 6
     assert list(record["final"].values()) == pytest.approx(record["weights"][-1])
     assert record["spread"]["kd"]["max_min_ratio"] > 1.0
     clf = EarlyExitClassifier.from_pretrained(str(tmp_path / "checkpoint_last.pt"), data=str(mr_bin), bpe="none",
@@ -52,7 +53,7 @@ def test_the_default_weights_lr_comes_from_the_runs_length(mr_bin, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     bilevel = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["task_state"]["bilevel"]
     assert bilevel["planned_updates"] == 25 and bilevel["w_lr"] == pytest.approx(3.0 / 5)
-    assert bilevel["trajectory"]["updates"] == [0, 5, 10, 15, 20]
+    assert bilevel["trajectory"]["updates"] == [5, 10, 15, 20]  # update 0: lr 0 in the warm-up, no meta step
 
 
 def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):
