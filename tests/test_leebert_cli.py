@@ -49,7 +49,7 @@ def test_the_default_weights_lr_comes_from_the_runs_length(mr_bin, tmp_path):
                                                       "optimization.max_update"))]
     proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *short,
                        "optimization.max_update=0", "optimizer.w_update_interval=5",
-                       "lr_scheduler.total_num_update=25")  # the schedule's own length, which it needs
+                       "+lr_scheduler.total_num_update=25")  # the schedule's own length, which it needs
     assert proc.returncode == 0, proc.stderr[-3000:]
     bilevel = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["task_state"]["bilevel"]
     assert bilevel["planned_updates"] == 25 and bilevel["w_lr"] == pytest.approx(3.0 / 5)
