@@ -27,7 +27,7 @@ import numbers
 import os
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from fairseq.data import data_utils
@@ -155,6 +155,14 @@ class EarlyExitClassifier:
     @property
     def head(self) -> str:
         return self.task.cfg.classification_head_name
+
+    @property
+    def loss_weights(self) -> Optional[Dict[str, float]]:
+        """LeeBERT's learned loss-term weights by term name (``ce_L3``, ``kd_L3<L7``), as the training
+        checkpoint saved them; None for a model trained with fixed weights, or an export (which
+        keeps the model alone)."""
+        learned = getattr(self.task, "learned_loss_weights", None)
+        return None if learned is None else learned()
 
     @property
     def device(self) -> torch.device:

@@ -23,13 +23,16 @@ and a paired bootstrap over test examples within each seed (``stats.py``, ``repo
 runs are reused (each records its overrides and budget; one trained under others is refused, not
 mixed in); a killed run resumes from its last checkpoint (``matrix.py``).
 
-Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
-for runs without gates: every exit's dev and test logits);
+Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, traces.npz
+for runs without gates: every exit's dev and test logits, and weights.json for runs that learn their
+loss weights: the weights' trajectory over updates and their final distance from uniform);
 ``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds) and ``OUT/summary.md`` (both with
 every ablation variant finished in OUT at these seeds, this invocation's and earlier ones');
 ``OUT/pareto.png`` and ``OUT/rules.png`` (this invocation's runs' fronts; the latter: the per-exit
 rule against the published ones); with variants, ``OUT/ablations.png`` (every variant of the summary
-beside its method, one panel per ablation, means over seeds with their intervals).
+beside its method, one panel per ablation, means over seeds with their intervals); for runs that
+learn their loss weights, ``OUT/weights_<run>.png`` (their trajectories, one panel per term group,
+seeds overlaid) and a table of their final distance from uniform at the end of ``summary.md``.
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
 an older evaluation scored are scored again (not retrained) when the evaluation changes: from their
@@ -43,11 +46,13 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, across_columns, check_overrides, run_matrix, summary_runs, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, across_columns, check_overrides, run_matrix, summary_runs, weight_records,
+    write_points,
 )
 from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
+from leebert_plugin.benchmark.weights import spread_table, write_weight_figures
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
@@ -123,14 +128,18 @@ def main() -> None:
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
     shown_runs, shown = summary_runs(m, runs, variants(["all"]), log=lambda line: print(line, flush=True))
     text = summary(shown_runs, header, reps=args.bootstrap, variants=shown)
+    weights = weight_records(m, list(shown_runs))  # the runs that learn their loss weights
+    if weights:
+        text += "\n## Learned loss weights at the end of training\n\n" + spread_table(weights)
     with files_of(out, "summary.md"):  # one invocation writes the summaries at a time; each file whole
         write_points(shown_runs, out / "points.tsv")
         write_text(out / "summary.md", text)
         plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
         rules = plot_rules(runs, out / "rules.png")
         panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
+        figures = write_weight_figures(weights, out)
     print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (", rules.png" if rules else "")
-          + (f", ablations.png ({len(panels)} panels)" if panels else ""))
+          + (f", ablations.png ({len(panels)} panels)" if panels else "") + "".join(f", {f}" for f in figures))
 
 
 if __name__ == "__main__":

@@ -140,15 +140,42 @@ def sample_for(model, bsz, seed, num_classes=2):
             "target": torch.randint(0, num_classes, (bsz,), generator=g)}
 
 
-def bilevel_training(model, criterion, **settings):
-    """The task's bi-level object for ``criterion``'s learned weights, with clo settings."""
+def bilevel_training(model, criterion, planned_updates: Optional[int] = None, **settings):
+    """The task's bi-level object for ``criterion``'s learned weights, with clo settings, for a run
+    of ``planned_updates`` updates (None: unknown)."""
     from leebert_plugin.optim.bilevel import BilevelTraining
     from leebert_plugin.optim.clo import CLOConfig
 
     cfg = OmegaConf.structured(CLOConfig(lr=[1e-3], tpu=False, **settings))
     spec = criterion.loss_weight_spec(model.exit_layers)
     return BilevelTraining(cfg, spec["names"], spec["parametrization"], spec["group_scales"], d2_ratio=0.5, seed=1,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), planned_updates=planned_updates)
+
+
+def unrolled_outer(model, crit, b1, b2, xi, w):
+    """L_outer(theta - xi grad_theta L_train(theta, w; b1); b2), differentiable in ``w`` (the term
+    weights in ``term_names`` order, a tensor) through the virtual step (create_graph): its gradient
+    in w is the exact second-order hypergradient the finite differences of ``hypergradient`` estimate.
+    Under the fused CPU attention kernel there is no double backward: call it under
+    ``sdpa_kernel(SDPBackend.MATH)``."""
+    names = crit.term_names(model.exit_layers)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    terms, _, targets = crit.compute_terms(model, b1)
+    train = sum(wk * terms[n] for wk, n in zip(w, names)) / targets.numel()
+    grads = torch.autograd.grad(train, params, create_graph=True, allow_unused=True)
+    shifted = {n: p if g is None else p - xi * g for (n, p), g in zip(named, grads)}
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self):
+            t, _, y = crit.compute_terms(self.model, b2)
+            return crit.outer_objective(t) / y.numel()
+
+    return torch.func.functional_call(Outer(), {f"model.{n}": v for n, v in shifted.items()}, ())
 
 
 # ---- short training runs and models with mixed decisions, shared by several test files ---------

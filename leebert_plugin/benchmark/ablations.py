@@ -15,7 +15,9 @@ What each ablation asks (``methods.md``; the defaults are the configs'):
 * ``temperature``, ``kd_weight``, ``w_lr``, ``interval``: the distillation temperature (2 and 4,
   both above the default 1: distillation usually runs warmer than 1), the
   distillation terms' total weight (0.5 and 2 around 1), the weights' learning rate (3e-4 and 3e-2
-  around 3e-3) and the meta-step interval (5 and 30 around 10).
+  around the fixed 3e-3 of the configs before issue 38; the default now derives it from the run's
+  length, ``optim/bilevel.py``, and an explicit value overrides that) and the meta-step interval
+  (5 and 30 around 10).
 * ``smartbert_gates``: what might keep SmartBERT's skip gates from collapsing (BENCHMARKS.md,
   "What was tried for SmartBERT's collapse"): gates that start closed (bias -3, skip probability
   about 0.05; Adam moves the bias by about lr an update at most, so they stay near closed unless

@@ -33,9 +33,10 @@ from leebert_plugin.benchmark.evaluation import (
 from leebert_plugin.benchmark.gate_diagnostics import stage1_diagnostics
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
+from leebert_plugin.benchmark.weights import WEIGHTS, read_weights, write_weights
 from leebert_plugin.fairseq_patches.checkpoint_files import is_intact
-from leebert_plugin.runtime.outputs import atomic_write, write_text
 from leebert_plugin.runtime.devices import fairseq_env
+from leebert_plugin.runtime.outputs import atomic_write, write_text
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
 from leebert_plugin.runtime.launch import ROOT, train_with_progress
@@ -240,11 +241,28 @@ def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
     (:func:`_write`), its traces too when it has no gates; a run with gates also records them
     epoch by epoch of stage 1, from its training log (``gates``: :func:`stage1_diagnostics`)."""
     save = m.save_dir(name, seed)
+    write_weights(save / "checkpoint_last.pt", save / WEIGHTS)  # learned loss weights, if any: before result.json
     result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES)
     log = save / "train.log"
     gates = stage1_diagnostics(log.read_text()) if log.is_file() else None
     return _write(m, name, seed, seconds, trained_on, trained_under, {**result, **({"gates": gates} if gates else {})},
                   outcomes)
+
+
+def _weights_missing(m: Matrix, name: str, seed: int) -> bool:
+    """A finished run of a method that learns its loss weights (LeeBERT, unless its overrides fix
+    them), without ``weights.json``, with its checkpoint: recorded before runs kept their weights."""
+    save = m.save_dir(name, seed)
+    return (m.method_of(name) == "leebert" and "criterion.learn_weights=false" not in m.overrides_for(name)
+            and not (save / WEIGHTS).is_file() and is_intact(save / "checkpoint_last.pt"))
+
+
+def weight_records(m: Matrix, names: Sequence[str]) -> Dict[str, List[Tuple[int, Dict]]]:
+    """The ``weights.json`` records of ``names`` at ``m``'s seeds, (seed, record) by name; names
+    without any (fixed weights) left out."""
+    found = {name: [(seed, r) for seed in m.seeds if (r := read_weights(m.save_dir(name, seed))) is not None]
+             for name in names}
+    return {name: rs for name, rs in found.items() if rs}
 
 
 def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], trained_under: Optional[Dict],
@@ -332,6 +350,9 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                              run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
+            if run is not None and _weights_missing(m, name, seed):
+                if write_weights(m.save_dir(name, seed) / "checkpoint_last.pt", m.save_dir(name, seed) / WEIGHTS):
+                    log(f"benchmark: {name} seed {seed}: {WEIGHTS} written from its checkpoint")
             missing = [] if run is None else unrecorded(m, name, run.result)
             if missing:
                 log(f"benchmark: {name} seed {seed}: its record does not say its {', '.join(missing)}: kept as "

@@ -71,7 +71,7 @@ METHODS = {
         "criterion": {"_name": "leebert", "distill": "lae", "temperature": 1.0, "kd_weight": 1.0,
                       "exit_weighting": "uniform", "learn_weights": True,
                       "weight_parametrization": "group_softmax"},
-        "optimizer": {"_name": "clo", "mode": "clo", "w_lr": 3e-3, "w_weight_decay": 1e-3,
+        "optimizer": {"_name": "clo", "mode": "clo", "w_lr": None, "w_travel": 3.0, "w_weight_decay": 1e-3,
                       "w_betas": "(0.5,0.999)", "w_update_interval": 10, "xi": -1.0, "fd_eps": 0.01},
     },
 }

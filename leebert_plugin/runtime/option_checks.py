@@ -58,7 +58,7 @@ RANGES: Dict[str, Dict[str, Range]] = {
     "criterion": {"kd_weight": NON_NEGATIVE, "temperature": POSITIVE, "gate_lambda": NON_NEGATIVE,
                   "eta1": NON_NEGATIVE, "eta2": NON_NEGATIVE, "t1": POSITIVE, "t2": POSITIVE},
     "optimizer": {"exit_lr_scale": POSITIVE, "w_lr": POSITIVE, "w_weight_decay": NON_NEGATIVE,
-                  "w_update_interval": AT_LEAST_ONE, "fd_eps": POSITIVE},
+                  "w_update_interval": AT_LEAST_ONE, "fd_eps": POSITIVE, "w_travel": POSITIVE},
 }
 
 

@@ -8,7 +8,7 @@ the value saved in the checkpoint.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from fairseq import distributed_utils
@@ -18,13 +18,13 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, ListConfig, OmegaConf, open_dict
 
-from leebert_plugin import cli
-from leebert_plugin.fairseq_patches import command_line, ddp
 from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy, parse_thresholds
+from leebert_plugin.fairseq_patches import command_line, ddp
+from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.runtime.option_checks import check_options
@@ -96,7 +96,8 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
     max_epoch: int = II("optimization.max_epoch")
-    # where stage 2 starts in updates (two-stage training): known from the training epoch iterator
+    # the run's length: where stage 2 starts in updates (two-stage training), and the loss weights' lr
+    # clo derives from it (optim/bilevel.py); known with the training epoch iterator
     max_update: int = II("optimization.max_update")
     update_freq: Any = II("optimization.update_freq")
     train_subset: str = II("dataset.train_subset")
@@ -120,6 +121,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         super().__init__(cfg, data_dictionary, label_dictionary)
         self.bilevel: Optional[BilevelTraining] = None  # LeeBERT's learned loss weights (clo): bilevel_for
         self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
+        self._train_batches: Optional[int] = None  # batches per epoch of the training split (get_batch_iterator)
         self.two_stage = self._two_stage(cfg) if cfg.stage1_epochs > 0 else None
         self._said_stage1_policy = False
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience,
@@ -182,18 +184,6 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
                                 float(lr[0] if isinstance(lr, (list, tuple, ListConfig)) else lr),
                                 int(scheduler.get("warmup_updates", 0)) if per_stage else None)
 
-    def get_batch_iterator(self, dataset, *args, **kwargs):
-        """fairseq's, and for the training split of a two-stage run, the stages in updates: the
-        budget is checked here, where the updates of an epoch are known and no update has run."""
-        itr = super().get_batch_iterator(dataset, *args, **kwargs)
-        train = self.datasets.get(_outer(self.cfg, "train_subset", "train"))
-        if self.two_stage is not None and train is not None and dataset is train:
-            freq = _outer(self.cfg, "update_freq", [1])
-            epoch = kwargs.get("epoch", 1)
-            freq = freq[min(epoch, len(freq)) - 1] if isinstance(freq, (list, tuple, ListConfig)) else freq
-            self.two_stage.plan_updates(updates_per_epoch(len(itr), int(freq)))
-        return itr
-
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if getattr(model, "exit_layers", None) is not None:  # the policy refuses a model it cannot decide for now,
@@ -250,10 +240,51 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             if spec is not None:
                 self.bilevel = BilevelTraining(self._bilevel_settings(), spec["names"], spec["parametrization"],
                                                spec["group_scales"], self.cfg.d2_ratio, self.cfg.seed,
-                                               next(model.parameters()).device)
+                                               next(model.parameters()).device, self.planned_updates())
                 if self._bilevel_state is not None:
                     self.bilevel.load_state_dict(*self._bilevel_state)
         return self.bilevel
+
+    def planned_updates(self) -> Optional[int]:
+        """The updates this run will take, as fairseq's trainer stops it: ``optimization.max_update``,
+        or ``max_epoch`` x the updates of an epoch (its training batches / ``update_freq``, known once
+        the trainer built the epoch iterator), the smaller when both are set; None when neither is."""
+        max_update = _outer(self.cfg, "max_update", 0) or 0
+        max_epoch = _outer(self.cfg, "max_epoch", 0) or 0
+        by_epochs = None
+        if max_epoch > 0 and self._train_batches:
+            by_epochs = max_epoch * updates_per_epoch(self._train_batches, self._update_freq())
+        known = [n for n in (max_update if max_update > 0 else None, by_epochs) if n]
+        return min(known) if known else None
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator. That of the training split gives the updates of an epoch (its batches /
+        ``update_freq``), known here before any update runs: the run's length under ``max_epoch``
+        (:meth:`planned_updates`), and for a two-stage run the stages in updates, whose budget is
+        checked here."""
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        train = self.datasets.get(_outer(self.cfg, "train_subset", "train"))
+        if train is not None and dataset is train:
+            self._train_batches = len(itr)
+            if self.two_stage is not None:
+                self.two_stage.plan_updates(updates_per_epoch(len(itr), self._update_freq(kwargs.get("epoch", 1))))
+        return itr
+
+    def _update_freq(self, epoch: int = 1) -> int:
+        """``optimization.update_freq`` of ``epoch`` (fairseq's list holds one per epoch, the last repeated)."""
+        freq = _outer(self.cfg, "update_freq", [1]) or [1]
+        return int(freq[min(epoch, len(freq)) - 1] if isinstance(freq, (list, tuple, ListConfig)) else freq)
+
+    def learned_loss_weights(self) -> Optional[Dict[str, float]]:
+        """LeeBERT's learned loss-term weights by term name (``ce_L3``, ``kd_L3<L7``), from training or
+        as the loaded checkpoint saved them (the hub, ``fairseq-validate``); None without them."""
+        if self.bilevel is not None:
+            weights = self.bilevel.weights
+        elif self._bilevel_state is not None:
+            weights = LossWeights.from_state(self._bilevel_state[0]["weights"])
+        else:
+            return None
+        return dict(zip(weights.names, weights.weights().detach().cpu().tolist()))
 
     def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
