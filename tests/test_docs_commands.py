@@ -10,9 +10,10 @@ and the terminal summary lists it with its reason.
 
 The stand-in for ``runs/main`` is command 1 itself (``leebert_plugin.demo``) at the size of a test:
 a BERT of BERT-Tiny's shape with random weights and a WordPiece vocabulary trained on the bundled
-snippets, put through the plugin's HF converter as MiniLM is, 160 bundled snippets prepared by
-``prepare_data``, LeeBERT for one epoch (5 updates), the threshold sweep and ``report.md``. The
-paths are command 1's: ``minilm/``, ``rt/{train,dev,test}.tsv``, ``data-bin/`` (with
+snippets, put through the plugin's HF converter as MiniLM is (command 1's recipe then trains that
+arch: ``demo.ARCH``), 160 bundled snippets prepared by ``prepare_data``, LeeBERT for two epochs
+(10 updates, at a learning rate at which a random encoder learns that fast), the threshold sweep
+and ``report.md``. The paths are command 1's: ``minilm/``, ``rt/{train,dev,test}.tsv``, ``data-bin/`` (with
 ``prepare.json``), ``checkpoints/checkpoint_best.pt``, ``report.md``, ``pareto.png``.
 """
 import csv
@@ -39,7 +40,7 @@ from helpers import ROOT
 # each block's CPU seconds, the load-independent cost
 BLOCK_TIMEOUT = 240
 TAIL = 3000  # characters of a failing block's output shown
-NOT_COPIED = {".git", ".venv", "runs", "outputs", "wheelhouse", "benchmarks", ".pytest_cache", "__pycache__"}
+NOT_COPIED = {".git", ".venv", "runs", "outputs", "wheelhouse", ".pytest_cache", "__pycache__"}
 LINKED = ("benchmarks",)  # large and only read: linked into the scratch copy, not copied
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
 STAND_IN_ROWS = {"train": 160, "dev": 64, "test": 64}
