@@ -102,7 +102,8 @@ def tiny_hf_bert(out: Path, sentences: List[str]) -> Path:
 
     w = {"embeddings.word_embeddings.weight": torch.randn(len(vocab), h, generator=g) * 0.02,
          "embeddings.position_embeddings.weight": torch.randn(512, h, generator=g) * 0.02,
-         "embeddings.token_type_embeddings.weight": torch.randn(2, h, generator=g) * 0.02, **norm("embeddings.LayerNorm")}
+         "embeddings.token_type_embeddings.weight": torch.randn(2, h, generator=g) * 0.02,
+         **norm("embeddings.LayerNorm")}
     for i in range(TINY_BERT["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
@@ -179,31 +180,32 @@ class Ran:
 
 def run_block(block: Block, root: Path, timeout: float = BLOCK_TIMEOUT) -> Ran:
     """Run ``block`` at ``root``: bash with -e and pipefail (a failing line fails the block), python
-    as a script. After ``timeout`` seconds its whole process group is killed (its background jobs
-    too, as they are when it ends)."""
+    as a script. Its process group is killed when it ends (the background jobs it left) or after
+    ``timeout`` seconds (all of it). Its output is also in ``root/.doc-blocks/<page>-<line>.<ext>.out``."""
     folder = root / ".doc-blocks"
     folder.mkdir(exist_ok=True)
     script = folder / f"{block.path.replace('/', '-')}-{block.line}.{'sh' if block.language == 'bash' else 'py'}"
     script.write_text(block.code, encoding="utf-8")
     cmd = ["bash", "-e", "-o", "pipefail", str(script)] if block.language == "bash" else \
         [str(root / ".venv" / "bin" / "python"), str(script)]
+    # the output goes to a file, not a pipe: a background job holding a pipe open would keep the block running
+    log = script.with_suffix(script.suffix + ".out")
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=root, env=block_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        code = None
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=block_env(root), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        try:  # the block's process group: what it left running in the background, or all of it at the timeout
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return Ran(code, out, time.monotonic() - start, cpu)
+    return Ran(code, log.read_text(errors="replace"), time.monotonic() - start, cpu)
 
 
 # ---- the tests ---------------------------------------------------------------------------------
@@ -312,20 +314,34 @@ def test_a_mark_reason_keeps_inner_punctuation():
         "downloads GLUE (network), ~1 GB"
 
 
-def test_run_block_reports_failure_output_and_timeout(tmp_path):
+@pytest.fixture
+def bare_root(tmp_path) -> Path:
     (tmp_path / ".venv").symlink_to(Path(sys.prefix).resolve())
-    ok, fail, slow, py = (Block("p.md", n, lang, code) for n, lang, code in [
-        (1, "bash", "echo $PWD\n"), (2, "bash", "false\necho not reached\n"), (3, "bash", "sleep 30 &\nsleep 30\n"),
-        (4, "python", "import importlib.util as u, os; print(u.find_spec('leebert_plugin').origin.startswith(os.environ['PWD']))\n")])
-    ran = run_block(ok, tmp_path)
-    assert (ran.code, ran.output.strip()) == (0, str(tmp_path))
-    ran = run_block(fail, tmp_path)
+    return tmp_path
+
+
+def bash(line: int, code: str) -> Block:
+    return Block("p.md", line, "bash", code)
+
+
+def test_run_block_reports_status_output_and_timeout(bare_root):
+    ran = run_block(bash(1, "echo $PWD\n"), bare_root)
+    assert (ran.code, ran.output.strip()) == (0, str(bare_root))
+    ran = run_block(bash(2, "false\necho not reached\n"), bare_root)
     assert ran.code == 1 and "not reached" not in ran.output  # bash -e: the first failing line fails the block
-    ran = run_block(slow, tmp_path, timeout=1)
+    ran = run_block(bash(3, "sleep 30 &\nsleep 30\n"), bare_root, timeout=1)
     assert ran.code is None and ran.wall < 10
-    shutil.copytree(ROOT / "leebert_plugin", tmp_path / "leebert_plugin")
-    ran = run_block(py, tmp_path)
-    assert (ran.code, ran.output.strip().splitlines()[-1]) == (0, "True"), ran.output  # the scratch copy's package
-    busy = run_block(Block("p.md", 5, "python", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"),
-                     tmp_path)
-    assert busy.code == 0 and busy.cpu >= 0.5  # the block's CPU time is counted
+    ran = run_block(bash(4, "(sleep 1.5 && touch late) &\necho left\n"), bare_root)
+    time.sleep(2.5)
+    assert ran.code == 0 and not (bare_root / "late").exists()  # a block's background jobs end with it
+
+
+def test_run_block_uses_the_scratch_copy_and_counts_cpu(bare_root):
+    shutil.copytree(ROOT / "leebert_plugin", bare_root / "leebert_plugin")
+    origin = ("import importlib.util as u, os\n"
+              "print(u.find_spec('leebert_plugin').origin.startswith(os.environ['PWD']))\n")
+    ran = run_block(Block("p.md", 1, "python", origin), bare_root)
+    assert (ran.code, ran.output.strip().splitlines()[-1]) == (0, "True"), ran.output  # not the checkout's package
+    busy = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
+    ran = run_block(Block("p.md", 2, "python", busy), bare_root)
+    assert ran.code == 0 and ran.cpu >= 0.5
