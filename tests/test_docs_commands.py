@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import torch
 
-from docs_blocks import RESULTS, TIMINGS, Block, MarkError, code_blocks, collect, parse_mark
+from docs_blocks import RESULTS, TIMINGS, Block, ConventionError, code_blocks, collect, parse_mark
 from helpers import ROOT
 
 # seconds a block may run before it is killed: a guard against hangs and minutes-long blocks, with room
@@ -294,19 +294,25 @@ def test_code_blocks_finds_languages_lines_code_and_marks():
                                   "*Not run by the docs test: needs a GPU*", "*Not run by the docs test - GPU.*",
                                   "*Not run by the docs test: ...*"])
 def test_a_malformed_or_empty_mark_is_refused(line):
-    with pytest.raises(MarkError, match="page.md:1: malformed mark"):
+    with pytest.raises(ConventionError, match="page.md:1: malformed mark"):
         parse_mark(line, "page.md:1")
-    with pytest.raises(MarkError, match="malformed mark"):
+    with pytest.raises(ConventionError, match="malformed mark"):
         code_blocks(f"{line}\n\n```bash\necho hi\n```\n", "page.md")
 
 
 def test_a_mark_that_exempts_nothing_is_refused():
-    with pytest.raises(MarkError, match="page.md:1: a not-run mark that is not the last non-blank line"):
+    with pytest.raises(ConventionError, match="page.md:1: a not-run mark that is not the last non-blank line"):
         code_blocks("*Not run by the docs test: needs a GPU.*\nSome text.\n```bash\necho hi\n```\n", "page.md")
-    with pytest.raises(MarkError, match="page.md:4: a not-run mark that is not"):
+    with pytest.raises(ConventionError, match="page.md:4: a not-run mark that is not"):
         code_blocks("```bash\necho hi\n```\n*Not run by the docs test: needs a GPU.*\n", "page.md")
-    with pytest.raises(MarkError, match="page.md:1: a not-run mark before a text block"):
+    with pytest.raises(ConventionError, match="page.md:1: a not-run mark before a text block"):
         code_blocks("*Not run by the docs test: needs a GPU.*\n```text\nhi\n```\n", "page.md")
+
+
+@pytest.mark.parametrize("name, use", [("sh", "bash"), ("shell", "bash"), ("py", "python")])
+def test_a_fence_named_as_a_synonym_is_refused(name, use):
+    with pytest.raises(ConventionError, match=f"page.md:2: a '{name}' block.*fence it as '{use}'"):
+        code_blocks(f"Text.\n```{name}\necho hi\n```\n", "page.md")
 
 
 def test_a_mark_reason_keeps_inner_punctuation():
