@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from argparse import Namespace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -33,6 +32,7 @@ from omegaconf import OmegaConf
 from leebert_plugin import cli
 from leebert_plugin.data.bpe_encode import FILE_OPTIONS, NO_BPE, check_choice, parse_with_optional_bpe
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime import outputs
 
 MANIFEST = "export.json"
 FORMAT = 1
@@ -65,12 +65,10 @@ def bpe_of(data: Path, bpe: Optional[str], options: Dict[str, object]) -> Option
 
 def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
            bpe_options: Optional[Dict[str, object]] = None, overwrite: bool = False) -> Path:
-    """Write the folder (staged beside ``out`` and renamed into place whole). ``bpe`` and
-    ``bpe_options``: as :func:`bpe_of` takes them (None: the one ``DATA/prepare.json`` records)."""
-    from fairseq import checkpoint_utils
-
-    from leebert_plugin.exits.evaluate import load
-
+    """Write the folder: staged beside ``out`` and swapped in whole under ``out``'s lock
+    (:func:`~leebert_plugin.runtime.outputs.replacing`: a kill leaves the old export or the new one).
+    ``bpe`` and ``bpe_options``: as :func:`bpe_of` takes them (None: the one ``DATA/prepare.json``
+    records)."""
     out = Path(out)
     check_choice(bpe, bpe_options or {})
     _check_out(out, overwrite)
@@ -78,6 +76,17 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
     for option, value in (bpe[1] if bpe else {}).items():
         if option in FILE_OPTIONS and not Path(value).is_file():
             raise UsageError(f"the bpe file {value} ({option}) does not exist", "pass the bpe's files with --bpe and its options")
+    with outputs.replacing(out) as stage:  # the lock first: a second export into OUT is refused at once
+        _check_out(out, overwrite)  # again, under the lock: another run may have written OUT meanwhile
+        _write(stage, Path(checkpoint), Path(data), bpe)
+    return out
+
+
+def _write(stage: Path, checkpoint: Path, data: Path, bpe: Optional[Tuple[str, Dict[str, str]]]) -> None:
+    from fairseq import checkpoint_utils
+
+    from leebert_plugin.exits.evaluate import load
+
     model, task = load(checkpoint, data, "cpu")
     state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
     model_cfg = state["cfg"]["model"]  # a Namespace when trained through fairseq-train's argparse
@@ -90,42 +99,32 @@ def export(checkpoint: Path, data: Path, out: Path, bpe: Optional[str] = None,
     regression = bool(task.cfg.regression_target)
     labels = [] if regression else [task.label_dictionary[i] for i in range(task.label_dictionary.nspecial,
                                                                                len(task.label_dictionary))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, stage / "model.pt")
-        (stage / "input0").mkdir()
-        task.source_dictionary.save(str(stage / "input0" / "dict.txt"))
-        if not regression:
-            (stage / "label").mkdir()
-            task.label_dictionary.save(str(stage / "label" / "dict.txt"))
-        shipped = None
-        if bpe is not None:
-            name, options = bpe
-            (stage / "bpe").mkdir()
-            shipped = {"name": name, "options": {}}
-            for option, value in options.items():
-                if option in FILE_OPTIONS:
-                    shutil.copy(value, stage / "bpe" / Path(value).name)
-                    value = f"bpe/{Path(value).name}"
-                shipped["options"][option] = value
-        manifest = {"format": FORMAT, "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
-                    "regression": regression, "bpe": shipped, "checkpoint_sha256": _sha256(Path(checkpoint))}
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out
+    outputs.torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, stage / "model.pt")
+    (stage / "input0").mkdir()
+    task.source_dictionary.save(str(stage / "input0" / "dict.txt"))
+    if not regression:
+        (stage / "label").mkdir()
+        task.label_dictionary.save(str(stage / "label" / "dict.txt"))
+    shipped = None
+    if bpe is not None:
+        name, options = bpe
+        (stage / "bpe").mkdir()
+        shipped = {"name": name, "options": {}}
+        for option, value in options.items():
+            if option in FILE_OPTIONS:
+                shutil.copy(value, stage / "bpe" / Path(value).name)
+                value = f"bpe/{Path(value).name}"
+            shipped["options"][option] = value
+    manifest = {"format": FORMAT, "model": model_cfg, "model_is_namespace": namespace, "task": task_cfg, "labels": labels,
+                "regression": regression, "bpe": shipped, "checkpoint_sha256": _sha256(checkpoint)}
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Before any work: ``out`` must be a new or empty folder; ``overwrite`` replaces only an earlier
     export (a folder with its manifest), never another folder a mistyped path might name (a run's
     checkpoints, a data folder), and never a file."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file, not a folder", "name a new folder to export into")
+    outputs.check_folder(out, "the output folder")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
@@ -155,7 +154,8 @@ def _without_paths(settings: Dict) -> Dict:
 
 
 def is_export(path) -> bool:
-    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+    path = outputs.loadable(path)  # an export whose writer was killed mid-swap is still one
+    return path.is_dir() and (path / MANIFEST).is_file()
 
 
 def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional[Tuple[str, Dict[str, str]]]]:
@@ -166,7 +166,7 @@ def read_export(folder: Path, device) -> Tuple[torch.nn.Module, object, Optional
     import leebert_plugin  # noqa: F401  (registers the task and the model)
     from leebert_plugin.runtime.devices import resolve_device
 
-    folder = Path(folder).resolve()
+    folder = outputs.loadable(Path(folder).resolve())
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise UsageError(f"{folder / MANIFEST} is format {manifest.get('format')}, this plugin reads {FORMAT}",

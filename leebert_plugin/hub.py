@@ -125,7 +125,7 @@ class EarlyExitClassifier:
             raise UsageError(f"sentences is a single {type(sentences).__name__}, not an iterable of sentences",
                              "pass a list: predict([sentence]) or predict([(first, second)])")
         policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience, thresholds)
-        policy.check_model(len(self.model.exit_layers), self.model.skip_gates is not None)  # before any sentence is read
+        policy.check_model(len(self.model.exit_layers), self.model.active_gates is not None)  # before any sentence is read
         device = place(self.model, device)
         return self._stream(iter(sentences), policy, batch_size, device)
 

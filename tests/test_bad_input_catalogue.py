@@ -26,7 +26,10 @@ SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=2"]  # refused before tra
 @dataclass
 class Case:
     """``tool``: train (fairseq-hydra-train CONFIG), argparse_train (fairseq-train of the tiny model),
-    validate (fairseq-validate), thresholds (the script).
+    validate (fairseq-validate), thresholds (the script), python (``python ARGS``: ``-m MODULE`` or a
+    script), full_disk (``python -m MODULE`` on a disk that fills up: tests/disk_full_probe).
+    ``guard``: the placeholder of the folder left exactly as it was (default: the save dir, or the
+    trained checkpoint's dir).
 
     ``args`` may name ``{data}``, ``{save}``, ``{ckpt}`` (the trained checkpoint), ``{plain}`` (a plain
     RoBERTa checkpoint) and the files :data:`FILES` builds in the test's tmp dir.
@@ -37,6 +40,7 @@ class Case:
     words: List[str]
     config: str = "mr_multi_exit"
     hydra_typo: str = ""  # the misspelt key: hydra's own report instead of the plugin's line
+    guard: str = ""  # the placeholder of the folder that must be left as it was (default: save dir / checkpoint dir)
 
 
 CATALOGUE: Dict[str, Case] = {
@@ -99,10 +103,13 @@ CATALOGUE: Dict[str, Case] = {
         "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
         ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),
     "smartbert: stage 2 would never run (stage1_epochs >= max_epoch)": Case(
-        "train", [*SMARTBERT_SHORT, "optimization.max_epoch=1"], ["stage1_epochs=1", "would never run",
-                                                                  "max_epoch above 1"], "mr_smartbert"),
-    "smartbert: skip threshold outside (0, 1)": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
-                                                     ["skip_threshold=1.5 is outside (0, 1)"], "mr_smartbert"),
+        "train", [*SMARTBERT_SHORT, "optimization.max_epoch=1"],
+        ["optimization.max_epoch=1 with optimization.max_update=1000", "inside stage 1", "start at epoch 2",
+         "max_epoch to at least 2", "task.stage1_only=true"], "mr_smartbert"),
+    "smartbert: skip threshold outside (0, 1]": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
+                                                     ["skip_threshold=1.5 is outside (0, 1]"], "mr_smartbert"),
+    "smartbert: training with the gates off": Case("train", [*SMARTBERT, "model.skip_threshold=1"],
+                                                   ["turns the skip gates off", "below 1"], "mr_smartbert"),
     "smartbert: negative lambda": Case("train", [*SMARTBERT, "criterion.gate_lambda=-0.1"],
                                        ["gate_lambda=-0.1 is negative"], "mr_smartbert"),
     "smartbert: negative eta": Case("train", [*SMARTBERT, "criterion.eta2=-1"], ["eta2=-1.0 is negative"], "mr_smartbert"),
@@ -178,6 +185,45 @@ CATALOGUE: Dict[str, Case] = {
     "train: an infinite learning rate": Case("train", ["optimization.lr=[inf]"], ["optimizer.lr=[inf] is not a finite"]),
     "validate: NaN threshold": Case("validate", ["{data}", "--exit-policy", "max_prob", "--exit-threshold", "nan"],
                                     ["exit_threshold=nan is not a finite number"]),
+    # issue 34: writes (outputs replaced whole by one writer; a full disk in one line)
+    "export: --overwrite while another run writes that folder": Case(
+        "python", ["-m", "leebert_plugin.export", "{ckpt}", "{data}", "{busy_export}", "--overwrite", "--bpe", "none"],
+        ["busy/model is in use by another run", "on this host", "write to another folder"], guard="busy_export"),
+    "export: --overwrite on a full disk": Case(
+        "full_disk", ["leebert_plugin.export", "{ckpt}", "{data}", "{earlier_export}", "--overwrite", "--bpe", "none"],
+        ["the disk mounted at", "is full", "while writing into", "earlier/model held before is kept", "another disk"],
+        guard="earlier_export"),
+    "export: the output folder is a file": Case("python", ["-m", "leebert_plugin.export", "{ckpt}", "{data}", "{a_file}"],
+                                                ["a_file.txt is a file, not a folder"], guard="tmp"),
+    "prepare_data: --overwrite while another run writes that folder": Case(
+        "python", ["-m", "leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{busy_layout}",
+                   "--overwrite", "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["busy/bin is in use by another run", "on this host", "write to another folder"], guard="busy_layout"),
+    "prepare_data: --overwrite on a full disk": Case(
+        "full_disk", ["leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{earlier_layout}",
+                      "--overwrite", "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["the disk mounted at", "is full", "while writing into", "earlier/bin held before is kept"],
+        guard="earlier_layout"),
+    "prepare_data: --out is a file": Case(
+        "python", ["-m", "leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{a_file}",
+                   "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["--out", "a_file.txt is a file, not a folder"], guard="tmp"),
+    "train: a full disk while saving a checkpoint": Case(
+        "train", ["common.user_dir={disk_full_probe}", "optimization.max_update=2", "dataset.batch_size=16"],
+        ["the disk mounted at", "is full", "while writing into", "held before is kept", "another disk"]),
+    "sweep: --out is a file (found before the sweep runs)": Case(
+        "python", ["{scripts}/sweep_thresholds.py", "{ckpt}", "{data}", "--thresholds", "0.5", "--out", "{a_file}"],
+        ["--out", "a_file.txt is a file, not a folder"], guard="tmp"),
+    "sweep: a second sweep into the same --out": Case(
+        "python", ["{scripts}/sweep_thresholds.py", "{ckpt}", "{data}", "--thresholds", "0.5", "--out", "{busy_sweep}",
+                   "--overwrite"], ["is in use by another run", "on this host", "write to another folder"],
+        guard="busy_sweep"),
+    "converter: the output directory is a file": Case(
+        "python", ["{scripts}/convert_hf_bert.py", "{tmp}/no-hf-dir", "{a_file}"], ["a_file.txt is a file, not a folder"],
+        guard="tmp"),
+    "benchmark: --out is a file (found before any training)": Case(
+        "python", ["{scripts}/benchmark.py", "--out", "{a_file}", "--device", "cpu"], ["--out", "is a file, not a folder"],
+        guard="tmp"),
     # hydra typos
     "hydra typo: task.exit_polcy": Case("train", ["task.exit_polcy=entropy"], [], hydra_typo="task.exit_polcy"),
     "hydra typo: optimization.lrr": Case("train", ["optimization.lrr=[1e-3]"], [], hydra_typo="optimization.lrr"),
@@ -265,6 +311,55 @@ def _resume_trained(tmp: Path, fx: dict) -> str:
     return "checkpoint.restore_file=checkpoint_last.pt"
 
 
+# issue 34: writes
+def _held(folder: Path, lock: Path) -> Path:
+    """``folder``'s lock held by a live run on this host (this test's own process)."""
+    import json
+    import socket
+
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "a minute ago"}))
+    return folder
+
+
+def _earlier_export(name: str, busy: bool = False) -> Callable[[Path, dict], Path]:
+    """An earlier export (what --overwrite may replace) in ``tmp/name/model``; ``busy``: being written."""
+    def build(tmp: Path, fx: dict) -> Path:
+        out = tmp / name / "model"
+        out.mkdir(parents=True)
+        (out / "export.json").write_text('{"format": 1}\n')
+        (out / "model.pt").write_bytes(b"earlier weights")
+        return _held(out, out.parent / ".model.lock") if busy else out
+    return build
+
+
+def _earlier_layout(name: str, busy: bool = False) -> Callable[[Path, dict], Path]:
+    """An earlier prepare_data output in ``tmp/name/bin``; ``busy``: being written."""
+    def build(tmp: Path, fx: dict) -> Path:
+        out = tmp / name / "bin"
+        (out / "input0").mkdir(parents=True)
+        (out / "input0" / "dict.txt").write_text("earlier 1\n")
+        (out / "prepare.json").write_text('{"earlier": true}\n')
+        return _held(out, out.parent / ".bin.lock") if busy else out
+    return build
+
+
+def _own_data(tmp: Path, fx: dict) -> Path:
+    """A labelled TSV of 40 rows and a WordPiece vocabulary, in ``tmp/own``."""
+    own = tmp / "own"
+    own.mkdir()
+    (own / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]) + "\n")
+    rows = [f"{'good' if i % 2 else 'bad'} film\t{'pos' if i % 2 else 'neg'}\n" for i in range(40)]
+    (own / "reviews.tsv").write_text("text\tlabel\n" + "".join(rows))
+    return own
+
+
+def _busy_sweep(tmp: Path, fx: dict) -> Path:
+    out = tmp / "sweep"
+    out.mkdir()
+    (out / "sweep.tsv").write_text("an earlier sweep\n")
+    return _held(out, out / ".sweep.tsv.lock")
+
+
 FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, made on demand
     "short_labels": _edited_split("short_labels", "label", lambda rows: rows[:-1]),
     "empty_label": _edited_split("empty_label", "label", lambda rows: rows[:2] + [rows[2][-1:]] + rows[3:]),
@@ -281,6 +376,16 @@ FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, 
                                                                       "x": RunsShellCommand(tmp / "PWNED")}, legacy=True),
     "resume_trained": _resume_trained,
     "other_task": _other_task,
+    # issue 34: writes
+    "busy_export": _earlier_export("busy", busy=True),
+    "earlier_export": _earlier_export("earlier"),
+    "busy_layout": _earlier_layout("busy", busy=True),
+    "earlier_layout": _earlier_layout("earlier"),
+    "own_data": _own_data,
+    "a_file": _write("a_file.txt", lambda fx: b"not a folder"),
+    "busy_sweep": _busy_sweep,
+    "disk_full_probe": lambda tmp, fx: ROOT / "tests" / "disk_full_probe",
+    "scripts": lambda tmp, fx: ROOT / "scripts",
 }
 
 
@@ -301,6 +406,11 @@ def command(case: Case, fx: dict) -> List[str]:
         args = [a for a in args if a != "--no-batch-size"]
         return [str(BIN / "fairseq-validate"), *args, *path, "--user-dir", "user_dir",
                 "--task", "early_exit_sentence_prediction", *batch, "--cpu"]
+    if case.tool == "python":  # python -m MODULE ... or python SCRIPT ...
+        return [sys.executable, *args]
+    if case.tool == "full_disk":  # python -m MODULE ... on a disk that fills up (tests/disk_full_probe)
+        return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import disk_full_probe; "
+                f"disk_full_probe.run_module({args[0]!r}, {args[1:]!r})"]
     ckpt = args.pop(args.index("--checkpoint") + 1) if "--checkpoint" in args else fx["ckpt"]
     args = [a for a in args if a != "--checkpoint"]
     return [sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), ckpt, fx["data"], *args]
@@ -330,6 +440,8 @@ def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
         if any("{" + key + "}" in a for a in case.args):
             fx[key] = str(build(tmp_path, fx))
     cmd = command(case, fx)
+    if case.guard:
+        save = Path(fx[case.guard])
     if case.hydra_typo:
         assert_hydra_typo_refused(save, cmd, case.hydra_typo)
     else:

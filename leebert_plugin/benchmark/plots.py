@@ -9,7 +9,7 @@ from leebert_plugin.benchmark.ablations import ABLATIONS, Variant
 from leebert_plugin.benchmark.choice import FULL, PER_EXIT_POLICY, At
 from leebert_plugin.benchmark.report import Run, mean_point
 from leebert_plugin.exits.pareto import front
-from leebert_plugin.exits.plotting import new_axes, save_plot
+from leebert_plugin.exits.plotting import new_axes, save_figure, save_plot
 
 
 def _rule_points(points: Sequence[Dict], per_exit: bool) -> List[Dict]:
@@ -94,5 +94,5 @@ def plot_ablations(runs: Dict[str, List[Run]], variants: Sequence[Variant], path
     fig.supxlabel("layer speed-up on test (mean over seeds; chosen on dev)")
     fig.supylabel("test accuracy (%), 95% interval over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     return [g for g, _ in groups]

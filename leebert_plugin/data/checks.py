@@ -8,11 +8,14 @@ from fairseq.data import Dictionary, data_utils
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.fairseq_patches.safe_loading import check_checkpoint_file
+from leebert_plugin.runtime.outputs import loadable
 
 PREPROCESS_HINT = "preprocess the data with fairseq-preprocess into DATA/input0 and DATA/label (see README)"
 
 
 def check_data_dir(data: str, regression: bool) -> None:
+    if data and not os.path.isdir(data):
+        loadable(data)  # a prepare_data --overwrite killed mid-swap: its old folder is renamed back
     if not data or not os.path.isdir(data):
         raise UsageError(f"data directory {data!r} does not exist", f"pass an existing directory; {PREPROCESS_HINT}")
     needed = ["input0/dict.txt"] + ([] if regression else ["label/dict.txt"])

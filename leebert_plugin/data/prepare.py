@@ -29,12 +29,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from leebert_plugin.data.bpe_encode import FILE_OPTIONS, bpe_options
-from leebert_plugin.data.layout import Split, check_label_names, write_layout
+from leebert_plugin.data.layout import SETTINGS_FILE, Split, check_label_names, refuse_existing_layout, write_layout
 from leebert_plugin.data.tables import Table, field as get_field, read_table
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime.outputs import check_folder
 
 KINDS = ("classification", "regression")
-SETTINGS_FILE = "prepare.json"  # what was prepared, how: read by the export and by a re-run's user
 
 
 @dataclass
@@ -170,7 +170,9 @@ class Prepared:
 
 
 def prepare(args: Namespace) -> Prepared:
-    """Read, check, split and write; every check runs before anything is written."""
+    """Read, check, split and write; every check runs before anything is written, the output's first."""
+    check_folder(args.out, "--out")
+    refuse_existing_layout(args.out, args.overwrite)
     columns = list(args.text_columns)
     if not 1 <= len(columns) <= 2:
         raise UsageError(f"--text-columns names {len(columns)} columns", "name one column, or two for sentence pairs")
@@ -213,9 +215,9 @@ def prepare(args: Namespace) -> Prepared:
             check_known_labels(examples, classes, "--labels" if given else f"the training file {args.train}")
     splits = [Split("train", train.texts, _label_text(train, kind))]
     splits += [Split(name, parts[name].texts, _label_text(parts[name], kind)) for name in ("valid", "test") if name in parts]
-    write_layout(args.out, splits, classes if kind == "classification" else None, args, args.workers, args.overwrite)
     prepared = Prepared(Path(args.out), kind, classes, {s.name: len(s) for s in splits}, len(columns) == 2, sources)
-    write_settings(prepared, args)
+    write_layout(args.out, splits, classes if kind == "classification" else None, args, args.workers, args.overwrite,
+                 finish=lambda stage: write_settings(prepared, args, stage))  # in the new folder, swapped in with it
     return prepared
 
 
@@ -225,14 +227,15 @@ def _label_text(examples: Examples, kind: str) -> Optional[List[str]]:
     return [repr(float(label)) for label in examples.labels]
 
 
-def write_settings(prepared: Prepared, args: Namespace) -> None:
-    """``OUT/prepare.json``: the task settings and the bpe files (what an export or a service needs)."""
+def write_settings(prepared: Prepared, args: Namespace, folder: Optional[Path] = None) -> None:
+    """``OUT/prepare.json`` (``folder``: the staging folder of OUT): the task settings and the bpe
+    files (what an export or a service needs)."""
     bpe = {k: (str(Path(v).resolve()) if k in FILE_OPTIONS else v) for k, v in bpe_options(args, args.bpe).items()}
     settings = {"task_kind": prepared.kind, "num_classes": prepared.num_classes, "labels": prepared.classes,
                 "pairs": prepared.pairs, "text_columns": list(args.text_columns), "label_column": args.label_column,
                 "counts": prepared.counts, "sources": prepared.sources, "seed": args.seed, "bpe": args.bpe,
                 "bpe_options": bpe, "dict": str(Path(args.dict).resolve()) if args.dict else None}
-    (Path(args.out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (Path(folder or args.out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def training_command(prepared: Prepared, args: Namespace, method: str = "leebert") -> str:

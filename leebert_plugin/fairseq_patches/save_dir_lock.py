@@ -18,7 +18,8 @@ it back and is refused). A lock from another host cannot be checked from here an
 line says which file to delete if that run is really gone. Files of a process's own
 (``leebert.lock.<new|old>.<pid>.<host>``) that a SIGKILL left behind are removed by the next run
 on the same host. Without hard links the lock is created with ``O_EXCL`` and written after
-(:func:`_link`).
+(:func:`_link`). :func:`acquire_lock` is the same lock for any file: the plugin's other outputs
+(exports, data folders, sweeps) hold theirs through :mod:`leebert_plugin.runtime.outputs`.
 """
 import atexit
 import errno
@@ -150,8 +151,16 @@ def _create(path: Path, holder: dict) -> None:
 def acquire(save_dir: str) -> Optional[UsageError]:
     """Take ``save_dir``'s lock for this process. Returns None, or the refusal when another live
     run holds it."""
-    path = Path(save_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return acquire_lock(Path(save_dir) / LOCK_NAME, str(save_dir), "pass another checkpoint.save_dir",
+                        "start one run per checkpoint.save_dir")
+
+
+def acquire_lock(path: Path, what: str, elsewhere: str, one_run: str) -> Optional[UsageError]:
+    """Take the lock file ``path`` guarding ``what`` (a save dir, an output folder) for this process,
+    released when it exits (or by :func:`release_lock`). Returns None, or the refusal when another
+    live run holds it; ``elsewhere``: the fix's other way (``pass another checkpoint.save_dir``),
+    ``one_run``: the fix when runs keep taking it."""
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _sweep(path, me["host"])
     for _ in range(3):
@@ -163,21 +172,23 @@ def acquire(save_dir: str) -> Optional[UsageError]:
                 return None  # this process holds it already
             if holder is not None and holder.get("host") != me["host"]:
                 return UsageError(
-                    f"{save_dir} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
-                    f"{holder.get('started')})", f"wait for it, or pass another checkpoint.save_dir; if that run is "
-                    f"gone, delete {path}")
+                    f"{what} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
+                    f"{holder.get('started')})", f"wait for it, or {elsewhere}; if that run is gone, delete {path}")
             if holder is not None and _alive(holder["pid"]):
                 return UsageError(
-                    f"{save_dir} is in use by another run (pid {holder['pid']} on this host, started "
-                    f"{holder.get('started')})", "wait for it to finish (or stop it), or pass another "
-                    "checkpoint.save_dir")
+                    f"{what} is in use by another run (pid {holder['pid']} on this host, started "
+                    f"{holder.get('started')})", f"wait for it to finish (or stop it), or {elsewhere}")
             logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
             _take_over(path, holder, me)
             continue
         atexit.register(_release, path, me["pid"])
         return None
-    return UsageError(f"could not take the lock {path}: other runs keep taking it",
-                      "start one run per checkpoint.save_dir")
+    return UsageError(f"could not take the lock {path}: other runs keep taking it", one_run)
+
+
+def release_lock(path: Path) -> None:
+    """Remove the lock ``path`` if this process holds it (before it exits)."""
+    _release(path, os.getpid())
 
 
 def hold_save_dir(save_dir: str) -> None:

@@ -24,6 +24,7 @@ from leebert_plugin.data.wordpiece_vocab import fairseq_order, load_vocab, write
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.models.exit_roberta import ExitRobertaModel
+from leebert_plugin.runtime.outputs import carry_over, check_folder, replacing, torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -239,32 +240,30 @@ def fairseq_checkpoint(model_state: Dict[str, Tensor], cfg: Optional[dict] = Non
 def convert(hf_dir: Path, out_dir: Path) -> dict:
     """Write ``model.pt``, ``dict.txt``, ``vocab.txt`` and ``convert.json`` into ``out_dir``.
 
-    Refuses to overwrite any of them. Returns what ``convert.json`` holds (arch and overrides).
+    Refuses to overwrite any of them. The four are built beside ``out_dir`` and swapped in together
+    (:func:`~leebert_plugin.runtime.outputs.replacing`): a kill leaves none of them or all four.
+    Returns what ``convert.json`` holds (arch and overrides).
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     existing = [name for name in OUTPUTS if (out_dir / name).exists()]
     if existing:
         raise UsageError(f"{out_dir} already holds {', '.join(existing)}",
                          "convert into a new (or empty) output directory")
+    check_folder(out_dir, "the output directory")
     config = read_config(hf_dir)
     weights = read_weights(hf_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_tmp = out_dir / "vocab.txt.partial"
-    try:
-        vocab = read_vocab(hf_dir, vocab_tmp)
+    with replacing(out_dir) as stage:  # one converter per out_dir; a kill leaves no half conversion
+        vocab = read_vocab(hf_dir, stage / "vocab.txt")
         state = convert_state_dict(config, weights, vocab, hf_dir)
         check_against_config(state, weights, config, len(vocab), hf_dir)
-    except BaseException:
-        vocab_tmp.unlink(missing_ok=True)
-        raise
-    arch, overrides = matching_arch(config)
-    lowercase = _lowercase(hf_dir)
-    torch.save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), out_dir / "model.pt")
-    write_dict(vocab, out_dir / "dict.txt")
-    vocab_tmp.rename(out_dir / "vocab.txt")
-    summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
-               "wordpiece_lowercase": lowercase, "vocab_size": len(vocab)}
-    (out_dir / "convert.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        arch, overrides = matching_arch(config)
+        lowercase = _lowercase(hf_dir)
+        torch_save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), stage / "model.pt")
+        write_dict(vocab, stage / "dict.txt")
+        summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
+                   "wordpiece_lowercase": lowercase, "vocab_size": len(vocab)}
+        (stage / "convert.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        carry_over(out_dir, stage, OUTPUTS)  # what else out_dir holds is kept
     return summary
 
 
