@@ -49,7 +49,33 @@ class UsageErrorInOneLine(Callback):
         if job_return.status == JobStatus.FAILED:
             line = usage_error_line(job_return._return_value)
             if line is not None:
+                if _background_threads():
+                    end_now(line)
                 raise SystemExit(line)
+
+
+def _background_threads() -> bool:
+    import threading
+
+    return any(t is not threading.main_thread() and t.is_alive() for t in threading.enumerate())
+
+
+def end_now(line: str) -> None:
+    """Print ``line`` and end the process with status 1 without the interpreter's teardown.
+
+    A training job that fails mid-epoch still has the data loader's threads running (fairseq's
+    prefetching thread, torch's pin-memory thread on a GPU); tearing the interpreter down under
+    them can end in SIGABRT (status 134) after the line, so a script that checks the status sees
+    a crash. The exit handlers (the save-dir lock's release) run first, then ``os._exit(1)``."""
+    import atexit
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(1)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -14,11 +14,20 @@ dev sentences, labelled or not (:mod:`leebert_plugin.exits.risk_control`).
 
 The model runs on the device ``from_pretrained`` put it on (default: CUDA if available, else the
 CPU); ``predict(..., device=...)`` moves it for that call and later ones.
+
+Every bad argument is a :class:`~leebert_plugin.errors.UsageError` (a ``ValueError``), never a
+``TypeError`` or ``AttributeError`` from deep inside: the options are checked in one place,
+:func:`check_options`, before the first sentence is read, and each sentence by :func:`check_sentence`
+as it is read (a generator is read batch by batch). A batch whose tokens are mostly ``<unk>`` (the
+sentences read with another bpe than the model's) is logged once per classifier, with its share.
 """
 import itertools
+import logging
+import numbers
+import os
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from fairseq.data import data_utils
@@ -30,9 +39,12 @@ from leebert_plugin.exits import risk_control
 from leebert_plugin.exits.evaluate import ExitTrace, load
 from leebert_plugin.exits.flops import unit_flops
 from leebert_plugin.exits.policies import build_policy
-from leebert_plugin.export import bpe_of, is_export, read_export
+from leebert_plugin.export import bpe_of, is_export, read_export, read_manifest
+
+logger = logging.getLogger(__name__)
 
 Sentence = Union[str, Tuple[str, str]]
+UNK_WARNING = 0.5  # share of <unk> among a batch's text tokens above which the bpe is probably the wrong one
 
 
 @dataclass
@@ -49,11 +61,92 @@ def _coder(chosen: Optional[Tuple[str, dict]]):
     return None if chosen is None else build_bpe(Namespace(bpe=chosen[0], **chosen[1]))
 
 
+def _number(name: str, value, allow_none: bool = True) -> None:
+    """``value`` is a real number (numpy's too; not a bool, not its text), or None where allowed."""
+    if (value is None and allow_none) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return
+    hint = f"{name}={float(value)}" if isinstance(value, str) and _is_float(value) else f"{name}=0.3"
+    more = ("; several thresholds, one per exit but the last, are thresholds=[...] with "
+            "exit_policy='per_exit_entropy'") if isinstance(value, (list, tuple)) else ""
+    raise UsageError(f"{name}={value!r} is a {type(value).__name__}, not a number", f"pass a number, e.g. {hint}{more}")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_options(exit_policy, threshold, patience, batch_size, thresholds) -> None:
+    """The types of ``predict``'s options (their ranges are the policy's to check: ``build_policy``)."""
+    if not isinstance(exit_policy, str):
+        raise UsageError(f"exit_policy={exit_policy!r} is a {type(exit_policy).__name__}, not a policy name",
+                         "pass a name, e.g. exit_policy='entropy'")
+    _number("threshold", threshold)
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
+        raise UsageError(f"patience={patience!r} is not a whole number", "pass a whole number of 1 or more, e.g. patience=2")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise UsageError(f"batch_size={batch_size!r}", "use a whole batch size of 1 or more")
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, (list, tuple)) and not hasattr(thresholds, "tolist"):
+        raise UsageError(f"thresholds={thresholds!r} is not a list of numbers", "pass one number per exit but the last, "
+                         "e.g. thresholds=[0.2, 0.3]")
+    for t in thresholds:
+        _number("thresholds[...]", t, allow_none=False)
+
+
+def check_sentences(sentences) -> None:
+    """``sentences`` is an iterable of sentences, not one sentence, a mapping or a scalar."""
+    if isinstance(sentences, (str, tuple, bytes)) or getattr(sentences, "ndim", None) == 0:
+        raise UsageError(f"sentences is a single {type(sentences).__name__}, not an iterable of sentences",
+                         "pass a list: predict([sentence]) or predict([(first, second)])")
+    if isinstance(sentences, dict) or hasattr(sentences, "keys") and not hasattr(sentences, "tolist"):
+        raise UsageError("sentences is a mapping: iterating it would classify its keys",
+                         "pass the sentences themselves, e.g. predict(list(mapping.values()))")
+    try:
+        iter(sentences)
+    except TypeError:
+        raise UsageError(f"sentences is a {type(sentences).__name__}, not an iterable of sentences",
+                         "pass a list of strings (or of (first, second) pairs for a pair model)") from None
+
+
+def check_sentence(item, position: int, pairs: Optional[bool]) -> Tuple[str, ...]:
+    """One sentence, as its parts: a string (a single-sentence model), or a pair of strings (a pair
+    model); ``pairs`` None (an export older than the record): either."""
+    what = "sentence pairs" if pairs else "single sentences"
+    if isinstance(item, str):
+        if pairs:
+            raise UsageError(f"sentence {position} is one string, but this model classifies sentence pairs",
+                             "pass each as a (first, second) tuple")
+        return (item,)
+    if getattr(item, "ndim", None) == 1:  # a row of a numpy array of pairs
+        item = item.tolist()
+    if isinstance(item, (tuple, list)) and all(isinstance(p, str) for p in item):
+        fits = len(item) == 2 if pairs else len(item) in (1, 2) if pairs is None else False
+        if not fits:
+            raise UsageError(f"sentence {position} is a {type(item).__name__} of {len(item)} strings, but this model "
+                             f"classifies {what}", "pass each sentence as one string" if pairs is False
+                             else "pass each as a (first, second) pair")
+        return tuple(item)
+    raise UsageError(f"sentence {position} is {repr(item)[:60]} (a {type(item).__name__}), not text",
+                     "pass strings" + (" (decode bytes first: text.decode('utf-8'))" if isinstance(item, bytes) else "")
+                     + (", or (first, second) pairs of strings" if pairs is not False else ""))
+
+
+def _path(name: str, value) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{name}={value!r} is a {type(value).__name__}, not a path", f"pass {name} as a string or a Path")
+    return os.fspath(value)
+
+
 class EarlyExitClassifier:
-    def __init__(self, model, task, bpe=None):
+    def __init__(self, model, task, bpe=None, pairs: Optional[bool] = None):
         self.model = model.eval()
         self.task = task
         self.bpe = bpe
+        self.pairs = pairs  # sentence pairs (True), single sentences (False), not recorded (None)
+        self._warned_unk = False  # a wrong bpe is said once per classifier, not once per batch
         self.regression = bool(getattr(task.cfg, "regression_target", False))
         d = task.label_dictionary
         self.labels = [] if self.regression else [
@@ -62,6 +155,14 @@ class EarlyExitClassifier:
     @property
     def head(self) -> str:
         return self.task.cfg.classification_head_name
+
+    @property
+    def loss_weights(self) -> Optional[Dict[str, float]]:
+        """LeeBERT's learned loss-term weights by term name (``ce_L3``, ``kd_L3<L7``), as the training
+        checkpoint saved them; None for a model trained with fixed weights, or an export (which
+        keeps the model alone)."""
+        learned = getattr(self.task, "learned_loss_weights", None)
+        return None if learned is None else learned()
 
     @property
     def device(self) -> torch.device:
@@ -79,6 +180,10 @@ class EarlyExitClassifier:
         training data's ``prepare.json``; a training checkpoint with neither is refused (raw text
         read without its bpe would become mostly ``<unk>`` and still get a label). ``device``:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (default: CUDA if available, else the CPU)."""
+        checkpoint = _path("checkpoint", checkpoint)
+        data = None if data is None else _path("data", data)
+        if bpe is not None and not isinstance(bpe, str):
+            raise UsageError(f"bpe={bpe!r} is not a bpe name", "pass e.g. bpe='wordpiece', or bpe='none'")
         check_choice(bpe, bpe_args)
         if is_export(checkpoint):
             if data is not None:
@@ -86,15 +191,15 @@ class EarlyExitClassifier:
                                  "drop data=... (it is for training checkpoints)")
             model, task, shipped = read_export(checkpoint, device)
             chosen = bpe_of(checkpoint, bpe, bpe_args) if bpe else shipped
-            return cls(model, task, _coder(chosen))
+            return cls(model, task, _coder(chosen), read_manifest(checkpoint).get("pairs"))
         chosen = bpe_of(data, bpe, bpe_args) if data is not None else None  # refused before the model is read
         model, task = load(checkpoint, data, device)
         if data is None:  # the data folder the checkpoint was trained on
             chosen = bpe_of(task.cfg.data, bpe, bpe_args)
-        return cls(model, task, _coder(chosen))
+        return cls(model, task, _coder(chosen), os.path.isdir(os.path.join(task.cfg.data, "input1")))
 
-    def encode(self, sentence: Sentence) -> torch.Tensor:
-        parts = (sentence,) if isinstance(sentence, str) else tuple(sentence)
+    def encode(self, sentence: Sentence, position: int = 0) -> torch.Tensor:
+        parts = check_sentence(sentence, position, self.pairs)
         d, cfg = self.task.source_dictionary, self.task.cfg
         tokens = [] if cfg.init_token is None else [torch.tensor([cfg.init_token])]
         for i, part in enumerate(parts):
@@ -119,13 +224,12 @@ class EarlyExitClassifier:
                thresholds: Sequence[float] = ()) -> Iterator[Prediction]:
         """:meth:`predict` as a generator: reads ``batch_size`` sentences, yields their predictions,
         reads on; the options are checked before the first sentence is read."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size={batch_size!r}", "use a whole batch size of 1 or more")
-        if isinstance(sentences, (str, tuple)):
-            raise UsageError(f"sentences is a single {type(sentences).__name__}, not an iterable of sentences",
-                             "pass a list: predict([sentence]) or predict([(first, second)])")
-        policy = build_policy(exit_policy, 1 if self.regression else len(self.labels), threshold, patience, thresholds)
-        policy.check_model(len(self.model.exit_layers), self.model.skip_gates is not None)  # before any sentence is read
+        check_options(exit_policy, threshold, patience, batch_size, thresholds)
+        check_sentences(sentences)
+        thresholds = [float(t) for t in thresholds]
+        policy = build_policy(exit_policy, 1 if self.regression else len(self.labels),
+                              None if threshold is None else float(threshold), int(patience), thresholds)
+        policy.check_model(len(self.model.exit_layers), self.model.active_gates is not None)  # before any sentence is read
         device = place(self.model, device)
         return self._stream(iter(sentences), policy, batch_size, device)
 
@@ -230,11 +334,16 @@ class EarlyExitClassifier:
     @torch.no_grad()
     def _stream(self, sentences: Iterator[Sentence], policy, batch_size: int, device: torch.device) -> Iterator[Prediction]:
         pad = self.task.source_dictionary.pad()
+        read = 0
         while True:
             batch = list(itertools.islice(sentences, batch_size))
             if not batch:
                 return
-            tokens = data_utils.collate_tokens([self.encode(s) for s in batch], pad)
+            encoded = [self.encode(s, read + i) for i, s in enumerate(batch)]
+            read += len(batch)
+            if not self._warned_unk:
+                self._say_unk_share(encoded)
+            tokens = data_utils.collate_tokens(encoded, pad)
             logits, extra = self.model(tokens.to(device), classification_head_name=self.head, exit_policy=policy)
             exits = extra["exits"]
             where = zip(exits.exit_layer.tolist(), exits.layers_run.tolist())
@@ -244,3 +353,17 @@ class EarlyExitClassifier:
             probs = torch.softmax(logits.float(), -1).cpu()
             for p, (layer, run) in zip(probs, where):
                 yield Prediction(self.labels[int(p.argmax())], p.tolist(), layer, run)
+
+    def _say_unk_share(self, encoded: List[torch.Tensor]) -> None:
+        """Log once when most text tokens of a batch are ``<unk>``: share = #<unk> / #tokens that are
+        not the dictionary's specials (``<s>``, ``</s>``, the separator)."""
+        d = self.task.source_dictionary
+        tokens = torch.cat(encoded)
+        text = tokens >= d.nspecial
+        unk = int((tokens == d.unk()).sum())
+        total = int(text.sum()) + unk
+        if total and unk / total > UNK_WARNING:
+            self._warned_unk = True
+            logger.warning(f"{unk / total:.0%} of the tokens of the first sentences are <unk> ({unk} of {total}): the "
+                           f"bpe ({self.bpe.__class__.__name__ if self.bpe else 'none'}) is probably not the one the "
+                           "model was trained with; pass the training data's bpe and its files to from_pretrained")

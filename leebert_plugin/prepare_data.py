@@ -3,7 +3,10 @@
     python -m leebert_plugin.prepare_data --train reviews.tsv --out runs/reviews-bin \\
         --bpe wordpiece --wordpiece-vocab runs/minilm/vocab.txt --dict runs/minilm/dict.txt
 
-TSV, CSV or JSON Lines (by extension), with a header. ``--text-columns`` names one column, or two
+TSV, CSV or JSON Lines (by extension), with a header. A TSV/CSV's separator is the extension's
+unless the header holds another (``;``, ``|``: detected, and said); quotes are CSV quoting where
+the file is valid so, else part of the text (a tweet's ``"I believe..." -Tanya H.``: detected, and
+said); ``--delimiter`` and ``--quoting`` force either (:mod:`leebert_plugin.data.tables` says why). ``--text-columns`` names one column, or two
 for sentence pairs; ``--label-column`` (default ``label``) holds any strings (classes) or numbers
 (regression, detected unless ``--task-kind`` says). Class ``i`` is line ``i`` of
 ``OUT/label/dict.txt``: the sorted labels, or ``--labels`` in its order. Without ``--valid`` or
@@ -18,6 +21,7 @@ from typing import Optional, Sequence
 from leebert_plugin import cli
 from leebert_plugin.data.bpe_encode import parse_with_bpe
 from leebert_plugin.data.prepare import KINDS, SETTINGS_FILE, prepare, training_command
+from leebert_plugin.data.tables import QUOTING, delimiter_option
 
 BPES = ("wordpiece", "sentencepiece", "gpt2")
 
@@ -40,6 +44,12 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--test-fraction", type=cli.number(float, 0, 1), default=0.1,
                    help="share of --train drawn as test set when no --test (default 0.1; 0: no test set)")
     p.add_argument("--seed", type=cli.number(int, 0), default=1, help="seed of the draws (default 1)")
+    p.add_argument("--delimiter", type=delimiter_option, help="TSV/CSV separator: tab, comma, semicolon, pipe or one "
+                                                              "character (default: the extension's, or the one the "
+                                                              "header holds)")
+    p.add_argument("--quoting", choices=QUOTING, default="auto",
+                   help="TSV/CSV quotes: csv (a quoted field may hold the separator, \"\" is a quote), none (quotes "
+                        "are text, as in GLUE's TSVs and tweets), auto (default: csv where the file is valid so, else none)")
     p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
     p.add_argument("--dict", type=Path, help="fairseq dict.txt of the checkpoint you fine-tune (needed for gpt2; "
                                              "the BERT converter writes one)")
@@ -54,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     counts = ", ".join(f"{name} {n}" for name, n in prepared.counts.items())
     what = "regression" if prepared.kind == "regression" else f"{len(prepared.classes)} classes: " + ", ".join(
         f"{i}={name}" for i, name in enumerate(prepared.classes))
+    for path, how in prepared.read_as.items():
+        print(f"read {path}: {how}")
     print(f"prepared {args.out} ({counts}; {what}; settings in {args.out / SETTINGS_FILE})")
     print("train with (from the repository root, .venv/bin on PATH):\n  " + training_command(prepared, args))
 

@@ -2,7 +2,7 @@
 """Accuracy against speed-up for every method, paired by seed, with intervals, on real data.
 
     bash scripts/prepare_offline_benchmark.sh                        # once: MiniLM, rotten tomatoes, 20 Newsgroups
-    python scripts/benchmark.py --setting reduced                    # 5 methods x 5 seeds, 1,000 snippets, 2 epochs
+    python scripts/benchmark.py --setting reduced                    # 6 methods x 5 seeds, 1,000 snippets, 2 epochs
     python scripts/benchmark.py --setting medium                     # 3,000 snippets (one 3-hour session, 2 cores)
     python scripts/benchmark.py --setting full --dataset 20ng        # the whole training set (a GPU)
     python scripts/benchmark.py --setting reduced --ablation distill weights   # + LeeBERT's ablations
@@ -10,8 +10,12 @@
 
 Every run is a real ``fairseq-hydra-train`` of the GLUE SST-2 config of the method (full
 fine-tuning with the last exit only, PABEE, DeeBERT's two stages, LeeBERT with ``clo``, SmartBERT's
-two stages) from the converted all-MiniLM-L6-v2, under one shared budget (epochs, batch size,
-learning rate, exit pooling, exit learning-rate scale; ``leebert_plugin/benchmark/recipe.py``).
+two stages, and full fine-tuning trained as SmartBERT's backbone) from the converted
+all-MiniLM-L6-v2, under one shared budget (epochs, batch size, learning rate, exit pooling, exit
+learning-rate scale; ``leebert_plugin/benchmark/recipe.py``), but for the two-stage methods, which
+train their authors' schedules (SmartBERT 5 + 4 epochs, DeeBERT 3 + 3; each stage with its own
+warm-up and decay), and ``full_ft_smartbert``, which trains SmartBERT's stage-1 epochs. The setting's
+epochs (and ``--epochs``) are the shared budget's.
 The last checkpoint of each run is evaluated on dev and test at every point of its policy grid
 (``leebert_plugin/benchmark/evaluation.py``); the point "at S x" is chosen on dev and read on
 test (``choice.py``); methods are compared by paired differences with a 95% interval over seeds
@@ -19,13 +23,16 @@ and a paired bootstrap over test examples within each seed (``stats.py``, ``repo
 runs are reused (each records its overrides and budget; one trained under others is refused, not
 mixed in); a killed run resumes from its last checkpoint (``matrix.py``).
 
-Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, and traces.npz
-for runs without gates: every exit's dev and test logits);
+Writes ``OUT/<method>/seed<k>/`` (checkpoints, train.log, result.json, outcomes.npz, traces.npz
+for runs without gates: every exit's dev and test logits, and weights.json for runs that learn their
+loss weights: the weights' trajectory over updates and their final distance from uniform);
 ``OUT/points.tsv`` (with the per-exit rule's calibrated thresholds) and ``OUT/summary.md`` (both with
 every ablation variant finished in OUT at these seeds, this invocation's and earlier ones');
 ``OUT/pareto.png`` and ``OUT/rules.png`` (this invocation's runs' fronts; the latter: the per-exit
 rule against the published ones); with variants, ``OUT/ablations.png`` (every variant of the summary
-beside its method, one panel per ablation, means over seeds with their intervals).
+beside its method, one panel per ablation, means over seeds with their intervals); for runs that
+learn their loss weights, ``OUT/weights_<run>.png`` (their trajectories, one panel per term group,
+seeds overlaid) and a table of their final distance from uniform at the end of ``summary.md``.
 Training and evaluation run on ``--device`` (default: CUDA if available, else the CPU), one GPU at
 most: fairseq-train on several would multiply the batch, and with it the shared budget. Runs that
 an older evaluation scored are scored again (not retrained) when the evaluation changes: from their
@@ -39,14 +46,17 @@ import leebert_plugin  # noqa: F401
 from leebert_plugin import cli
 from leebert_plugin.benchmark.ablations import ABLATIONS, variants
 from leebert_plugin.benchmark.matrix import (
-    DATASETS, ROOT, SETTINGS, SIZES, Matrix, across_columns, check_overrides, run_matrix, summary_runs, write_points,
+    DATASETS, ROOT, SETTINGS, SIZES, Matrix, across_columns, check_overrides, run_matrix, summary_runs, weight_records,
+    write_points,
 )
 from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
+from leebert_plugin.benchmark.weights import spread_table, write_weight_figures
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.runtime.devices import add_device_argument, resolve_device
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime.outputs import check_folder, files_of, write_text
 from leebert_plugin.models.exit_roberta import arch_layers
 
 
@@ -97,6 +107,7 @@ def main() -> None:
     data = (args.data or args.offline / (DATASETS[args.dataset] + SIZES[size])).resolve()
     restore = None if args.restore == "none" else str(Path(args.restore or args.offline / "minilm" / "model.pt").resolve())
     out = (args.out or ROOT / "runs" / "benchmark" / f"{args.dataset}-{args.setting}").resolve()
+    check_folder(out, "--out", beside=False)  # before hours of training, not after them
     if not (data / "input0" / "train.idx").is_file() or (restore and not Path(restore).is_file()):
         raise UsageError(f"{data} or {restore} is missing",
                          "run bash scripts/prepare_offline_benchmark.sh first (or pass --data/--restore)")
@@ -117,13 +128,18 @@ def main() -> None:
               f"seeds {args.seeds}; bootstrap {args.bootstrap} resamples" + "".join(f"; {ov}" for ov in args.override))
     shown_runs, shown = summary_runs(m, runs, variants(["all"]), log=lambda line: print(line, flush=True))
     text = summary(shown_runs, header, reps=args.bootstrap, variants=shown)
-    write_points(shown_runs, out / "points.tsv")
-    (out / "summary.md").write_text(text)
-    plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
-    rules = plot_rules(runs, out / "rules.png")
-    panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
+    weights = weight_records(m, list(shown_runs))  # the runs that learn their loss weights
+    if weights:
+        text += "\n## Learned loss weights at the end of training\n\n" + spread_table(weights)
+    with files_of(out, "summary.md"):  # one invocation writes the summaries at a time; each file whole
+        write_points(shown_runs, out / "points.tsv")
+        write_text(out / "summary.md", text)
+        plot(runs, out / "pareto.png")  # each run's front: this invocation's runs only
+        rules = plot_rules(runs, out / "rules.png")
+        panels = plot_ablations(shown_runs, shown, out / "ablations.png")  # means over seeds: every variant summarised
+        figures = write_weight_figures(weights, out)
     print(text + f"wrote {out / 'summary.md'}, points.tsv, pareto.png" + (", rules.png" if rules else "")
-          + (f", ablations.png ({len(panels)} panels)" if panels else ""))
+          + (f", ablations.png ({len(panels)} panels)" if panels else "") + "".join(f", {f}" for f in figures))
 
 
 if __name__ == "__main__":

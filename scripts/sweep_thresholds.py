@@ -34,6 +34,7 @@ from leebert_plugin.exits.evaluate import load
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.risk_control import RISKS
 from leebert_plugin.exits.sweep import certify, plot, sweep, table_lines, write_risk_tsv, write_tsv
+from leebert_plugin.runtime.outputs import check_folder, files_of
 
 
 def main() -> None:
@@ -57,17 +58,18 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep's sweep.tsv and pareto.png in --out")
     add_device_argument(p)
     args = p.parse_args()
+    check_folder(args.out, "--out", beside=False)  # before the sweep, not after it
     if args.confidence is not None:
         return certified(args)
     if not args.thresholds:
         raise UsageError("no --thresholds to sweep", "pass --thresholds t1 t2 ..., or --confidence for the default grid")
     cli.refuse_existing([args.out / "sweep.tsv", args.out / "pareto.png"], args.overwrite)
-    model, task = load(args.checkpoint, args.data, resolve_device(args.device))
-    result = sweep(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test, args.batch_size,
-                   args.target_speedup, args.max_drop)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_tsv(result, args.out / "sweep.tsv")
-    plot(result, args.out / "pareto.png")
+    with files_of(args.out, "sweep.tsv"):  # one sweep at a time into --out; each file whole, old or new
+        model, task = load(args.checkpoint, args.data, resolve_device(args.device))
+        result = sweep(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test,
+                       args.batch_size, args.target_speedup, args.max_drop)
+        write_tsv(result, args.out / "sweep.tsv")
+        plot(result, args.out / "pareto.png")
     print(f"dev full depth: accuracy {result.full['accuracy']:.2f}; oracle layer speed-up {result.oracle:.2f}x; "
           f"policy {args.policy}")
     print("\n".join(table_lines(result)))
@@ -84,11 +86,11 @@ def certified(args) -> None:
     if args.target_speedup is not None:
         raise UsageError("--confidence bounds a drop, not a speed-up", "pass --max-drop D with --confidence")
     cli.refuse_existing([args.out / "risk.tsv"], args.overwrite)
-    model, task = load(args.checkpoint, args.data, resolve_device(args.device))
-    result = certify(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test,
-                     args.batch_size, args.max_drop, args.confidence, args.risk)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_risk_tsv(result, args.out / "risk.tsv")
+    with files_of(args.out, "risk.tsv"):  # one sweep at a time into --out; the file whole, old or new
+        model, task = load(args.checkpoint, args.data, resolve_device(args.device))
+        result = certify(model, task, args.policy, args.thresholds, args.exit_patience, args.dev, args.test,
+                         args.batch_size, args.max_drop, args.confidence, args.risk)
+        write_risk_tsv(result, args.out / "risk.tsv")
     print(f"on {args.dev}: {result.certified.message}")
     if result.certified.chosen is None:
         sys.exit(f"wrote {args.out / 'risk.tsv'}; no setting certified: serve at full depth")

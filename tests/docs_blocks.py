@@ -8,8 +8,9 @@ last non-blank line before its fence, a line of exactly the form
     *Not run by the docs test: <reason>.*
 
 Every other line that starts like a mark (a typo, a missing reason, a mark followed by text
-instead of a runnable block) is a :class:`MarkError`: a mark that silently failed to apply would
-let a broken block pass unnoticed, so the parse refuses it rather than guessing.
+instead of a runnable block) is a :class:`ConventionError`: a mark that silently failed to apply would
+let a broken block pass unnoticed, so the parse refuses it rather than guessing. So is a fence named
+``sh``, ``shell`` or ``py``: its commands would escape the test by the fence's name alone.
 """
 import re
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 RUN_LANGUAGES = ("bash", "python")
+# other names of the same languages: refused, so that a command cannot escape the test by its fence's name
+RUN_SYNONYMS = {"sh": "bash", "shell": "bash", "zsh": "bash", "py": "python", "python3": "python"}
 MARK_PREFIX = "*Not run by the docs test"
 MARK = re.compile(r"^\*Not run by the docs test: (?P<reason>.*\S)\.\*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")  # info: no backtick (CommonMark)
@@ -29,8 +32,9 @@ RESULTS = pytest.StashKey[dict]()
 TIMINGS = pytest.StashKey[list]()
 
 
-class MarkError(ValueError):
-    """A line that starts like a not-run mark but is malformed or placed where it exempts nothing."""
+class ConventionError(ValueError):
+    """A line that starts like a not-run mark but is malformed or placed where it exempts nothing, or
+    a fence named ``sh``/``py``/... (which would silently not run)."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,14 @@ class Block:
 
 
 def parse_mark(line: str, where: str) -> Optional[str]:
-    """The reason of a mark line, None for a line that is not one; :class:`MarkError` for a line that
+    """The reason of a mark line, None for a line that is not one; :class:`ConventionError` for a line that
     starts like a mark but is not exactly ``*Not run by the docs test: <reason>.*``."""
     text = line.strip()
     if not text.startswith(MARK_PREFIX):
         return None
     match = MARK.match(text)
     if match is None or not match.group("reason").strip(" .:"):
-        raise MarkError(f"{where}: malformed mark {text!r}; write it as '*Not run by the docs test: <reason>.*' "
+        raise ConventionError(f"{where}: malformed mark {text!r}; write it as '*Not run by the docs test: <reason>.*' "
                         "with a non-empty reason")
     return match.group("reason").strip()
 
@@ -85,22 +89,21 @@ def code_blocks(text: str, path: str) -> List[Block]:
         info = match.group("info").strip()
         language = info.split()[0].lower() if info else ""
         mark = parse_mark(lines[last_text], f"{path}:{last_text + 1}") if last_text is not None else None
-        body, i = [], i + 1
+        if language in RUN_SYNONYMS:
+            raise ConventionError(f"{path}:{i + 1}: a {language!r} block, which the docs test does not run; "
+                                  f"fence it as {RUN_SYNONYMS[language]!r} (run) or 'text'/'console' (never run)")
+        opening, body, i = i + 1, [], i + 1
         while i < len(lines) and not _closes(lines[i], fence):
             body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i].lstrip())
             i += 1
         if mark is not None and language not in RUN_LANGUAGES:
-            raise MarkError(f"{path}:{last_text + 1}: a not-run mark before a {language or 'bare'} block, which is "
+            raise ConventionError(f"{path}:{last_text + 1}: a not-run mark before a {language or 'bare'} block, which is "
                             f"never run; remove the mark (only {' and '.join(RUN_LANGUAGES)} blocks run)")
-        blocks.append(Block(path, _fence_line(lines, i, len(body)), language, "\n".join(body) + "\n", mark))
+        blocks.append(Block(path, opening, language, "\n".join(body) + "\n", mark))
         last_text = None
         i += 1  # past the closing fence
     _check_unused_mark(lines, last_text, path)
     return blocks
-
-
-def _fence_line(lines: List[str], close: int, body: int) -> int:
-    return close - body  # the opening fence's 1-based number: the close index minus the body length
 
 
 def _closes(line: str, fence: str) -> bool:
@@ -111,7 +114,7 @@ def _closes(line: str, fence: str) -> bool:
 def _check_unused_mark(lines: List[str], index: Optional[int], path: str) -> None:
     """A mark followed by text (not by a fence) exempts nothing: refused, so it gets moved."""
     if index is not None and parse_mark(lines[index], f"{path}:{index + 1}") is not None:
-        raise MarkError(f"{path}:{index + 1}: a not-run mark that is not the last non-blank line before a "
+        raise ConventionError(f"{path}:{index + 1}: a not-run mark that is not the last non-blank line before a "
                         "bash or python block; put it directly above the block it exempts")
 
 
@@ -127,7 +130,7 @@ def collect(root: Path) -> Tuple[List[Block], List[Tuple[str, str]]]:
     for page in doc_files(root):
         try:
             blocks += code_blocks((root / page).read_text(encoding="utf-8"), str(page))
-        except MarkError as e:
+        except ConventionError as e:
             errors.append((str(page), str(e)))
     return blocks, errors
 

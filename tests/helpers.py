@@ -140,15 +140,42 @@ def sample_for(model, bsz, seed, num_classes=2):
             "target": torch.randint(0, num_classes, (bsz,), generator=g)}
 
 
-def bilevel_training(model, criterion, **settings):
-    """The task's bi-level object for ``criterion``'s learned weights, with clo settings."""
+def bilevel_training(model, criterion, planned_updates: Optional[int] = None, **settings):
+    """The task's bi-level object for ``criterion``'s learned weights, with clo settings, for a run
+    of ``planned_updates`` updates (None: unknown)."""
     from leebert_plugin.optim.bilevel import BilevelTraining
     from leebert_plugin.optim.clo import CLOConfig
 
     cfg = OmegaConf.structured(CLOConfig(lr=[1e-3], tpu=False, **settings))
     spec = criterion.loss_weight_spec(model.exit_layers)
     return BilevelTraining(cfg, spec["names"], spec["parametrization"], spec["group_scales"], d2_ratio=0.5, seed=1,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), planned_updates=planned_updates)
+
+
+def unrolled_outer(model, crit, b1, b2, xi, w):
+    """L_outer(theta - xi grad_theta L_train(theta, w; b1); b2), differentiable in ``w`` (the term
+    weights in ``term_names`` order, a tensor) through the virtual step (create_graph): its gradient
+    in w is the exact second-order hypergradient the finite differences of ``hypergradient`` estimate.
+    Under the fused CPU attention kernel there is no double backward: call it under
+    ``sdpa_kernel(SDPBackend.MATH)``."""
+    names = crit.term_names(model.exit_layers)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    terms, _, targets = crit.compute_terms(model, b1)
+    train = sum(wk * terms[n] for wk, n in zip(w, names)) / targets.numel()
+    grads = torch.autograd.grad(train, params, create_graph=True, allow_unused=True)
+    shifted = {n: p if g is None else p - xi * g for (n, p), g in zip(named, grads)}
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self):
+            t, _, y = crit.compute_terms(self.model, b2)
+            return crit.outer_objective(t) / y.numel()
+
+    return torch.func.functional_call(Outer(), {f"model.{n}": v for n, v in shifted.items()}, ())
 
 
 # ---- short training runs and models with mixed decisions, shared by several test files ---------
@@ -229,3 +256,46 @@ def precision_optimizer(model, precision: str, optimizer: str = "exit_adam", **s
     if common.get("fp16") or common.get("bf16"):
         return FP16Optimizer.build_optimizer(cfg, params)
     return optim.build_optimizer(cfg.optimizer, params)
+
+
+# ---- a tiny Hugging Face BERT folder, for the converter and the own-data walk -----------------------
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_hf_bert(folder: Path, words: List[str], seed: int = 0, **config) -> Path:
+    """``folder`` as a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors) of
+    exit_bert_tiny's shape (2 layers, 128 wide, 2 heads, ffn 512) with random weights (std 0.02,
+    BERT's initialisation); ``config`` overrides config.json's fields (a value None drops the field)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = BERT_SPECIALS + list(words)
+    settings = {"model_type": "bert", "architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
+                "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "vocab_size": len(vocab)}
+    settings.update(config)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    d, ffn = 128, 512
+    weights = {"embeddings.word_embeddings.weight": normal(len(vocab), d),
+               "embeddings.position_embeddings.weight": normal(512, d),
+               "embeddings.token_type_embeddings.weight": normal(2, d),
+               "embeddings.LayerNorm.weight": torch.ones(d), "embeddings.LayerNorm.bias": torch.zeros(d)}
+    for i in range(2):
+        p = f"encoder.layer.{i}."
+        for name, shape in (("attention.self.query", (d, d)), ("attention.self.key", (d, d)),
+                            ("attention.self.value", (d, d)), ("attention.output.dense", (d, d)),
+                            ("intermediate.dense", (ffn, d)), ("output.dense", (d, ffn))):
+            weights[p + name + ".weight"], weights[p + name + ".bias"] = normal(*shape), torch.zeros(shape[0])
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            weights[p + name + ".weight"], weights[p + name + ".bias"] = torch.ones(d), torch.zeros(d)
+    (folder / "config.json").write_text(json.dumps(settings, indent=1))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder

@@ -26,7 +26,10 @@ SMARTBERT = [*SMARTBERT_SHORT, "optimization.max_epoch=2"]  # refused before tra
 @dataclass
 class Case:
     """``tool``: train (fairseq-hydra-train CONFIG), argparse_train (fairseq-train of the tiny model),
-    validate (fairseq-validate), thresholds (the script).
+    validate (fairseq-validate), thresholds (the script), python (``python ARGS``: ``-m MODULE`` or a
+    script), full_disk (``python -m MODULE`` on a disk that fills up: tests/disk_full_probe).
+    ``guard``: the placeholder of the folder left exactly as it was (default: the save dir, or the
+    trained checkpoint's dir).
 
     ``args`` may name ``{data}``, ``{save}``, ``{ckpt}`` (the trained checkpoint), ``{plain}`` (a plain
     RoBERTa checkpoint) and the files :data:`FILES` builds in the test's tmp dir.
@@ -37,6 +40,7 @@ class Case:
     words: List[str]
     config: str = "mr_multi_exit"
     hydra_typo: str = ""  # the misspelt key: hydra's own report instead of the plugin's line
+    guard: str = ""  # the placeholder of the folder that must be left as it was (default: save dir / checkpoint dir)
 
 
 CATALOGUE: Dict[str, Case] = {
@@ -99,10 +103,13 @@ CATALOGUE: Dict[str, Case] = {
         "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
         ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),
     "smartbert: stage 2 would never run (stage1_epochs >= max_epoch)": Case(
-        "train", [*SMARTBERT_SHORT, "optimization.max_epoch=1"], ["stage1_epochs=1", "would never run",
-                                                                  "max_epoch above 1"], "mr_smartbert"),
-    "smartbert: skip threshold outside (0, 1)": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
-                                                     ["skip_threshold=1.5 is outside (0, 1)"], "mr_smartbert"),
+        "train", [*SMARTBERT_SHORT, "optimization.max_epoch=1"],
+        ["optimization.max_epoch=1 with optimization.max_update=1000", "inside stage 1", "start at epoch 2",
+         "max_epoch to at least 2", "task.stage1_only=true"], "mr_smartbert"),
+    "smartbert: skip threshold outside (0, 1]": Case("train", [*SMARTBERT, "model.skip_threshold=1.5"],
+                                                     ["skip_threshold=1.5 is outside (0, 1]"], "mr_smartbert"),
+    "smartbert: training with the gates off": Case("train", [*SMARTBERT, "model.skip_threshold=1"],
+                                                   ["turns the skip gates off", "below 1"], "mr_smartbert"),
     "smartbert: negative lambda": Case("train", [*SMARTBERT, "criterion.gate_lambda=-0.1"],
                                        ["gate_lambda=-0.1 is negative"], "mr_smartbert"),
     "smartbert: negative eta": Case("train", [*SMARTBERT, "criterion.eta2=-1"], ["eta2=-1.0 is negative"], "mr_smartbert"),
@@ -178,6 +185,45 @@ CATALOGUE: Dict[str, Case] = {
     "train: an infinite learning rate": Case("train", ["optimization.lr=[inf]"], ["optimizer.lr=[inf] is not a finite"]),
     "validate: NaN threshold": Case("validate", ["{data}", "--exit-policy", "max_prob", "--exit-threshold", "nan"],
                                     ["exit_threshold=nan is not a finite number"]),
+    # issue 34: writes (outputs replaced whole by one writer; a full disk in one line)
+    "export: --overwrite while another run writes that folder": Case(
+        "python", ["-m", "leebert_plugin.export", "{ckpt}", "{data}", "{busy_export}", "--overwrite", "--bpe", "none"],
+        ["busy/model is in use by another run", "on this host", "write to another folder"], guard="busy_export"),
+    "export: --overwrite on a full disk": Case(
+        "full_disk", ["leebert_plugin.export", "{ckpt}", "{data}", "{earlier_export}", "--overwrite", "--bpe", "none"],
+        ["the disk mounted at", "is full", "while writing into", "earlier/model held before is kept", "another disk"],
+        guard="earlier_export"),
+    "export: the output folder is a file": Case("python", ["-m", "leebert_plugin.export", "{ckpt}", "{data}", "{a_file}"],
+                                                ["a_file.txt is a file, not a folder"], guard="tmp"),
+    "prepare_data: --overwrite while another run writes that folder": Case(
+        "python", ["-m", "leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{busy_layout}",
+                   "--overwrite", "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["busy/bin is in use by another run", "on this host", "write to another folder"], guard="busy_layout"),
+    "prepare_data: --overwrite on a full disk": Case(
+        "full_disk", ["leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{earlier_layout}",
+                      "--overwrite", "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["the disk mounted at", "is full", "while writing into", "earlier/bin held before is kept"],
+        guard="earlier_layout"),
+    "prepare_data: --out is a file": Case(
+        "python", ["-m", "leebert_plugin.prepare_data", "--train", "{own_data}/reviews.tsv", "--out", "{a_file}",
+                   "--bpe", "wordpiece", "--wordpiece-vocab", "{own_data}/vocab.txt"],
+        ["--out", "a_file.txt is a file, not a folder"], guard="tmp"),
+    "train: a full disk while saving a checkpoint": Case(
+        "train", ["common.user_dir={disk_full_probe}", "optimization.max_update=2", "dataset.batch_size=16"],
+        ["the disk mounted at", "is full", "while writing into", "held before is kept", "another disk"]),
+    "sweep: --out is a file (found before the sweep runs)": Case(
+        "python", ["{scripts}/sweep_thresholds.py", "{ckpt}", "{data}", "--thresholds", "0.5", "--out", "{a_file}"],
+        ["--out", "a_file.txt is a file, not a folder"], guard="tmp"),
+    "sweep: a second sweep into the same --out": Case(
+        "python", ["{scripts}/sweep_thresholds.py", "{ckpt}", "{data}", "--thresholds", "0.5", "--out", "{busy_sweep}",
+                   "--overwrite"], ["is in use by another run", "on this host", "write to another folder"],
+        guard="busy_sweep"),
+    "converter: the output directory is a file": Case(
+        "python", ["{scripts}/convert_hf_bert.py", "{tmp}/no-hf-dir", "{a_file}"], ["a_file.txt is a file, not a folder"],
+        guard="tmp"),
+    "benchmark: --out is a file (found before any training)": Case(
+        "python", ["{scripts}/benchmark.py", "--out", "{a_file}", "--device", "cpu"], ["--out", "is a file, not a folder"],
+        guard="tmp"),
     # hydra typos
     "hydra typo: task.exit_polcy": Case("train", ["task.exit_polcy=entropy"], [], hydra_typo="task.exit_polcy"),
     "hydra typo: optimization.lrr": Case("train", ["optimization.lrr=[1e-3]"], [], hydra_typo="optimization.lrr"),
@@ -265,6 +311,55 @@ def _resume_trained(tmp: Path, fx: dict) -> str:
     return "checkpoint.restore_file=checkpoint_last.pt"
 
 
+# issue 34: writes
+def _held(folder: Path, lock: Path) -> Path:
+    """``folder``'s lock held by a live run on this host (this test's own process)."""
+    import json
+    import socket
+
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "a minute ago"}))
+    return folder
+
+
+def _earlier_export(name: str, busy: bool = False) -> Callable[[Path, dict], Path]:
+    """An earlier export (what --overwrite may replace) in ``tmp/name/model``; ``busy``: being written."""
+    def build(tmp: Path, fx: dict) -> Path:
+        out = tmp / name / "model"
+        out.mkdir(parents=True)
+        (out / "export.json").write_text('{"format": 1}\n')
+        (out / "model.pt").write_bytes(b"earlier weights")
+        return _held(out, out.parent / ".model.lock") if busy else out
+    return build
+
+
+def _earlier_layout(name: str, busy: bool = False) -> Callable[[Path, dict], Path]:
+    """An earlier prepare_data output in ``tmp/name/bin``; ``busy``: being written."""
+    def build(tmp: Path, fx: dict) -> Path:
+        out = tmp / name / "bin"
+        (out / "input0").mkdir(parents=True)
+        (out / "input0" / "dict.txt").write_text("earlier 1\n")
+        (out / "prepare.json").write_text('{"earlier": true}\n')
+        return _held(out, out.parent / ".bin.lock") if busy else out
+    return build
+
+
+def _own_data(tmp: Path, fx: dict) -> Path:
+    """A labelled TSV of 40 rows and a WordPiece vocabulary, in ``tmp/own``."""
+    own = tmp / "own"
+    own.mkdir()
+    (own / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]) + "\n")
+    rows = [f"{'good' if i % 2 else 'bad'} film\t{'pos' if i % 2 else 'neg'}\n" for i in range(40)]
+    (own / "reviews.tsv").write_text("text\tlabel\n" + "".join(rows))
+    return own
+
+
+def _busy_sweep(tmp: Path, fx: dict) -> Path:
+    out = tmp / "sweep"
+    out.mkdir()
+    (out / "sweep.tsv").write_text("an earlier sweep\n")
+    return _held(out, out / ".sweep.tsv.lock")
+
+
 FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, made on demand
     "short_labels": _edited_split("short_labels", "label", lambda rows: rows[:-1]),
     "empty_label": _edited_split("empty_label", "label", lambda rows: rows[:2] + [rows[2][-1:]] + rows[3:]),
@@ -281,6 +376,16 @@ FILES = {  # placeholder -> builder(tmp_path, fixtures): the files a row needs, 
                                                                       "x": RunsShellCommand(tmp / "PWNED")}, legacy=True),
     "resume_trained": _resume_trained,
     "other_task": _other_task,
+    # issue 34: writes
+    "busy_export": _earlier_export("busy", busy=True),
+    "earlier_export": _earlier_export("earlier"),
+    "busy_layout": _earlier_layout("busy", busy=True),
+    "earlier_layout": _earlier_layout("earlier"),
+    "own_data": _own_data,
+    "a_file": _write("a_file.txt", lambda fx: b"not a folder"),
+    "busy_sweep": _busy_sweep,
+    "disk_full_probe": lambda tmp, fx: ROOT / "tests" / "disk_full_probe",
+    "scripts": lambda tmp, fx: ROOT / "scripts",
 }
 
 
@@ -301,6 +406,11 @@ def command(case: Case, fx: dict) -> List[str]:
         args = [a for a in args if a != "--no-batch-size"]
         return [str(BIN / "fairseq-validate"), *args, *path, "--user-dir", "user_dir",
                 "--task", "early_exit_sentence_prediction", *batch, "--cpu"]
+    if case.tool == "python":  # python -m MODULE ... or python SCRIPT ...
+        return [sys.executable, *args]
+    if case.tool == "full_disk":  # python -m MODULE ... on a disk that fills up (tests/disk_full_probe)
+        return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import disk_full_probe; "
+                f"disk_full_probe.run_module({args[0]!r}, {args[1:]!r})"]
     ckpt = args.pop(args.index("--checkpoint") + 1) if "--checkpoint" in args else fx["ckpt"]
     args = [a for a in args if a != "--checkpoint"]
     return [sys.executable, str(ROOT / "scripts" / "validate_thresholds.py"), ckpt, fx["data"], *args]
@@ -330,9 +440,301 @@ def test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path):
         if any("{" + key + "}" in a for a in case.args):
             fx[key] = str(build(tmp_path, fx))
     cmd = command(case, fx)
+    if case.guard:
+        save = Path(fx[case.guard])
     if case.hydra_typo:
         assert_hydra_typo_refused(save, cmd, case.hydra_typo)
     else:
         assert_refused(save, lambda: run(cmd), *case.words)
     assert not (tmp_path / "PWNED").exists()  # no pickled global ever ran
 
+
+
+# issue 34: api and files ------------------------------------------------------------------------
+# Commands the Case tools above run (fairseq-validate's parse errors, a resume with other model
+# settings, the bi-level split's status), the prepare_data and converter commands (run by
+# FILE_COMMANDS below), and the Python API (API_CALLS: run in this process, where the contract is
+# the exception a caller catches: a UsageError, which is a ValueError).
+def _export_weights(tmp: Path, fx: dict) -> Path:
+    from leebert_plugin.export import export
+
+    out = export(Path(fx["ckpt"]), Path(fx["data"]), tmp / "export", bpe="none")
+    return out / "model.pt"
+
+
+def _resumed_with(override: str) -> Callable[[Path, dict], str]:
+    def build(tmp: Path, fx: dict) -> str:
+        _resume_trained(tmp, fx)
+        return override
+    return build
+
+
+API_AND_FILES_FILES = {"export_weights": _export_weights,
+                       "resume_other_exits": _resumed_with("model.exit_layers='2,4'"),
+                       "resume_other_layers": _resumed_with("+model.encoder_layers=2")}
+API_AND_FILES_CASES: Dict[str, Case] = {
+    "validate: --exit-threshold abc (argparse's usage text before)": Case(
+        "validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "abc"],
+        ["fairseq-validate: argument --exit-threshold: invalid float value: 'abc'"]),
+    "validate: --exit-threshold 0.3,0.5": Case(
+        "validate", ["{data}", "--exit-policy", "entropy", "--exit-threshold", "0.3,0.5"],
+        ["invalid float value: '0.3,0.5'", "--exit-thresholds t1,t2", "per_exit_entropy"]),
+    "validate: --path an export's model.pt (KeyError 'best_loss' before)": Case(
+        "validate", ["{data}", "--path", "{export_weights}"],
+        ["is the weights of an export folder", "EarlyExitClassifier.from_pretrained(", "checkpoint_best.pt"]),
+    "leebert: D1 empty (d2_ratio=0.9999)": Case("train", [*LEEBERT_SHORT, "task.d2_ratio=0.9999"],
+                                                 ["D1 is empty", "d2_ratio=0.9999", "nearer 0.5"], "mr_leebert"),
+    "train: resume into a save dir whose checkpoint has other exits": Case(
+        "train", ["{resume_other_exits}"], ["checkpoint_last.pt, the checkpoint this run resumes",
+                                            "model.exit_layers=''", "asks for model.exit_layers='2,4'",
+                                            "another checkpoint.save_dir"]),
+    "train: resume into a save dir whose checkpoint has other layers": Case(
+        "train", ["{resume_other_layers}"], ["checkpoint_last.pt, the checkpoint this run resumes",
+                                             "model.encoder_layers=4", "asks for model.encoder_layers=2"]),
+}
+CATALOGUE.update(API_AND_FILES_CASES)
+FILES.update(API_AND_FILES_FILES)
+
+
+@pytest.mark.parametrize("name", list(API_AND_FILES_CASES))
+def test_bad_input_api_and_files(name, mr_bin, trained, plain_roberta, tmp_path):
+    test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path)
+
+
+def test_an_error_where_the_bilevel_split_is_checked_ends_with_status_1(mr_bin, tmp_path):
+    """Not only "not 0": the line was followed by SIGABRT (status 134), which scripts read as a crash."""
+    save = guarded_dir(tmp_path)
+    case = CATALOGUE["leebert: D1 empty (d2_ratio=0.9999)"]
+    proc = run(command(case, {"data": str(mr_bin), "save": str(save)}))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+
+
+def test_a_lock_naming_a_live_unrelated_pid_says_how_to_clear_it(mr_bin, tmp_path):
+    """A pid reused after a restart: alive, but not a training run (here: a sleep this test started)."""
+    import json
+    import socket
+    import subprocess
+
+    save = guarded_dir(tmp_path)
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        (save / "leebert.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                       "started": "2026-01-01 00:00:00"}))
+        case = Case("train", ["optimization.max_update=2"], [])
+        assert_refused(save, lambda: run(command(case, {"data": str(mr_bin), "save": str(save)})),
+                       f"pid {other.pid} on this host", "its command: sleep 300", "not a training run",
+                       f"ps -p {other.pid} -o pid,lstart,args", f"delete {save / 'leebert.lock'}")
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _converter(hf: Callable[[Path], Path]) -> Callable[[Path], List[str]]:
+    return lambda tmp: [sys.executable, str(ROOT / "scripts" / "convert_hf_bert.py"), str(hf(tmp)), str(tmp / "out")]
+
+
+def _prepare(content: str, *extra: str) -> Callable[[Path], List[str]]:
+    def argv(tmp: Path) -> List[str]:
+        from helpers import tiny_hf_bert
+
+        (tmp / "train.tsv").write_text(content)
+        vocab = tiny_hf_bert(tmp / "bert", ["the", "film"]) / "vocab.txt"
+        return [sys.executable, "-m", "leebert_plugin.prepare_data", "--train", str(tmp / "train.tsv"), "--out",
+                str(tmp / "out"), "--bpe", "wordpiece", "--wordpiece-vocab", str(vocab), *extra]
+    return argv
+
+
+def _bert_with(**config) -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        from helpers import tiny_hf_bert
+
+        return tiny_hf_bert(tmp / "hf", ["the", "film", "the"] if config.pop("duplicate", False) else ["the", "film"],
+                            **config)
+    return build
+
+
+ROWS = "text\tlabel\n" + "the film\ta\nfilm the\tb\n" * 10
+FILE_COMMANDS: Dict[str, tuple] = {  # name -> (argv in a tmp dir, words); the guarded dir: OUT
+    "converter: a duplicated token in vocab.txt": (
+        _converter(_bert_with(duplicate=True)), ["hf/vocab.txt:8 repeats the token 'the' of line 6", "unchanged"]),
+    "converter: config.json without intermediate_size (KeyError before)": (
+        _converter(_bert_with(intermediate_size=None)), ["hf/config.json has no intermediate_size field",
+                                                         "the config.json that came with these weights"]),
+    "converter: config.json with a hidden_size of text": (
+        _converter(_bert_with(hidden_size="128")), ["hidden_size='128' is not a whole number"]),
+    "prepare_data: an unclosed quote read with --quoting csv": (
+        _prepare(ROWS + '"open\ta\n', "--quoting", "csv"), ["train.tsv:22 is not valid TSV with CSV quoting",
+                                                            "--quoting none"]),
+    "prepare_data: a row that fits neither quoting": (
+        _prepare(ROWS + '"a\tb"x\ta\n'), ["train.tsv:22 is not valid TSV with CSV quoting", "close the quote"]),
+    "prepare_data: --delimiter of two characters": (_prepare(ROWS, "--delimiter", "::"),
+                                                    ["--delimiter", "'::' is not tab, comma, semicolon, pipe"]),
+    "prepare_data: a ';' file forced to commas": (
+        _prepare(ROWS.replace("\t", ";"), "--delimiter", "comma"), ["has no header naming the columns", "--delimiter"]),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_COMMANDS))
+def test_bad_file_commands(name, tmp_path):
+    argv, words = FILE_COMMANDS[name]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cmd = argv(tmp_path)
+    assert_refused(out, lambda: run(cmd, cwd=ROOT), *words)
+
+
+@pytest.fixture(scope="module")
+def api(trained, mr_bin, tmp_path_factory) -> dict:
+    from leebert_plugin.export import export
+    from leebert_plugin.hub import EarlyExitClassifier
+
+    spm = {"sentencepiece_model": str(mr_bin / "raw" / "spm.model")}
+    folder = export(trained / "checkpoint_best.pt", mr_bin, tmp_path_factory.mktemp("api") / "export",
+                    bpe="sentencepiece", bpe_options=spm)
+    return {"clf": EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin),
+                                                       device="cpu", bpe="sentencepiece", **spm),
+            "export": folder}
+
+
+def _damaged(edit: Callable[[Path], None]) -> Callable[[dict, Path], object]:
+    """from_pretrained of a copy of the export that ``edit`` damaged."""
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        copy = tmp / "damaged"
+        shutil.copytree(fx["export"], copy)
+        edit(copy)
+        return EarlyExitClassifier.from_pretrained(str(copy), device="cpu")
+    return call
+
+
+def _fewer_tensors(folder: Path) -> None:
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state.pop(sorted(state)[-1])
+    torch.save(state, folder / "model.pt")
+
+
+def _without(key: str) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        import json
+
+        manifest = json.loads((folder / "export.json").read_text())
+        del manifest[key]
+        (folder / "export.json").write_text(json.dumps(manifest))
+    return edit
+
+
+def _predict(*args, **kwargs) -> Callable[[dict, Path], object]:
+    return lambda fx, tmp: fx["clf"].predict(*args, **kwargs)
+
+
+def _served(*args, **kwargs) -> Callable[[dict, Path], object]:
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        return EarlyExitClassifier.from_pretrained(str(fx["export"]), device="cpu").predict(*args, **kwargs)
+    return call
+
+
+def _from_pretrained(*args, **kwargs) -> Callable[[dict, Path], object]:
+    def call(fx: dict, tmp: Path):
+        from leebert_plugin.hub import EarlyExitClassifier
+
+        return EarlyExitClassifier.from_pretrained(*args, **kwargs)
+    return call
+
+
+API_CALLS: Dict[str, tuple] = {  # name -> (the call, words of its UsageError)
+    "hub: None inside the batch": (_predict(["fine", None]), ["sentence 1 is None (a NoneType), not text", "pass strings"]),
+    "hub: an int inside the batch": (_predict(["fine", 3]), ["sentence 1 is 3 (a int), not text"]),
+    "hub: bytes inside the batch": (_predict([b"fine"]), ["sentence 0 is b'fine' (a bytes)", "decode bytes first"]),
+    "hub: a dict as the batch (it classified the keys)": (_predict({"a": "fine"}), ["sentences is a mapping",
+                                                                                     "classify its keys"]),
+    "hub: a 0-d numpy string": (lambda fx, tmp: fx["clf"].predict(__import__("numpy").array("fine")),
+                                ["sentences is a single ndarray", "pass a list"]),
+    "hub: bytes as the batch": (_predict(b"fine film"), ["sentences is a single bytes"]),
+    "hub: a number as the batch": (_predict(5), ["sentences is a int, not an iterable"]),
+    "hub: threshold='0.3'": (_predict(["fine"], exit_policy="entropy", threshold="0.3"),
+                             ["threshold='0.3' is a str, not a number", "threshold=0.3"]),
+    "hub: threshold as a list": (_predict(["fine"], exit_policy="entropy", threshold=[0.3, 0.5]),
+                                 ["threshold=[0.3, 0.5] is a list, not a number", "thresholds=[...]"]),
+    "hub: patience='2'": (_predict(["fine"], exit_policy="patience", patience="2"), ["patience='2' is not a whole number"]),
+    "hub: exit_policy as a number": (_predict(["fine"], exit_policy=3), ["exit_policy=3 is a int, not a policy name"]),
+    "hub: thresholds as a string": (_predict(["fine"], exit_policy="per_exit_entropy", thresholds="0.2,0.3"),
+                                    ["thresholds='0.2,0.3' is not a list of numbers"]),
+    "hub: a sentence pair to a single-sentence model (it returned a label)": (
+        _predict([("a fine film", "a dull one")]), ["sentence 0 is a tuple of 2 strings",
+                                                    "classifies single sentences", "one string"]),
+    "hub: a 3-tuple to a single-sentence export": (_served([("a", "b", "c")]), ["sentence 0 is a tuple of 3 strings"]),
+    "hub: checkpoint=None": (_from_pretrained(None), ["checkpoint=None is a NoneType, not a path"]),
+    "hub: data as a number": (lambda fx, tmp: _from_pretrained("x.pt", data=3, bpe="none")(fx, tmp),
+                              ["data=3 is a int, not a path"]),
+    "export: model.pt missing (FileNotFoundError before)": (
+        _damaged(lambda f: (f / "model.pt").unlink()), ["is an export folder without its model.pt",
+                                                        "export the checkpoint again"]),
+    "export: model.pt truncated": (
+        _damaged(lambda f: (f / "model.pt").write_bytes((f / "model.pt").read_bytes()[:5000])),
+        ["model.pt is not readable", "export the checkpoint again"]),
+    "export: model.pt empty": (_damaged(lambda f: (f / "model.pt").write_bytes(b"")), ["model.pt is not readable"]),
+    "export: model.pt of another model (fresh exits were injected silently)": (
+        _damaged(_fewer_tensors), ["does not fit the model", "export.json describes", "tensors are missing",
+                                   "export the checkpoint again"]),
+    "export: export.json cut short (JSONDecodeError before)": (
+        _damaged(lambda f: (f / "export.json").write_text((f / "export.json").read_text()[:100])),
+        ["export.json cannot be read (JSONDecodeError", "export the checkpoint again"]),
+    "export: export.json a JSON list": (_damaged(lambda f: (f / "export.json").write_text("[1, 2]")),
+                                        ["export.json holds a JSON list"]),
+    "export: export.json without its task": (_damaged(_without("task")), ["export.json lacks task"]),
+    "export: export.json not UTF-8": (_damaged(lambda f: (f / "export.json").write_bytes(b"\xff\xfe{")),
+                                      ["export.json cannot be read (UnicodeDecodeError"]),
+    "export: input0/dict.txt missing": (_damaged(lambda f: (f / "input0" / "dict.txt").unlink()),
+                                        ["is an export folder without its input0/dict.txt"]),
+}
+
+
+@pytest.mark.parametrize("name", list(API_CALLS))
+def test_bad_api_input(name, api, tmp_path):
+    from leebert_plugin.errors import UsageError
+
+    call, words = API_CALLS[name]
+    with pytest.raises(UsageError) as refused:
+        call(api, tmp_path)
+    assert isinstance(refused.value, ValueError)
+    message = str(refused.value)
+    assert message.startswith("leebert-plugin: error:") and "Fix:" in message and "\n" not in message
+    for w in words:
+        assert w in message, message
+
+
+def test_ranks_that_built_different_models_are_named_in_one_line():
+    from leebert_plugin.fairseq_patches.ddp import model_difference
+
+    same = {"a.weight": (4, 4), "b.bias": (4,)}
+    assert model_difference([same, dict(same)]) is None
+    said = model_difference([same, {"a.weight": (4, 4), "b.bias": (3,)}])
+    assert said == "rank 1 built another model than rank 0 (2 parameters against 2): b.bias is [4] on rank 0 and [3] on rank 1"
+    assert "c.weight is missing on rank 0 and [2] on rank 1" in model_difference([same, {**same, "c.weight": (2,)}])
+
+
+def test_two_ranks_building_different_models_end_in_one_line_not_ddps_traceback(mr_bin, tmp_path):
+    """Rank 1 reads a data folder whose dictionary has 8 more symbols: its embedding is larger."""
+    from helpers import launch_two_processes
+
+    other = tmp_path / "other-data"
+    shutil.copytree(mr_bin, other)
+    with open(other / "input0" / "dict.txt", "a") as f:
+        f.writelines(f"extra{i} 1\n" for i in range(8))
+    save = tmp_path / "save"
+    save.mkdir()
+    ranks = launch_two_processes("mr_multi_exit", save, "task.data=${oc.env:LEEBERT_RANK_DATA}", "optimization.max_update=2",
+                                 "dataset.batch_size=16", probe=False,
+                                 env={"0:LEEBERT_RANK_DATA": str(mr_bin), "1:LEEBERT_RANK_DATA": str(other)})
+    from helpers import assert_one_clear_error
+
+    from fairseq.data import Dictionary
+
+    n = len(Dictionary.load(str(mr_bin / "input0" / "dict.txt"))) + 1  # the task adds <mask>
+    for proc in ranks:  # the first tensor in name order whose shape follows the dictionary: the LM head's bias
+        assert_one_clear_error(proc, "rank 1 built another model than rank 0",
+                               f"encoder.lm_head.bias is [{n}] on rank 0 and [{n + 8}] on rank 1", "the same data folder")

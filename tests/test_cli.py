@@ -5,7 +5,7 @@ import sys
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from helpers import ROOT, assert_one_clear_error
+from helpers import ROOT, assert_one_clear_error, run
 from leebert_plugin import cli
 from leebert_plugin.errors import UsageError, usage_error_line
 
@@ -107,3 +107,25 @@ def test_argument_errors_are_usage_errors_and_numbers_are_finite_and_in_range(tm
     cli.refuse_existing([tmp_path / "a.tsv"], overwrite=True)
     with pytest.raises(UsageError, match="a.tsv already exists"):
         cli.refuse_existing([tmp_path / "a.tsv", tmp_path / "b.tsv"], overwrite=False)
+
+
+def test_a_failed_job_with_threads_still_running_ends_in_the_line_and_status_1(tmp_path):
+    """issue 34: a UsageError raised mid-epoch (the bi-level split check) printed its line and then
+    aborted (status 134) in the interpreter's teardown under the data loader's threads; with a
+    thread still running, the callback runs the exit handlers and ends the process with status 1."""
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import atexit, sys, threading, time
+from hydra.core.utils import JobReturn, JobStatus
+from leebert_plugin import cli
+from leebert_plugin.errors import UsageError
+atexit.register(lambda: open({str(tmp_path / 'released')!r}, 'w').write('lock released'))
+threading.Thread(target=lambda: time.sleep(60), daemon=True).start()
+failed = JobReturn(status=JobStatus.FAILED, _return_value=UsageError("D1 is empty", "use a d2_ratio nearer 0.5"))
+cli.UsageErrorInOneLine().on_job_end(config=None, job_return=failed)
+print("not reached")
+""")
+    proc = run([sys.executable, str(script)], cwd=ROOT)
+    assert proc.returncode == 1 and "not reached" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == ["leebert-plugin: error: D1 is empty. Fix: use a d2_ratio nearer 0.5"]
+    assert (tmp_path / "released").read_text() == "lock released"

@@ -10,9 +10,10 @@ and the terminal summary lists it with its reason.
 
 The stand-in for ``runs/main`` is command 1 itself (``leebert_plugin.demo``) at the size of a test:
 a BERT of BERT-Tiny's shape with random weights and a WordPiece vocabulary trained on the bundled
-snippets, put through the plugin's HF converter as MiniLM is, 160 bundled snippets prepared by
-``prepare_data``, LeeBERT for one epoch (5 updates), the threshold sweep and ``report.md``. The
-paths are command 1's: ``minilm/``, ``rt/{train,dev,test}.tsv``, ``data-bin/`` (with
+snippets, put through the plugin's HF converter as MiniLM is (command 1's recipe then trains that
+arch: ``demo.ARCH``), 160 bundled snippets prepared by ``prepare_data``, LeeBERT for two epochs
+(10 updates, at a learning rate at which a random encoder learns that fast), the threshold sweep
+and ``report.md``. The paths are command 1's: ``minilm/``, ``rt/{train,dev,test}.tsv``, ``data-bin/`` (with
 ``prepare.json``), ``checkpoints/checkpoint_best.pt``, ``report.md``, ``pareto.png``.
 """
 import csv
@@ -31,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import torch
 
-from docs_blocks import RESULTS, TIMINGS, Block, MarkError, code_blocks, collect, parse_mark
+from docs_blocks import RESULTS, TIMINGS, Block, ConventionError, code_blocks, collect, parse_mark
 from helpers import ROOT
 
 # seconds a block may run before it is killed: a guard against hangs and minutes-long blocks, with room
@@ -39,7 +40,7 @@ from helpers import ROOT
 # each block's CPU seconds, the load-independent cost
 BLOCK_TIMEOUT = 240
 TAIL = 3000  # characters of a failing block's output shown
-NOT_COPIED = {".git", ".venv", "runs", "outputs", "wheelhouse", "benchmarks", ".pytest_cache", "__pycache__"}
+NOT_COPIED = {".git", ".venv", "runs", "outputs", "wheelhouse", ".pytest_cache", "__pycache__"}
 LINKED = ("benchmarks",)  # large and only read: linked into the scratch copy, not copied
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
 STAND_IN_ROWS = {"train": 160, "dev": 64, "test": 64}
@@ -101,7 +102,8 @@ def tiny_hf_bert(out: Path, sentences: List[str]) -> Path:
 
     w = {"embeddings.word_embeddings.weight": torch.randn(len(vocab), h, generator=g) * 0.02,
          "embeddings.position_embeddings.weight": torch.randn(512, h, generator=g) * 0.02,
-         "embeddings.token_type_embeddings.weight": torch.randn(2, h, generator=g) * 0.02, **norm("embeddings.LayerNorm")}
+         "embeddings.token_type_embeddings.weight": torch.randn(2, h, generator=g) * 0.02,
+         **norm("embeddings.LayerNorm")}
     for i in range(TINY_BERT["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
@@ -178,31 +180,32 @@ class Ran:
 
 def run_block(block: Block, root: Path, timeout: float = BLOCK_TIMEOUT) -> Ran:
     """Run ``block`` at ``root``: bash with -e and pipefail (a failing line fails the block), python
-    as a script. After ``timeout`` seconds its whole process group is killed (its background jobs
-    too, as they are when it ends)."""
+    as a script. Its process group is killed when it ends (the background jobs it left) or after
+    ``timeout`` seconds (all of it). Its output is also in ``root/.doc-blocks/<page>-<line>.<ext>.out``."""
     folder = root / ".doc-blocks"
     folder.mkdir(exist_ok=True)
     script = folder / f"{block.path.replace('/', '-')}-{block.line}.{'sh' if block.language == 'bash' else 'py'}"
     script.write_text(block.code, encoding="utf-8")
     cmd = ["bash", "-e", "-o", "pipefail", str(script)] if block.language == "bash" else \
         [str(root / ".venv" / "bin" / "python"), str(script)]
+    # the output goes to a file, not a pipe: a background job holding a pipe open would keep the block running
+    log = script.with_suffix(script.suffix + ".out")
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=root, env=block_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        code = None
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=block_env(root), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        try:  # the block's process group: what it left running in the background, or all of it at the timeout
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return Ran(code, out, time.monotonic() - start, cpu)
+    return Ran(code, log.read_text(errors="replace"), time.monotonic() - start, cpu)
 
 
 # ---- the tests ---------------------------------------------------------------------------------
@@ -291,19 +294,25 @@ def test_code_blocks_finds_languages_lines_code_and_marks():
                                   "*Not run by the docs test: needs a GPU*", "*Not run by the docs test - GPU.*",
                                   "*Not run by the docs test: ...*"])
 def test_a_malformed_or_empty_mark_is_refused(line):
-    with pytest.raises(MarkError, match="page.md:1: malformed mark"):
+    with pytest.raises(ConventionError, match="page.md:1: malformed mark"):
         parse_mark(line, "page.md:1")
-    with pytest.raises(MarkError, match="malformed mark"):
+    with pytest.raises(ConventionError, match="malformed mark"):
         code_blocks(f"{line}\n\n```bash\necho hi\n```\n", "page.md")
 
 
 def test_a_mark_that_exempts_nothing_is_refused():
-    with pytest.raises(MarkError, match="page.md:1: a not-run mark that is not the last non-blank line"):
+    with pytest.raises(ConventionError, match="page.md:1: a not-run mark that is not the last non-blank line"):
         code_blocks("*Not run by the docs test: needs a GPU.*\nSome text.\n```bash\necho hi\n```\n", "page.md")
-    with pytest.raises(MarkError, match="page.md:4: a not-run mark that is not"):
+    with pytest.raises(ConventionError, match="page.md:4: a not-run mark that is not"):
         code_blocks("```bash\necho hi\n```\n*Not run by the docs test: needs a GPU.*\n", "page.md")
-    with pytest.raises(MarkError, match="page.md:1: a not-run mark before a text block"):
+    with pytest.raises(ConventionError, match="page.md:1: a not-run mark before a text block"):
         code_blocks("*Not run by the docs test: needs a GPU.*\n```text\nhi\n```\n", "page.md")
+
+
+@pytest.mark.parametrize("name, use", [("sh", "bash"), ("shell", "bash"), ("py", "python")])
+def test_a_fence_named_as_a_synonym_is_refused(name, use):
+    with pytest.raises(ConventionError, match=f"page.md:2: a '{name}' block.*fence it as '{use}'"):
+        code_blocks(f"Text.\n```{name}\necho hi\n```\n", "page.md")
 
 
 def test_a_mark_reason_keeps_inner_punctuation():
@@ -311,20 +320,34 @@ def test_a_mark_reason_keeps_inner_punctuation():
         "downloads GLUE (network), ~1 GB"
 
 
-def test_run_block_reports_failure_output_and_timeout(tmp_path):
+@pytest.fixture
+def bare_root(tmp_path) -> Path:
     (tmp_path / ".venv").symlink_to(Path(sys.prefix).resolve())
-    ok, fail, slow, py = (Block("p.md", n, lang, code) for n, lang, code in [
-        (1, "bash", "echo $PWD\n"), (2, "bash", "false\necho not reached\n"), (3, "bash", "sleep 30 &\nsleep 30\n"),
-        (4, "python", "import importlib.util as u, os; print(u.find_spec('leebert_plugin').origin.startswith(os.environ['PWD']))\n")])
-    ran = run_block(ok, tmp_path)
-    assert (ran.code, ran.output.strip()) == (0, str(tmp_path))
-    ran = run_block(fail, tmp_path)
+    return tmp_path
+
+
+def bash(line: int, code: str) -> Block:
+    return Block("p.md", line, "bash", code)
+
+
+def test_run_block_reports_status_output_and_timeout(bare_root):
+    ran = run_block(bash(1, "echo $PWD\n"), bare_root)
+    assert (ran.code, ran.output.strip()) == (0, str(bare_root))
+    ran = run_block(bash(2, "false\necho not reached\n"), bare_root)
     assert ran.code == 1 and "not reached" not in ran.output  # bash -e: the first failing line fails the block
-    ran = run_block(slow, tmp_path, timeout=1)
+    ran = run_block(bash(3, "sleep 30 &\nsleep 30\n"), bare_root, timeout=1)
     assert ran.code is None and ran.wall < 10
-    shutil.copytree(ROOT / "leebert_plugin", tmp_path / "leebert_plugin")
-    ran = run_block(py, tmp_path)
-    assert (ran.code, ran.output.strip().splitlines()[-1]) == (0, "True"), ran.output  # the scratch copy's package
-    busy = run_block(Block("p.md", 5, "python", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"),
-                     tmp_path)
-    assert busy.code == 0 and busy.cpu >= 0.5  # the block's CPU time is counted
+    ran = run_block(bash(4, "(sleep 1.5 && touch late) &\necho left\n"), bare_root)
+    time.sleep(2.5)
+    assert ran.code == 0 and not (bare_root / "late").exists()  # a block's background jobs end with it
+
+
+def test_run_block_uses_the_scratch_copy_and_counts_cpu(bare_root):
+    shutil.copytree(ROOT / "leebert_plugin", bare_root / "leebert_plugin")
+    origin = ("import importlib.util as u, os\n"
+              "print(u.find_spec('leebert_plugin').origin.startswith(os.environ['PWD']))\n")
+    ran = run_block(Block("p.md", 1, "python", origin), bare_root)
+    assert (ran.code, ran.output.strip().splitlines()[-1]) == (0, "True"), ran.output  # not the checkout's package
+    busy = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
+    ran = run_block(Block("p.md", 2, "python", busy), bare_root)
+    assert ran.code == 0 and ran.cpu >= 0.5

@@ -17,7 +17,7 @@ def test_committed_configs_match_the_generator(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for path in GLUE:
         shutil.copy(path, tmp_path / path.name)
-    (tmp_path / "rte_leebert.yaml").write_text((tmp_path / "rte_leebert.yaml").read_text().replace("w_lr: 0.003", "w_lr: 0.1"))
+    (tmp_path / "rte_leebert.yaml").write_text((tmp_path / "rte_leebert.yaml").read_text().replace("w_lr: null", "w_lr: 0.1"))
     (tmp_path / "wnli_deebert.yaml").unlink()
     assert write_or_check(tmp_path, check=True) == ["rte_leebert.yaml", "wnli_deebert.yaml"]  # hand edits are caught
     assert len(GLUE) == len(list(names())) == 34  # 9 tasks x 4 methods, no two-stage STS-B
@@ -45,6 +45,8 @@ def test_a_glue_config_trains_with_only_paths_and_size_overridden(name, mr_bin, 
     if regression:  # the bundled labels are 0/1 numbers: a fine regression target
         for split in ("train", "valid"):
             shutil.copy(data / "raw" / f"{split}.label", data / "label" / f"{split}.label")
+    if name.endswith("_smartbert"):  # 3 updates end inside stage 1 (5 epochs): asked for on purpose
+        overrides += ["task.stage1_only=true", "optimization.max_epoch=5"]
     proc = hydra_train(name, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json_records(proc.stdout, "train_inner")

@@ -1,4 +1,6 @@
 """The Python API: batched predictions that agree with fairseq-validate and with batch size 1."""
+import shutil
+
 import pytest
 import torch
 
@@ -107,3 +109,55 @@ def test_another_tasks_checkpoint_is_refused_in_one_line(trained, mr_bin, tmp_pa
     torch.save(state, tmp_path / "model.pt")
     with pytest.raises(UsageError, match="saved by task 'masked_lm', not by a fine-tuning run"):
         EarlyExitClassifier.from_pretrained(str(tmp_path / "model.pt"), data=str(mr_bin), bpe="none")
+
+
+def test_text_read_with_the_wrong_bpe_is_said_once_with_its_share(trained, mr_bin, caplog):
+    """issue 34: bpe='none' on raw English: the words are not sentencepiece pieces, so most become
+    <unk>; predict still answers (a service keeps running) and logs the measured share once."""
+    clf = EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu",
+                                              bpe="none")
+    sentences = ["an utterly charming film", "dull , lifeless and overlong"]
+    tokens = torch.cat([clf.encode(s)[1:-1] for s in sentences])
+    share = float((tokens == clf.task.source_dictionary.unk()).float().mean())
+    assert share > 0.5
+    with caplog.at_level("WARNING", logger="leebert_plugin.hub"):
+        clf.predict(sentences)
+        clf.predict(sentences)
+    said = [r.getMessage() for r in caplog.records if "<unk>" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{share:.0%} of the tokens"), said
+    clf_right = EarlyExitClassifier.from_pretrained(str(trained / "checkpoint_best.pt"), data=str(mr_bin), device="cpu",
+                                                    bpe="sentencepiece",
+                                                    sentencepiece_model=str(mr_bin / "raw" / "spm.model"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="leebert_plugin.hub"):
+        clf_right.predict(sentences)
+    assert not [r for r in caplog.records if "<unk>" in r.getMessage()]
+
+
+def test_fairseq_validate_says_when_most_tokens_of_the_split_are_unk(trained, mr_bin, tmp_path):
+    """The valid split re-binarised as if with the wrong bpe: every text token is <unk>."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    from helpers import BIN, run
+    from leebert_plugin.data.checks import unk_share
+
+    data = tmp_path / "data"
+    shutil.copytree(mr_bin, data)
+    d = Dictionary.load(str(data / "input0" / "dict.txt"))
+    prefix = str(data / "input0" / "valid")
+    rows = [t.clone() for t in data_utils.load_indexed_dataset(prefix, d)]
+    builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
+    for i, row in enumerate(rows):
+        if i % 5:  # 4 rows in 5
+            body = row[:-1]
+            body[body >= d.nspecial] = d.unk()
+        builder.add_item(row)
+    builder.finalize(prefix + ".idx")
+    share = unk_share(str(data), "valid", d)
+    assert 0.5 < share < 1
+    proc = run([str(BIN / "fairseq-validate"), str(data), "--path", str(trained / "checkpoint_best.pt"), "--user-dir",
+                "user_dir", "--task", "early_exit_sentence_prediction", "--batch-size", "16", "--cpu"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "are <unk>" in line]
+    assert len(said) == 1 and f"{share:.0%} of the tokens of {data}/input0/valid are <unk>" in said[0], said
+    assert unk_share(str(mr_bin), "valid", d) < 0.1  # the real split is not warned about

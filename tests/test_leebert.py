@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from helpers import HEAD, bilevel_training, leebert, random_batch, sample_for, tiny_model
+from helpers import HEAD, bilevel_training, leebert, random_batch, sample_for, tiny_model, unrolled_outer
 from leebert_plugin.criterions.leebert import LeeBertConfig, LeeBertCriterion, distill_pairs
 from leebert_plugin.criterions.multi_exit import MultiExitConfig, MultiExitCriterion
 from leebert_plugin.errors import UsageError
@@ -71,28 +71,11 @@ def test_bilevel_state_round_trips_and_refuses_other_terms():
 
 
 def exact_hypergradient(model, crit, b1, b2, xi):
-    """d L_outer(theta - xi grad_theta L_train(theta, w; b1); b2) / dw by double backward."""
+    """d L_outer(theta - xi grad_theta L_train(theta, w; b1); b2) / dw by double backward, at the fixed weights."""
     names = crit.term_names(model.exit_layers)
     fixed = crit.fixed_weights(model, names)
     w = torch.tensor([fixed[n] for n in names], dtype=torch.float64, requires_grad=True)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    terms, _, targets = crit.compute_terms(model, b1)
-    train = sum(wk * terms[n] for wk, n in zip(w, names)) / targets.numel()
-    grads = torch.autograd.grad(train, params, create_graph=True, allow_unused=True)
-    shifted = {n: p if g is None else p - xi * g for (n, p), g in zip(named, grads)}
-
-    class Outer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self):
-            t, _, y = crit.compute_terms(self.model, b2)
-            return crit.outer_objective(t) / y.numel()
-
-    outer = torch.func.functional_call(Outer(), {f"model.{n}": v for n, v in shifted.items()}, ())
-    return torch.autograd.grad(outer, w)[0]
+    return torch.autograd.grad(unrolled_outer(model, crit, b1, b2, xi, w), w)[0]
 
 
 @pytest.mark.parametrize("distill", ["lae", "lle"])
@@ -178,7 +161,7 @@ def test_clo_warns_once_with_the_share_of_meta_steps_that_had_both_splits(caplog
     model = tiny_model(num_classes=2)
     model.train()
     crit = leebert()
-    training = bilevel_training(model, crit, w_update_interval=1)
+    training = bilevel_training(model, crit, w_update_interval=1, w_lr=3e-3)
     sample = sample_for(model, 8, seed=3)
     b1, b2 = training.split(sample)
     assert b1 is not None and b2 is not None

@@ -7,6 +7,8 @@ import torch
 import yaml
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig
 
+from leebert_plugin.benchmark.weights import weights_record
+from leebert_plugin.hub import EarlyExitClassifier
 from leebert_plugin.tasks.early_exit_sentence_prediction import EarlyExitSentencePredictionConfig
 
 from conftest import hydra_train
@@ -27,6 +29,31 @@ def test_each_meta_mode_trains_end_to_end(mode, precision, mr_bin, tmp_path):
     logits = bilevel["weights"]["logits"]
     assert logits.numel() == 4 + 12 and float(logits.abs().max()) > 0  # the weights moved
     assert bilevel["optimizer"]["state"] and not any(k.startswith("loss_weights") for k in state["model"])
+    # the trajectory (a meta step every update) and the distance from uniform, in the log and the record
+    assert all("wkl_kd" in r and "wratio_ce" in r for r in records)
+    assert float(records[-1]["wratio_kd"]) > 1.0
+    record = weights_record(tmp_path / "checkpoint_last.pt")
+    # update 0 runs at lr 0 (fairseq's warm-up starts there): no virtual step, the weights stay
+    assert record["updates"] == list(range(1, 6)) and record["w_lr"] == 0.05 and record["planned_updates"] == 6
+    assert list(record["final"].values()) == pytest.approx(record["weights"][-1])
+    assert record["spread"]["kd"]["max_min_ratio"] > 1.0
+    clf = EarlyExitClassifier.from_pretrained(str(tmp_path / "checkpoint_last.pt"), data=str(mr_bin), bpe="none",
+                                              device="cpu")
+    assert clf.loss_weights == pytest.approx(record["final"])  # what the hub reads
+
+
+def test_the_default_weights_lr_comes_from_the_runs_length(mr_bin, tmp_path):
+    """Without optimizer.w_lr, under max_epoch alone: one epoch of the 400 bundled examples in
+    batches of 16 is 25 updates, 5 meta steps at an interval of 5, so the lr is w_travel / 5."""
+    short = [ov for ov in SHORT if not ov.startswith(("optimizer.w_lr", "optimizer.w_update_interval",
+                                                      "optimization.max_update"))]
+    proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *short,
+                       "optimization.max_update=0", "optimizer.w_update_interval=5",
+                       "+lr_scheduler.total_num_update=25")  # the schedule's own length, which it needs
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bilevel = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["task_state"]["bilevel"]
+    assert bilevel["planned_updates"] == 25 and bilevel["w_lr"] == pytest.approx(3.0 / 5)
+    assert bilevel["trajectory"]["updates"] == [5, 10, 15, 20]  # update 0: lr 0 in the warm-up, no meta step
 
 
 def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):

@@ -33,7 +33,7 @@ def test_infinity_inside_a_list_is_refused_and_finite_values_pass():
     ("optimizer", "w_update_interval", 0, "optimizer.w_update_interval=0 is below 1"),
     ("task", "stage1_epochs", -1, "task.stage1_epochs=-1 is negative"),
     ("task", "d2_ratio", 1.0, r"task.d2_ratio=1.0 is outside \(0, 1\)"),
-    ("model", "skip_threshold", 0.0, r"model.skip_threshold=0.0 is outside \(0, 1\)"),
+    ("model", "skip_threshold", 0.0, r"model.skip_threshold=0.0 is outside \(0, 1\]"),
     ("criterion", "temperature", 0.0, "criterion.temperature=0.0 must be positive"),
 ])
 def test_a_value_outside_its_range_is_refused_the_same_way_in_hydra_and_argparse(group, key, value, words):

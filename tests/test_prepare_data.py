@@ -142,6 +142,58 @@ def test_formats(tmp_path, name, content, expected):
     assert table.records[-1].line == 3
 
 
+# issue 34: real-world files (name -> (file, its bytes, options, the rows read, what the dialect says))
+REAL_WORLD = {
+    "a tweet TSV whose text opens with a quote": (
+        "t.tsv", 'text\tlabel\n"I believe..." -Tanya H.\tnegative\n"Best day" ever\tpositive\n', {},
+        [('"I believe..." -Tanya H.', "negative"), ('"Best day" ever', "positive")],
+        "tab-separated, quotes as text (detected: line 2 cannot be read with CSV quoting"),
+    "the tweets with --quoting none": (
+        "t.tsv", 'text\tlabel\n"I believe..." -Tanya H.\tnegative\n"a ""b"""\tpositive\n', {"quoting": "none"},
+        [('"I believe..." -Tanya H.', "negative"), ('"a ""b"""', "positive")], "tab-separated, quotes as text"),
+    "a semicolon CSV (a European spreadsheet)": (
+        "t.csv", 'text;label\n"one; two";x\nplain, with a comma;y\n', {},
+        [("one; two", "x"), ("plain, with a comma", "y")],
+        "semicolon-separated, CSV quoting (separator detected from the header: semicolon)"),
+    "a pipe file named with --delimiter": (
+        "t.csv", "text|label\na, b|x\nc|y\n", {"delimiter": "|"}, [("a, b", "x"), ("c", "y")], "pipe-separated"),
+    "Windows line endings, a BOM, trailing spaces in labels": (
+        "t.tsv", "\ufefftext\tlabel \r\nhello there\tpos \r\nbye\t neg\r\n", {},
+        [("hello there", "pos "), ("bye", " neg")], "tab-separated, CSV quoting"),
+    "a quoted CSV field with Windows line endings inside": (
+        "t.csv", 'text,label\r\n"two\r\nlines",x\r\nthree,y\r\n', {}, [("two\r\nlines", "x"), ("three", "y")],
+        "comma-separated, CSV quoting"),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_WORLD))
+def test_real_world_files(tmp_path, name):
+    file, content, options, rows, dialect = REAL_WORLD[name]
+    (tmp_path / file).write_bytes(content.encode("utf-8"))
+    table = read_table(tmp_path / file, **options)
+    assert [(r.fields["text"], r.fields["label"]) for r in table.records] == rows
+    assert table.dialect.startswith(dialect), table.dialect
+
+
+def test_real_world_file_prepares_with_clean_labels_and_says_how_it_was_read(files, tmp_path, capsys):
+    """A Windows-saved tweet TSV with a BOM, quoted tweet openings and trailing spaces in the labels."""
+    rng = random.Random(5)
+    rows = [(f'"{review(rng, y)}" -Tanya H.' if i % 3 == 0 else review(rng, y), y + " " * (i % 2))
+            for i, y in enumerate(rng.choice(sorted(WORDS)) for _ in range(60))]
+    (tmp_path / "tweets.tsv").write_bytes(("\ufefftext\tsentiment\r\n" + "".join(f"{t}\t{y}\r\n" for t, y in rows))
+                                          .encode("utf-8"))
+    out = tmp_path / "bin"
+    prepare_data(["--train", str(tmp_path / "tweets.tsv"), "--out", str(out), "--label-column", "sentiment",
+                  "--bpe", "wordpiece", "--wordpiece-vocab", str(files["vocab"])])
+    said = capsys.readouterr().out
+    assert f"read {tmp_path / 'tweets.tsv'}: tab-separated, quotes as text (detected: line 2" in said, said
+    settings = json.loads((out / "prepare.json").read_text())
+    assert settings["labels"] == ["neg", "neutral", "pos"]  # no "pos " class
+    assert "quotes as text" in settings["read_as"][str(tmp_path / "tweets.tsv")]
+    texts = sum(((out / "raw" / f"{s}.raw.input0").read_text().splitlines() for s in ("train", "valid", "test")), [])
+    assert sorted(texts) == sorted(t for t, _ in rows)  # the quotes kept as text
+
+
 GOOD = "text\tsentiment\n" + "the movie was good\tpos\nthe film was bad\tneg\na film\tneutral\n" * 4  # lines 2-13
 BAD_INPUT = {  # name -> (files to write: name -> text or bytes, extra argv, words of the one line)
     "a missing column": ({}, ["--text-columns", "review"], ["reviews.tsv:1 has no column 'review'",
@@ -165,8 +217,14 @@ BAD_INPUT = {  # name -> (files to write: name -> text or bytes, extra argv, wor
                                "add a header line"]),
     "a row with another number of fields": ({"train.tsv": GOOD + "a\tb\tpos\n"}, [],
                                             ["train.tsv:14 has 3 tab-separated fields, the header 2"]),
-    "an unterminated quote in a CSV": ({"train.csv": 'text,sentiment\n"open quote,pos\n'}, ["--train", "{train_csv}"],
-                                       ["train.csv:", "is not valid CSV", "close the quote"]),
+    "an unterminated quote in a CSV read with --quoting csv": (
+        {"train.csv": 'text,sentiment\n"open quote,pos\n'}, ["--train", "{train_csv}", "--quoting", "csv"],
+        ["train.csv:", "is not valid CSV with CSV quoting", "close the quote", "--quoting none"]),
+    "a row that fits neither quoting": ({"train.tsv": GOOD + '"a\tb"x\tpos\n'}, [],
+                                        ["train.tsv:14", "is not valid TSV with CSV quoting", "--quoting none"]),
+    "quotes as text splitting a quoted tab": ({"train.tsv": GOOD + '"a\tb"\tpos\n'}, ["--quoting", "none"],
+                                              ["train.tsv:14 has 3 tab-separated fields", "--quoting csv"]),
+    "a delimiter of two characters": ({}, ["--delimiter", "::"], ["--delimiter", "'::' is not tab, comma"]),
     "a JSON Lines row that is not an object": ({"train.jsonl": '{"text": "a", "sentiment": "x"}\n["b", "y"]\n'},
                                                ["--train", "{train_jsonl}"], ["train.jsonl:2 is a JSON list"]),
     "a JSON Lines row without the label": ({"train.jsonl": '{"text": "a", "sentiment": "x"}\n{"text": "b"}\n'},

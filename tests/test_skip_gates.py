@@ -101,8 +101,33 @@ def test_a_skipped_layer_is_not_computed_and_has_no_exit_check():
 
 
 def test_skip_threshold_must_be_inside_0_1():
-    with pytest.raises(UsageError, match="skip_threshold=1.0 is outside"):
-        tiny_model(skip_gates=True, skip_threshold=1.0)
+    with pytest.raises(UsageError, match=r"skip_threshold=1.5 is outside \(0, 1\]"):
+        tiny_model(skip_gates=True, skip_threshold=1.5)
+
+
+def test_gates_off_runs_every_layer_as_the_model_without_gates():
+    """skip_threshold=1 (and a pass's gates_off): gates that skip layers are not asked; the model
+    computes what the same weights without gates compute, and no gate is counted as run."""
+    gated = mixed_gates_model()
+    plain = spread_model()  # same seed, same weights for everything but the gates
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("skip_gates.")}, strict=True)
+    tokens = random_batch(gated, 16, seed=4)
+    policy = build_policy("max_prob", 3, 0.9)
+    with torch.no_grad():
+        _, on = gated(tokens, classification_head_name=HEAD)
+        assert int(on["exits"].layers_skipped.sum()) > 0  # the gates do skip layers
+        lp, p = plain(tokens, classification_head_name=HEAD, exit_policy=policy)
+        for off in (dict(gates_off=True), {}):
+            if not off:
+                gated.args.skip_threshold = 1.0  # the evaluation mode users ask for
+            _, a = gated(tokens, classification_head_name=HEAD, **off)
+            _, b = plain(tokens, classification_head_name=HEAD)
+            for la, lb in zip(a["exits"].exit_logits, b["exits"].exit_logits):
+                torch.testing.assert_close(la, lb)
+            assert int(a["exits"].gates_run.sum()) == 0 and not a["exits"].gate_probs
+            lg, g = gated(tokens, classification_head_name=HEAD, exit_policy=policy, **off)
+            torch.testing.assert_close(lg, lp)
+            assert torch.equal(g["exits"].exit_layer, p["exits"].exit_layer) and int(g["exits"].gates_run.sum()) == 0
 
 
 def test_a_negative_gate_bias_starts_from_the_full_network():

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from conftest import hydra_train
-from helpers import BIN, SMARTBERT_SHORT as SHORT, json_records, run
+from helpers import BIN, SMARTBERT_SHORT as SHORT, assert_one_clear_error, guarded_dir, json_records, run, validate
 from leebert_plugin.criterions.contrastive import token_info_nce
+from leebert_plugin.tasks.stage_schedule import StagePlan
+
+# SHORT without its max_update (1000): the tests below set their own
+UNBOUNDED = [o for o in SHORT if not o.startswith("optimization.max_update=")]
 
 
 
@@ -122,3 +126,73 @@ def test_a_stage_1_checkpoint_validated_with_a_policy_says_what_it_applies(two_s
     assert "exit policy 'normalized_entropy' is not applied" in out and "skipping the layers its gates skip" in out
     (record,) = json_records(proc.stdout, "valid")
     assert float(record["valid_exit_L4"]) == 100.0  # everyone to the last exit, as said
+
+
+def test_a_max_update_ending_inside_stage_1_is_refused_before_any_update(mr_bin, tmp_path):
+    """400 snippets at batch 32: 13 updates an epoch, so stage 2 would start at epoch 2, after update 13."""
+    save = guarded_dir(tmp_path, with_checkpoint=False)
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", "optimization.max_epoch=2",
+                       "optimization.max_update=10", *UNBOUNDED)
+    assert_one_clear_error(proc, "optimization.max_update=10", "optimization.max_epoch=2", "inside stage 1",
+                           "stage 2 would start at epoch 2, after update 13", "at least 26", "task.stage1_only=true")
+    assert not json_records(proc.stdout, "train_inner") and not list(save.glob("checkpoint*.pt"))
+
+
+def test_stage1_only_trains_stage_1_alone_on_purpose(mr_bin, tmp_path):
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", "task.stage1_only=true",
+                       "optimization.max_epoch=1", "optimization.max_update=10", *UNBOUNDED)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 2: restored" not in proc.stdout
+    last = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
+    assert int(last["model"]["training_stage"]) == 1 and last["optimizer_history"][-1]["num_updates"] == 10
+    # the same option with a budget that reaches stage 2 is refused
+    again = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path / 'again'}",
+                        "task.stage1_only=true", "optimization.max_epoch=2", *UNBOUNDED)
+    assert_one_clear_error(again, "task.stage1_only=true", "goes on past stage 1", "max_epoch=1")
+
+
+@pytest.fixture(scope="module")
+def per_stage(mr_bin, tmp_path_factory):
+    """Two stage-1 epochs (soft, then hard gates) and one of stage 2, each stage on its own schedule."""
+    save = tmp_path_factory.mktemp("per-stage")
+    overrides = [o for o in UNBOUNDED if not o.startswith(("task.stage1_epochs", "lr_scheduler.", "common.log_interval"))]
+    proc = hydra_train("mr_smartbert", f"task.data={mr_bin}", f"checkpoint.save_dir={save}", *overrides,
+                       "task.stage1_epochs=2", "optimization.max_epoch=3", "lr_scheduler._name=two_stage_linear",
+                       "lr_scheduler.warmup_updates=2", "common.log_interval=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save, proc
+
+
+def test_each_stage_warms_up_and_decays_on_its_own(per_stage):
+    _, proc = per_stage
+    lrs = {int(r["num_updates"]): float(r["lr"]) for r in json_records(proc.stdout, "train_inner")}
+    assert sorted(lrs) == list(range(1, 40))  # 3 epochs of 13 updates
+    lr = 5e-4  # mr_smartbert's
+    plan = StagePlan(updates_per_epoch=13, stage1_epochs=2, max_epoch=3)
+    for update, logged in lrs.items():  # the rate update k ran at: after k - 1 done
+        assert logged == pytest.approx(lr * plan.lr_factor(update - 1, 2), rel=1e-5, abs=1e-12), update  # logged to 6 digits
+    assert lrs[1] == 0 and lrs[26] == pytest.approx(lr / 24, rel=1e-5) and lrs[27] == 0 \
+        and lrs[28] == pytest.approx(lr / 2, rel=1e-5)
+
+
+def test_stage_1_epochs_record_the_gates_and_the_epoch_the_selection_kept(per_stage, mr_bin):
+    save, proc = per_stage
+    records = json_records(proc.stdout, "valid")
+    assert len(records) == 3
+    for r in records[:2]:  # stage 1
+        for key in ("valid_gate_logit_mean", "valid_gate_logit_std", "valid_last_acc_gates_on",
+                    "valid_last_acc_gates_off", "valid_skip_L1", "valid_skip_L4"):
+            assert key in r, (key, r)
+        assert float(r["valid_gate_logit_std"]) >= 0
+        assert float(r["valid_last_acc_gates_on"]) == float(r["valid_accuracy"])  # the selection's figure
+    assert "valid_gate_logit_mean" not in records[2]  # stage 2: the gates are frozen
+    (line,) = [ln for ln in proc.stdout.splitlines() if "stage 2: restored" in ln]
+    kept = int(line.split("kept stage-1 epoch ")[1].split(")")[0])
+    accuracies = [float(r["valid_accuracy"]) for r in records[:2]]
+    assert accuracies[kept - 1] == max(accuracies) and kept == max(i + 1 for i, a in enumerate(accuracies)
+                                                                   if a == max(accuracies))
+    # gates off, asked for at validation: every layer runs, and the accuracy is the one the epoch recorded
+    off = validate(save, mr_bin, "--model-overrides", "{'skip_threshold': 1.0}", ckpt="checkpoint_stage1_best.pt")
+    assert off["mean_layers"] == 4.0 and off["accuracy"] == float(records[kept - 1]["valid_last_acc_gates_off"])
+    on = validate(save, mr_bin, ckpt="checkpoint_stage1_best.pt")
+    assert on["accuracy"] == float(records[kept - 1]["valid_last_acc_gates_on"])

@@ -29,6 +29,9 @@ from leebert_plugin.tasks.early_exit_sentence_prediction import (
 )
 
 
+PLANNED_UPDATES = 20_935  # a run as long as configs/sst_2_leebert.yaml's, for clo's derived weights lr
+
+
 @dataclass
 class TrainStep:
     """One variant: what fairseq's trainer would hold for it."""
@@ -61,6 +64,7 @@ def build_step(layers: int, dim: int, ffn: int, heads: int, criterion_cfg, optim
     clo_cfg = OmegaConf.structured(CLOConfig(_name="clo", mode=mode, w_update_interval=interval, **common))
     task_cfg = OmegaConf.structured(EarlyExitSentencePredictionConfig(data="unused", num_classes=2, seed=1))
     task_cfg.optimizer_settings = clo_cfg if optimizer == "clo" else None  # what fairseq's config interpolates
+    task_cfg.max_update = PLANNED_UPDATES  # the run's length, which sets the weights' lr only (not the cost)
     model = random_exit_model(word_dictionary(1000), 2, encoder_layers=layers, encoder_embed_dim=dim,
                               encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, max_positions=512).train()
     task = EarlyExitSentencePredictionTask(task_cfg, model.encoder.dictionary, labels)

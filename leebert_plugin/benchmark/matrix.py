@@ -14,6 +14,7 @@ method's exits have the same shapes (PABEE's and LeeBERT's, built the same way a
 encoder).
 """
 import csv
+import io
 import json
 import re
 import sys
@@ -29,10 +30,13 @@ from leebert_plugin.benchmark.choice import RULES, At, choose
 from leebert_plugin.benchmark.evaluation import (
     VERSION, Outcomes, evaluate, required_version, score_traces, traces_of,
 )
+from leebert_plugin.benchmark.gate_diagnostics import stage1_diagnostics
 from leebert_plugin.benchmark.recipe import METHODS, Budget, overrides as recipe_overrides, with_overrides
 from leebert_plugin.benchmark.report import Run
-from leebert_plugin.fairseq_patches.checkpoint_files import atomic_write, is_intact
+from leebert_plugin.benchmark.weights import WEIGHTS, read_weights, write_weights
+from leebert_plugin.fairseq_patches.checkpoint_files import is_intact
 from leebert_plugin.runtime.devices import fairseq_env
+from leebert_plugin.runtime.outputs import atomic_write, write_text
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits.evaluate import TRACE_FORMAT, load_traces, save_traces, trace_format
 from leebert_plugin.runtime.launch import ROOT, train_with_progress
@@ -99,7 +103,7 @@ class Matrix:
         size, the architecture and whether it starts from a pretrained encoder. Not the paths of the
         data or the encoder: they differ between machines. A variant's overrides may replace one of
         these values (``leebert-cls``); they are recorded beside it."""
-        return {**self.budget.reaching(self.method_of(name)), "data": self.data.name, "num_classes": self.num_classes,
+        return {**self.budget.reaching(self.method_of(name), self.layers), "data": self.data.name, "num_classes": self.num_classes,
                 "train_size": self.train_size, "arch": self.arch, "pretrained": self.restore is not None}
 
     def launched_as(self, name: str) -> Dict:
@@ -127,7 +131,8 @@ def check_overrides(extra: Sequence[str]) -> None:
 def train(m: Matrix, method: str, seed: int) -> float:
     """One fairseq-hydra-train run with a progress bar; its wall-clock seconds."""
     save = m.save_dir(method, seed)
-    code, seconds = train_with_progress(m.command(method, seed), save / "train.log", m.budget.updates(m.train_size),
+    updates = m.budget.for_method(m.method_of(method)).updates(m.train_size)
+    code, seconds = train_with_progress(m.command(method, seed), save / "train.log", updates,
                                         f"{method} seed {seed}", fairseq_env(m.device), cwd=ROOT)
     if code != 0:
         tail = "\n".join((save / "train.log").read_text().splitlines()[-15:])
@@ -233,10 +238,31 @@ def across_columns(outs: Sequence[Path], methods: Sequence[str],
 def record(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str],
            trained_under: Optional[Dict]) -> Run:
     """Evaluate the trained run ``name`` seed ``seed`` from its checkpoint and write its record
-    (:func:`_write`), its traces too when it has no gates."""
+    (:func:`_write`), its traces too when it has no gates; a run with gates also records them
+    epoch by epoch of stage 1, from its training log (``gates``: :func:`stage1_diagnostics`)."""
     save = m.save_dir(name, seed)
-    return _write(m, name, seed, seconds, trained_on, trained_under,
-                  *evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES))
+    write_weights(save / "checkpoint_last.pt", save / WEIGHTS)  # learned loss weights, if any: before result.json
+    result, outcomes = evaluate(save / "checkpoint_last.pt", m.data, m.device, traces_path=save / TRACES)
+    log = save / "train.log"
+    gates = stage1_diagnostics(log.read_text()) if log.is_file() else None
+    return _write(m, name, seed, seconds, trained_on, trained_under, {**result, **({"gates": gates} if gates else {})},
+                  outcomes)
+
+
+def _weights_missing(m: Matrix, name: str, seed: int) -> bool:
+    """A finished run of a method that learns its loss weights (LeeBERT, unless its overrides fix
+    them), without ``weights.json``, with its checkpoint: recorded before runs kept their weights."""
+    save = m.save_dir(name, seed)
+    return (m.method_of(name) == "leebert" and "criterion.learn_weights=false" not in m.overrides_for(name)
+            and not (save / WEIGHTS).is_file() and is_intact(save / "checkpoint_last.pt"))
+
+
+def weight_records(m: Matrix, names: Sequence[str]) -> Dict[str, List[Tuple[int, Dict]]]:
+    """The ``weights.json`` records of ``names`` at ``m``'s seeds, (seed, record) by name; names
+    without any (fixed weights) left out."""
+    found = {name: [(seed, r) for seed in m.seeds if (r := read_weights(m.save_dir(name, seed))) is not None]
+             for name in names}
+    return {name: rs for name, rs in found.items() if rs}
 
 
 def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional[str], trained_under: Optional[Dict],
@@ -249,9 +275,7 @@ def _write(m: Matrix, name: str, seed: int, seconds: float, trained_on: Optional
               **({"budget": trained_under} if trained_under is not None else {}),
               **({"device": trained_on} if trained_on else {}), **result}
     outcomes.save(save / "outcomes.npz")
-    partial = save / "result.json.part"
-    partial.write_text(json.dumps(result, indent=1))
-    partial.replace(save / "result.json")  # written last: its presence means finished
+    write_text(save / "result.json", json.dumps(result, indent=1))  # written last (whole): its presence means finished
     return Run(name, seed, result, outcomes)
 
 
@@ -326,6 +350,9 @@ def run_matrix(m: Matrix, log: Callable[[str], None] = print) -> Dict[str, List[
                              run.result.get("budget"))
             elif run is not None and _traces_missing(m, name, seed, run):
                 _add_traces(m, name, seed, run, log)
+            if run is not None and _weights_missing(m, name, seed):
+                if write_weights(m.save_dir(name, seed) / "checkpoint_last.pt", m.save_dir(name, seed) / WEIGHTS):
+                    log(f"benchmark: {name} seed {seed}: {WEIGHTS} written from its checkpoint")
             missing = [] if run is None else unrecorded(m, name, run.result)
             if missing:
                 log(f"benchmark: {name} seed {seed}: its record does not say its {', '.join(missing)}: kept as "
@@ -413,17 +440,18 @@ def summary_runs(m: Matrix, runs: Mapping[str, List[Run]], known: Sequence[Varia
 def write_points(runs: Dict[str, List[Run]], path: Path) -> None:
     """Every operating point of every run, one row each (``chosen_at``: the targets it was chosen for)."""
     targets = [At("layers", s, rule) for s in (1.5, 1.9, 2.0, 3.0) for rule in RULES] + [At("flops", 2.0)]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
-        for method, rs in runs.items():
-            for r in rs:
-                chosen = {i: [] for i in range(len(r.result["points"]))}
-                for at in targets:
-                    i = choose(r.result["points"], at)
-                    if i is not None:
-                        chosen[i].append(str(at))
-                for i, pt in enumerate(r.result["points"]):
-                    cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
-                             for k in POINT_COLUMNS]
-                    w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
+    text = io.StringIO(newline="")
+    w = csv.writer(text, delimiter="\t")
+    w.writerow(["method", "seed", *POINT_COLUMNS, "chosen_at"])
+    for method, rs in runs.items():
+        for r in rs:
+            chosen = {i: [] for i in range(len(r.result["points"]))}
+            for at in targets:
+                i = choose(r.result["points"], at)
+                if i is not None:
+                    chosen[i].append(str(at))
+            for i, pt in enumerate(r.result["points"]):
+                cells = [",".join(repr(v) for v in pt.get(k, ())) if k == "thresholds" else pt[k]
+                         for k in POINT_COLUMNS]
+                w.writerow([method, r.seed, *cells, ",".join(chosen[i])])
+    write_text(path, text.getvalue())  # whole or not at all

@@ -1,15 +1,16 @@
 """The benchmark's figures: each run's Pareto front (``pareto.png``), the per-exit rule against the
-published ones (``rules.png``), and the ablations, one panel per group, each variant beside its
-method as the mean over seeds with its interval (``ablations.png``)."""
+published ones (``rules.png``), the ablations, one panel per group, each variant beside its
+method as the mean over seeds with its interval (``ablations.png``), and the learned loss weights'
+trajectories, one panel per term group, seeds overlaid (``weights_<run>.png``)."""
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from leebert_plugin.benchmark.ablations import ABLATIONS, Variant
 from leebert_plugin.benchmark.choice import FULL, PER_EXIT_POLICY, At
 from leebert_plugin.benchmark.report import Run, mean_point
 from leebert_plugin.exits.pareto import front
-from leebert_plugin.exits.plotting import new_axes, save_plot
+from leebert_plugin.exits.plotting import new_axes, save_figure, save_plot
 
 
 def _rule_points(points: Sequence[Dict], per_exit: bool) -> List[Dict]:
@@ -94,5 +95,44 @@ def plot_ablations(runs: Dict[str, List[Run]], variants: Sequence[Variant], path
     fig.supxlabel("layer speed-up on test (mean over seeds; chosen on dev)")
     fig.supylabel("test accuracy (%), 95% interval over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     return [g for g, _ in groups]
+
+
+def plot_weights(records: Sequence[Tuple[int, Dict]], path: Path, title: str) -> List[str]:
+    """The learned loss weights over updates (``weights.json`` records of one method, by seed): one
+    panel per term group, every term of a seed as a thin line in the seed's colour (all seeds
+    overlaid), the uniform start dashed, on a log axis (a weight halved or doubled moves as far
+    either way); each panel's title gives the group's final KL to uniform and max/min ratio, mean
+    over the seeds. The panels' groups, in order (nothing written without records)."""
+    if not records:
+        return []
+    groups = list(dict.fromkeys(g for _, r in records for g in r["groups"]))
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = new_axes((4.8 * cols, 3.4 * rows), (rows, cols))
+    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    for ax, group in zip(flat, groups):
+        for i, (seed, r) in enumerate(records):
+            terms = [k for k, g in enumerate(r["groups"]) if g == group]
+            start = r["start"] or [r["weights"][0][k] for k in range(len(r["names"]))]
+            updates = [0] + list(r["updates"])
+            for j, k in enumerate(terms):
+                ax.plot(updates, [start[k]] + [row[k] for row in r["weights"]], "-", lw=0.6, alpha=0.5, color=f"C{i}",
+                        label=f"seed {seed}" if j == 0 else None)
+            for level in sorted({round(start[k], 9) for k in terms}):
+                ax.axhline(level, color="black", ls="--", lw=0.7)
+        kl = [r["spread"][group]["kl_uniform"] for _, r in records if group in r["spread"]]
+        ratio = [r["spread"][group]["max_min_ratio"] for _, r in records if group in r["spread"]]
+        ax.set_yscale("log")
+        ax.set_title(f"{group}: KL to uniform {sum(kl) / len(kl):.3f}, max/min {sum(ratio) / len(ratio):.2f}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in flat[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.supxlabel("update")
+    fig.supylabel("loss-term weight (dashed: uniform start)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return groups

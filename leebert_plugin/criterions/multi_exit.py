@@ -25,6 +25,7 @@ from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.rank_meter import log_spearman
 from leebert_plugin.modules.exit_loop import ExitOutput
+from leebert_plugin.modules.loss_weights import spread
 
 EXIT_WEIGHTINGS = ("uniform", "ascending")
 
@@ -219,11 +220,16 @@ class MultiExitCriterion(FairseqCriterion):
             return
         metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
         keys = sorted({k for log in logging_outputs for k in log}, key=_layer_order)
+        learned = {}
         for key in keys:
             if key.startswith("term:"):
                 metrics.log_scalar(key[5:], total(key) / sample_size / math.log(2), sample_size, round=3)
             elif key.startswith("weight:"):
-                metrics.log_scalar("w_" + key[7:], total(key) / sample_size, sample_size, round=4)
+                learned[key[7:]] = total(key) / sample_size
+                metrics.log_scalar("w_" + key[7:], learned[key[7:]], sample_size, round=4)
+        for group, far in spread(learned).items():  # how far from uniform (loss_weights.spread)
+            metrics.log_scalar(f"wkl_{group}", far["kl_uniform"], sample_size, round=5)
+            metrics.log_scalar(f"wratio_{group}", far["max_min_ratio"], sample_size, round=4)
         if "ncorrect" in keys:
             metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / nsentences, nsentences, round=2)
         for key in keys:

@@ -1,6 +1,8 @@
 """Checks on a preprocessed GLUE-layout directory, each ending in one clear :class:`UsageError`."""
 import hashlib
+import logging
 import os
+from argparse import Namespace
 from typing import List, Optional
 
 import numpy as np
@@ -8,11 +10,16 @@ from fairseq.data import Dictionary, data_utils
 
 from leebert_plugin.errors import UsageError
 from leebert_plugin.fairseq_patches.safe_loading import check_checkpoint_file
+from leebert_plugin.runtime.outputs import loadable
+
+logger = logging.getLogger(__name__)
 
 PREPROCESS_HINT = "preprocess the data with fairseq-preprocess into DATA/input0 and DATA/label (see README)"
 
 
 def check_data_dir(data: str, regression: bool) -> None:
+    if data and not os.path.isdir(data):
+        loadable(data)  # a prepare_data --overwrite killed mid-swap: its old folder is renamed back
     if not data or not os.path.isdir(data):
         raise UsageError(f"data directory {data!r} does not exist", f"pass an existing directory; {PREPROCESS_HINT}")
     needed = ["input0/dict.txt"] + ([] if regression else ["label/dict.txt"])
@@ -172,3 +179,58 @@ def check_same_dictionaries(saved: Optional[str], current: str, data: str) -> No
         raise UsageError(f"{data} was binarised with other dictionaries (input0/label dict.txt) than the "
                          "checkpoint was trained on", "binarise the data with the training data's dictionaries "
                          "(fairseq-preprocess --srcdict TRAIN-BIN/input0/dict.txt; the same for label)")
+
+
+# the model settings a resumed checkpoint's tensors depend on: a resume that changes one would fail
+# in the strict load with a list of tensors (and a fix about checkpoint.restore_file, which a resume
+# does not set)
+MODEL_SHAPE = ("_name", "arch", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+               "exit_layers", "exit_head", "exit_pooling", "skip_gates", "layer_projectors", "max_positions")
+
+
+def changed_model_setting(saved, current):
+    """The first setting of :data:`MODEL_SHAPE` that ``current`` (the run's model config) gives
+    otherwise than ``saved`` (a checkpoint's), as ``(key, saved value, value)``; None if none does.
+    Either may be a Namespace, a dict or a DictConfig; a setting one of them lacks is not compared."""
+    def value(cfg, key):
+        return getattr(cfg, key, None) if isinstance(cfg, Namespace) else cfg.get(key) if hasattr(cfg, "get") else None
+    if saved is None or current is None:
+        return None
+    for key in MODEL_SHAPE:
+        a, b = value(saved, key), value(current, key)
+        if a is not None and b is not None and str(a) != str(b):
+            return key, a, b
+    return None
+
+
+UNK_WARNING = 0.5  # share of <unk> among a split's text tokens above which its bpe is probably the wrong one
+UNK_SAMPLE = 2000  # rows read for the share: enough to tell, cheap for any split
+
+
+def unk_share(data: str, split: str, dictionary: Dictionary, rows: int = UNK_SAMPLE) -> Optional[float]:
+    """#<unk> / #text tokens (not ``<s>``, ``</s>``, ``<pad>``) in the first ``rows`` rows of
+    ``DATA/input0/SPLIT``; None when the split has no binary index or no text token."""
+    prefix = os.path.join(data, "input0", split)
+    if not os.path.isfile(prefix + ".idx"):
+        return None
+    dataset = data_utils.load_indexed_dataset(prefix, dictionary)
+    if dataset is None:
+        return None
+    unk = text = 0
+    for i in range(min(rows, len(dataset))):
+        tokens = dataset[i]
+        unk += int((tokens == dictionary.unk()).sum())
+        text += int((tokens >= dictionary.nspecial).sum())
+    return unk / (unk + text) if unk + text else None
+
+
+def warn_unk_share(data: str, split: str, dictionary: Dictionary) -> None:
+    """One warning line when most tokens of a split are ``<unk>``: the text was encoded with
+    another bpe than the dictionary's (a WordPiece vocabulary for a sentencepiece model, or none),
+    and every figure computed on it would be about ``<unk>`` tokens."""
+    share = unk_share(data, split, dictionary)
+    if share is not None and share > UNK_WARNING:
+        logger.warning(f"{share:.0%} of the tokens of {os.path.join(data, 'input0', split)} are <unk> (first "
+                       f"{UNK_SAMPLE} rows): it was probably encoded with another bpe than its dictionary's; "
+                       "preprocess it again with the model's bpe and dictionary (prepare_data --dict, or "
+                       "fairseq-preprocess --srcdict)")

@@ -4,14 +4,23 @@
 The batch size, learning rate, max_update, warmup, Adam and dropout settings are fairseq's
 (``fairseq/examples/roberta/config/finetuning/<task>.yaml``; WNLI, which has none, takes RTE's).
 The method settings are ours where the papers are silent (see README, "LeeBERT").
+
+Two-stage configs (SmartBERT, DeeBERT) train each stage with its own linear warm-up and decay
+(``lr_scheduler._name=two_stage_linear``, as both papers' code), and their ``max_update`` is
+``max_epoch`` epochs of the task's GLUE training set at the config's batch size
+(``max_epoch * ceil(n_train / batch)``): fairseq's figure is for its batch (32) and its 10 epochs,
+and at SmartBERT's batch 16 it ended SST-2, QNLI, QQP and MNLI inside stage 1.
 """
 import copy
+import math
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import yaml
 
 import fairseq
+
+from leebert_plugin.data.glue_tasks import TRAIN_SIZES, get_task
 
 FAIRSEQ_CONFIGS = Path(fairseq.__file__).parent / "examples" / "roberta" / "config" / "finetuning"
 TASKS = {"cola": "cola", "sst_2": "sst_2", "mrpc": "mrpc", "sts_b": "sts_b", "qqp": "qqp",
@@ -23,7 +32,8 @@ BEST_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "sts_b": "pearson"}
 HYDRA = {"run": {"dir": "${checkpoint.save_dir}/hydra/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False},
          "callbacks": {"usage_errors": {"_target_": "leebert_plugin.cli.UsageErrorInOneLine"}}}
 TASK_FIELDS = {"exit_policy": "none", "exit_threshold": None, "exit_thresholds": "", "exit_patience": 1, "d2_ratio": 0.5,
-               "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "shorten_method": "truncate"}
+               "stage1_epochs": 0, "soft_gate_epochs": 0, "stage1_checkpoint": "", "stage1_only": False,
+               "shorten_method": "truncate"}
 MODEL = {"_name": "exit_roberta_base", "exit_layers": "", "exit_head": "pabee", "skip_gates": False,
          "skip_threshold": 0.5, "layer_projectors": False}
 LOG_INTERVAL = 5
@@ -46,7 +56,9 @@ METHODS = {
         "recipe": {"lr": 2e-05, "batch_size": 16, "epochs": 9, "clip_norm": 1.0, "warmup_updates": 10},
         "classification_only": True,
     },
-    # DeeBERT: the same two stages without gates or contrastive terms, a pooler per exit
+    # DeeBERT: the same two stages without gates or contrastive terms, a pooler per exit; fairseq's
+    # RoBERTa settings, each stage with its own schedule (the authors' code restarts it) and
+    # fairseq's 6% warm-up of it
     "deebert": {
         "criterion": {"_name": "smartbert", "gate_lambda": 0.0, "eta1": 0.0, "eta2": 0.0, "t1": 0.5,
                       "t2": 0.55, "mask_padding": True, "mix_with_eta": False, "stage2_pairs": "all"},
@@ -59,7 +71,7 @@ METHODS = {
         "criterion": {"_name": "leebert", "distill": "lae", "temperature": 1.0, "kd_weight": 1.0,
                       "exit_weighting": "uniform", "learn_weights": True,
                       "weight_parametrization": "group_softmax"},
-        "optimizer": {"_name": "clo", "mode": "clo", "w_lr": 3e-3, "w_weight_decay": 1e-3,
+        "optimizer": {"_name": "clo", "mode": "clo", "w_lr": None, "w_travel": 3.0, "w_weight_decay": 1e-3,
                       "w_betas": "(0.5,0.999)", "w_update_interval": 10, "xi": -1.0, "fd_eps": 0.01},
     },
 }
@@ -94,16 +106,25 @@ def build(task: str, method: str) -> dict:
     cfg["lr_scheduler"] = dict(base["lr_scheduler"])
     cfg["optimization"] = dict(base["optimization"])
     recipe = spec.get("recipe")
-    if recipe:  # fairseq's max_update covers its max_epoch (10): scale it to the recipe's epochs
-        opt = cfg["optimization"]
-        opt["max_update"] = round(opt["max_update"] * recipe["epochs"] / opt["max_epoch"])
+    opt = cfg["optimization"]
+    if recipe:
         opt["max_epoch"], opt["lr"], opt["clip_norm"] = recipe["epochs"], [recipe["lr"]], recipe["clip_norm"]
         cfg["lr_scheduler"]["warmup_updates"] = recipe["warmup_updates"]
         cfg["dataset"] = {**cfg["dataset"], "batch_size": recipe["batch_size"]}
-    elif "stage1_epochs" in spec.get("task", {}):
-        cfg["optimization"]["max_epoch"] = max(cfg["optimization"]["max_epoch"], 2 * spec["task"]["stage1_epochs"])
+    stage1 = spec.get("task", {}).get("stage1_epochs", 0)
+    if stage1:
+        opt["max_epoch"] = max(opt["max_epoch"], stage1 + 1)
+        per_epoch = glue_updates_per_epoch(task, cfg["dataset"]["batch_size"])
+        opt["max_update"] = opt["max_epoch"] * per_epoch
+        warmup = recipe["warmup_updates"] if recipe else round(0.06 * stage1 * per_epoch)
+        cfg["lr_scheduler"] = {"_name": "two_stage_linear", "warmup_updates": warmup}
     cfg["model"] = {**MODEL, **{k: v for k, v in base["model"].items() if k != "_name"}, **spec.get("model", {})}
     return cfg
+
+
+def glue_updates_per_epoch(task: str, batch_size: int) -> int:
+    """Updates of an epoch of the task's GLUE training set on one GPU: ``ceil(n_train / batch)``."""
+    return math.ceil(TRAIN_SIZES[get_task(task.replace("_", "-")).name] / batch_size)
 
 
 def render(task: str, method: str) -> str:

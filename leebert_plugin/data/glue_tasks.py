@@ -57,6 +57,12 @@ TASKS: Dict[str, GlueTask] = {t.name: t for t in (
 )}
 
 
+# Training examples per task: the rows of GLUE's train.tsv (as the GLUE paper's Table 1 and the
+# Hugging Face ``glue`` dataset count them). What two-stage configs need to know where stage 2 starts.
+TRAIN_SIZES: Dict[str, int] = {"CoLA": 8551, "SST-2": 67349, "MRPC": 3668, "QQP": 363846, "STS-B": 5749,
+                               "QNLI": 104743, "RTE": 2490, "WNLI": 635, "MNLI": 392702}
+
+
 def get_task(name: str) -> GlueTask:
     """The task of that name (case and ``-`` insensitive: ``sts-b``, ``STSB``)."""
     key = name.replace("-", "").lower()

@@ -7,22 +7,22 @@ labels, binarised with a fixed label dictionary (class ``i`` = line ``i`` of ``O
 not fairseq's frequency order), or written as text for regression; ``OUT/raw`` the encoded text
 and the dictionaries.
 
-Everything is written into a staging folder inside ``OUT`` and moved into place only when all of
-it is there: a failure (or a kill) part-way leaves an earlier layout exactly as it was. An
-existing layout is replaced only when the caller asks (``overwrite``).
+Everything is written into a staging folder beside ``OUT`` and swapped into place only when all of
+it is there (:func:`write_layout`): a failure (or a kill) part-way leaves an earlier layout exactly
+as it was. An existing layout is replaced only when the caller asks (``overwrite``).
 """
 import shutil
-import tempfile
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from leebert_plugin.data.binarize import fairseq_preprocess
 from leebert_plugin.data.bpe_encode import build, encode_lines, write_lines
 from leebert_plugin.data.sentencepiece_glue import write_sentencepiece_dict
 from leebert_plugin.data.wordpiece_vocab import dict_symbols, load_vocab, write_dict
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime.outputs import carry_over, replacing
 
 PARTS = ("input0", "input1", "label", "raw")
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -131,29 +131,29 @@ def _write(stage: Path, splits: Sequence[Split], label_names: Optional[Sequence[
         fairseq_preprocess(stage / "label", labelled, label_dict, workers)
 
 
+SETTINGS_FILE = "prepare.json"  # what was prepared, how (prepare_data's): read by the export and by a re-run's user
+
+
 def write_layout(out: Path, splits: Sequence[Split], label_names: Optional[Sequence[str]], args: Namespace,
-                 workers: int = 1, overwrite: bool = False) -> None:
+                 workers: int = 1, overwrite: bool = False, finish: Optional[Callable[[Path], None]] = None) -> None:
     """Write ``splits`` into ``out`` as fairseq's layout, bpe ``args.bpe``; ``label_names``: the
-    classes in index order (None: regression). Checks the bpe and ``--dict`` before writing."""
+    classes in index order (None: regression). Checks the bpe and ``--dict`` before writing.
+    ``finish(stage)`` writes what else belongs to the new data (``prepare.json``) before the swap.
+
+    The new folder is built beside ``out`` and swapped in whole under ``out``'s lock
+    (:func:`~leebert_plugin.runtime.outputs.replacing`): a kill leaves the old data (with its own
+    settings) or the new one, never new binaries beside old settings; a second writer into ``out``
+    is refused in one line. Files of ``out`` that are not the layout's are kept
+    (:func:`~leebert_plugin.runtime.outputs.carry_over`)."""
     out = Path(out)
     refuse_existing_layout(out, overwrite)
     check_source_dict(args)
     if label_names is not None:
         check_label_names(label_names)
     build(args)  # bad bpe options fail here, before anything is written
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
+    with replacing(out) as stage:
+        refuse_existing_layout(out, overwrite)  # again, under the lock: another run may have written it
         _write(stage, splits, label_names, args, workers)
-        old = stage / "replaced"
-        old.mkdir()
-        for part in existing_parts(out):  # only with overwrite: moved aside, deleted once the new one is in
-            part.rename(old / part.name)
-        for part in PARTS:
-            if (stage / part).exists():
-                (stage / part).rename(out / part)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        if finish is not None:
+            finish(stage)
+        carry_over(out, stage, [*PARTS, SETTINGS_FILE, ".staging-*"])  # .staging-*: earlier versions staged inside

@@ -29,12 +29,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from leebert_plugin.data.bpe_encode import FILE_OPTIONS, bpe_options
-from leebert_plugin.data.layout import Split, check_label_names, write_layout
+from leebert_plugin.data.layout import SETTINGS_FILE, Split, check_label_names, refuse_existing_layout, write_layout
 from leebert_plugin.data.tables import Table, field as get_field, read_table
 from leebert_plugin.errors import UsageError
+from leebert_plugin.runtime.outputs import check_folder
 
 KINDS = ("classification", "regression")
-SETTINGS_FILE = "prepare.json"  # what was prepared, how: read by the export and by a re-run's user
 
 
 @dataclass
@@ -44,13 +44,15 @@ class Examples:
     texts: List[List[str]]
     labels: Optional[List[str]]  # None: the file has no label column (an unlabelled test file)
     lines: List[int]
+    dialect: str = ""  # how the file was read (a TSV/CSV's separator and quoting), for the report
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def subset(self, rows: Sequence[int]) -> "Examples":
         return Examples(self.path, [[t[i] for i in rows] for t in self.texts],
-                        None if self.labels is None else [self.labels[i] for i in rows], [self.lines[i] for i in rows])
+                        None if self.labels is None else [self.labels[i] for i in rows], [self.lines[i] for i in rows],
+                        self.dialect)
 
 
 def _one_line(text: str) -> str:
@@ -59,9 +61,10 @@ def _one_line(text: str) -> str:
 
 
 def read_examples(path: Path, text_columns: Sequence[str], label_column: str, encoding: str = "utf-8",
-                  labels_optional: bool = False) -> Examples:
-    """The examples of ``path``. ``labels_optional``: a file without the label column is unlabelled."""
-    table: Table = read_table(path, encoding)
+                  labels_optional: bool = False, delimiter: Optional[str] = None, quoting: str = "auto") -> Examples:
+    """The examples of ``path``. ``labels_optional``: a file without the label column is unlabelled.
+    ``delimiter``, ``quoting``: how a TSV/CSV is read (:func:`~leebert_plugin.data.tables.read_table`)."""
+    table: Table = read_table(path, encoding, delimiter, quoting)
     has_labels = label_column in table.columns
     needed = {name: "--text-columns" for name in text_columns}
     if has_labels or not labels_optional:
@@ -83,7 +86,7 @@ def read_examples(path: Path, text_columns: Sequence[str], label_column: str, en
                                  "give every row its label, or delete the row")
             check_label_names([label], f"{path}:{record.line}")
             labels.append(label)
-    return Examples(Path(path), texts, labels, [r.line for r in table.records])
+    return Examples(Path(path), texts, labels, [r.line for r in table.records], table.dialect)
 
 
 def _number(text: str) -> Optional[float]:
@@ -163,6 +166,7 @@ class Prepared:
     counts: Dict[str, int]
     pairs: bool
     sources: Dict[str, str] = field(default_factory=dict)
+    read_as: Dict[str, str] = field(default_factory=dict)  # file -> how a TSV/CSV was read (separator, quoting)
 
     @property
     def num_classes(self) -> int:
@@ -170,11 +174,15 @@ class Prepared:
 
 
 def prepare(args: Namespace) -> Prepared:
-    """Read, check, split and write; every check runs before anything is written."""
+    """Read, check, split and write; every check runs before anything is written, the output's first."""
+    check_folder(args.out, "--out")
+    refuse_existing_layout(args.out, args.overwrite)
     columns = list(args.text_columns)
     if not 1 <= len(columns) <= 2:
         raise UsageError(f"--text-columns names {len(columns)} columns", "name one column, or two for sentence pairs")
-    train = read_examples(args.train, columns, args.label_column, args.encoding)
+    reading = {"delimiter": getattr(args, "delimiter", None), "quoting": getattr(args, "quoting", "auto")}
+    train = read_examples(args.train, columns, args.label_column, args.encoding, **reading)
+    read_as = {str(args.train): train.dialect}
     kind = args.task_kind or detect_kind(train.labels)
     given = [g.strip() for g in args.labels.split(",")] if args.labels else None
     if kind == "regression":
@@ -196,7 +204,9 @@ def prepare(args: Namespace) -> Prepared:
     sources = {"train": str(args.train)}
     for name, path in files.items():
         if path is not None:
-            parts[name] = read_examples(path, columns, args.label_column, args.encoding, labels_optional=name == "test")
+            parts[name] = read_examples(path, columns, args.label_column, args.encoding, labels_optional=name == "test",
+                                        **reading)
+            read_as[str(path)] = parts[name].dialect
             sources[name] = str(path)
     left = 1.0
     for index, name in enumerate(drawn):  # fractions of the whole training file, drawn one after the other
@@ -213,9 +223,10 @@ def prepare(args: Namespace) -> Prepared:
             check_known_labels(examples, classes, "--labels" if given else f"the training file {args.train}")
     splits = [Split("train", train.texts, _label_text(train, kind))]
     splits += [Split(name, parts[name].texts, _label_text(parts[name], kind)) for name in ("valid", "test") if name in parts]
-    write_layout(args.out, splits, classes if kind == "classification" else None, args, args.workers, args.overwrite)
-    prepared = Prepared(Path(args.out), kind, classes, {s.name: len(s) for s in splits}, len(columns) == 2, sources)
-    write_settings(prepared, args)
+    prepared = Prepared(Path(args.out), kind, classes, {s.name: len(s) for s in splits}, len(columns) == 2, sources,
+                        {path: how for path, how in read_as.items() if how})
+    write_layout(args.out, splits, classes if kind == "classification" else None, args, args.workers, args.overwrite,
+                 finish=lambda stage: write_settings(prepared, args, stage))  # in the new folder, swapped in with it
     return prepared
 
 
@@ -225,14 +236,15 @@ def _label_text(examples: Examples, kind: str) -> Optional[List[str]]:
     return [repr(float(label)) for label in examples.labels]
 
 
-def write_settings(prepared: Prepared, args: Namespace) -> None:
-    """``OUT/prepare.json``: the task settings and the bpe files (what an export or a service needs)."""
+def write_settings(prepared: Prepared, args: Namespace, folder: Optional[Path] = None) -> None:
+    """``OUT/prepare.json`` (``folder``: the staging folder of OUT): the task settings and the bpe
+    files (what an export or a service needs)."""
     bpe = {k: (str(Path(v).resolve()) if k in FILE_OPTIONS else v) for k, v in bpe_options(args, args.bpe).items()}
     settings = {"task_kind": prepared.kind, "num_classes": prepared.num_classes, "labels": prepared.classes,
                 "pairs": prepared.pairs, "text_columns": list(args.text_columns), "label_column": args.label_column,
-                "counts": prepared.counts, "sources": prepared.sources, "seed": args.seed, "bpe": args.bpe,
+                "counts": prepared.counts, "sources": prepared.sources, "read_as": prepared.read_as, "seed": args.seed, "bpe": args.bpe,
                 "bpe_options": bpe, "dict": str(Path(args.dict).resolve()) if args.dict else None}
-    (Path(args.out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (Path(folder or args.out) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def training_command(prepared: Prepared, args: Namespace, method: str = "leebert") -> str:

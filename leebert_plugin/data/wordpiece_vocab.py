@@ -10,7 +10,7 @@ This one mapping is used by the checkpoint converter (to reorder the embedding r
 preprocessing (to write the ``dict.txt`` that ``fairseq-preprocess --srcdict`` reads).
 """
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from leebert_plugin.errors import UsageError
 
@@ -19,21 +19,28 @@ FAIRSEQ_SPECIALS: Dict[str, str] = {"[CLS]": "<s>", "[PAD]": "<pad>", "[SEP]": "
 MASK = "[MASK]"
 
 
-def load_vocab(path: Path) -> List[str]:
-    """``vocab.txt`` -> tokens in id order (one per line), checked for the specials BERT needs."""
+def load_vocab(path: Path, source: Optional[Path] = None) -> List[str]:
+    """``vocab.txt`` -> tokens in id order (one per line), checked for the specials BERT needs.
+    ``source``: the file to name in messages when ``path`` is a copy of it (the converter's)."""
     path = Path(path)
+    shown = Path(source) if source is not None else path
     if not path.is_file():
         raise UsageError(f"WordPiece vocabulary {path} does not exist",
                          "pass the vocab.txt that came with the BERT checkpoint")
     tokens = path.read_text(encoding="utf-8").splitlines()
     missing = [t for t in (*FAIRSEQ_SPECIALS, MASK) if t not in tokens]
     if missing:
-        raise UsageError(f"{path} lacks the WordPiece special tokens {missing}",
+        raise UsageError(f"{shown} lacks the WordPiece special tokens {missing}",
                          "use a BERT vocab.txt (one token per line, with [PAD] [UNK] [CLS] [SEP] [MASK])")
-    bad = [t for t in tokens if not t or any(c.isspace() for c in t)]
-    if bad or len(set(tokens)) != len(tokens):
-        raise UsageError(f"{path} has empty, duplicated or whitespace-containing tokens",
-                         "use the vocab.txt of a BERT checkpoint unchanged")
+    seen: Dict[str, int] = {}
+    for line, token in enumerate(tokens, start=1):
+        if not token or any(c.isspace() for c in token):
+            raise UsageError(f"{shown}:{line} is {'empty' if not token else f'the token {token!r}, with whitespace'}",
+                             "use the vocab.txt of a BERT checkpoint unchanged (one token per line)")
+        if token in seen:
+            raise UsageError(f"{shown}:{line} repeats the token {token!r} of line {seen[token]}",
+                             "use the vocab.txt of a BERT checkpoint unchanged (every token once)")
+        seen[token] = line
     return tokens
 
 

@@ -21,4 +21,11 @@ def save_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """``fig`` to ``path`` (its format from the extension), whole or not at all (:func:`atomic_write`)."""
+    from leebert_plugin.runtime.outputs import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))

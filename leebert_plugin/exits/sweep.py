@@ -14,6 +14,7 @@ full depth. With a confidence as well (:func:`certify`), the choice on dev holds
 with that confidence instead (:mod:`leebert_plugin.exits.risk_control`).
 """
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,6 +27,7 @@ from leebert_plugin.exits.evaluate import batches, oracle_exits, pass_outcomes, 
 from leebert_plugin.exits.pareto import best_at
 from leebert_plugin.exits.plotting import new_axes, save_plot
 from leebert_plugin.exits.policies import build_policy
+from leebert_plugin.runtime.outputs import write_text
 
 COLUMNS = ["split", "threshold", "accuracy", "f1", "mcc", "layer_speedup", "flops_speedup", "wall_speedup"]
 
@@ -153,22 +155,25 @@ def certify(model, task, policy: str, values: Sequence[float], patience: int = 1
 
 
 def write_risk_tsv(result: CertifiedSweep, path: Path) -> None:
-    """The sequence as tested on dev, one row per setting, in test order."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(RISK_COLUMNS)
-        for r in result.certified.rows:
-            w.writerow([f"{r.candidate.value:.6g}", r.losses, r.n, f"{r.risk:.6g}", f"{r.bound:.6g}", f"{r.p_value:.4g}",
+    """The sequence as tested on dev, one row per setting, in test order (whole or not at all:
+    :func:`~leebert_plugin.runtime.outputs.write_text`)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text, delimiter="\t")
+    w.writerow(RISK_COLUMNS)
+    for r in result.certified.rows:
+        w.writerow([f"{r.candidate.value:.6g}", r.losses, r.n, f"{r.risk:.6g}", f"{r.bound:.6g}", f"{r.p_value:.4g}",
                         int(r.passed), f"{r.layer_speedup:.4g}",
                         "" if r.flops_speedup is None else f"{r.flops_speedup:.4g}"])
 
 
 def write_tsv(result: Sweep, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, delimiter="\t", extrasaction="ignore")
-        w.writeheader()
-        for r in result.rows + ([result.test_row] if result.test_row else []):
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    """The dev rows and the test row as ``path`` (whole or not at all: :func:`atomic_write`)."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, COLUMNS, delimiter="\t", extrasaction="ignore")
+    w.writeheader()
+    for r in result.rows + ([result.test_row] if result.test_row else []):
+        w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(path, text.getvalue())
 
 
 def plot(result: Sweep, path: Path) -> None:

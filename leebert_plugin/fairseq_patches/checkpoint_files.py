@@ -4,9 +4,11 @@ fairseq writes a checkpoint to ``X.tmp`` and renames it, but never ``fsync``s, a
 ``checkpoint_last.pt`` and ``checkpoint_best.pt`` with a plain ``copyfile`` onto the old file: a
 ``kill -9`` (or a power cut) inside that copy leaves a truncated or 0-byte ``checkpoint_last.pt``,
 and the next launch of the same command dies in an ``EOFError``. Importing the plugin routes both
-writes through :func:`atomic_write`: the bytes go to a temporary file in the same directory, are
-flushed to disk (``fsync``), and replace the target by ``os.replace`` (atomic on POSIX), after
-which the directory entry is synced too. A reader therefore sees the old file or the new one.
+writes through :func:`~leebert_plugin.runtime.outputs.atomic_write`: the bytes go to a temporary
+file in the same directory, are flushed to disk (``fsync``), and replace the target by
+``os.replace`` (atomic on POSIX), after which the directory entry is synced too. A reader
+therefore sees the old file or the new one; a full disk ends in one line naming the disk and the
+save dir, and the earlier checkpoints are kept.
 Paths fairseq's ``PathManager`` handles remotely (``scheme://``) are left to it.
 """
 import os
@@ -17,10 +19,12 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
 from leebert_plugin.fairseq_patches.wrapping import MARK, wrap_once
+from leebert_plugin.runtime.outputs import atomic_write
 
 CHUNK = 1 << 20
 TRAIN_COMMANDS = ("fairseq-hydra-train", "fairseq-train")  # the commands that resume
@@ -30,35 +34,16 @@ def _local(path) -> bool:
     return "://" not in str(path)
 
 
-def _sync_dir(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write: Callable) -> None:
-    """``write(f)`` into a temporary file beside ``path``, fsync it, then replace ``path`` by it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    for stale in Path(folder).glob(f".{os.path.basename(path)}.*.partial"):  # left by a killed run
-        stale.unlink(missing_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _sync_dir(folder)
-
-
 def atomic_copy(src: str, dst: str) -> None:
     with open(src, "rb") as source:
         atomic_write(dst, lambda f: shutil.copyfileobj(source, f, CHUNK))
+
+
+def save_to_file(obj, f) -> None:
+    """``torch.save`` into the open temporary file. Not fairseq's ``_torch_persistent_save``: that
+    one retries into the same, half-written file object (it can only append garbage), sleeps 5 s
+    and logs a traceback before raising, so a full disk would not end in one line."""
+    torch.save(obj, f)
 
 
 def atomic_saver(save: Callable) -> Callable:
@@ -67,7 +52,7 @@ def atomic_saver(save: Callable) -> Callable:
     def torch_persistent_save(obj, filename, async_write: bool = False):
         if async_write or not isinstance(filename, str) or not _local(filename):
             return save(obj, filename, async_write)
-        atomic_write(filename, lambda f: checkpoint_utils._torch_persistent_save(obj, f))
+        atomic_write(filename, lambda f: save_to_file(obj, f))
 
     return torch_persistent_save
 

@@ -84,6 +84,28 @@ def under_fairseq_command() -> bool:
             or (spec is not None and spec.name.startswith("fairseq_cli.")))
 
 
+def _one_line_parse_error(error: Callable) -> Callable:
+    """``argparse.ArgumentParser.error`` as one UsageError line (the excepthook prints it, status
+    1) instead of fairseq's usage text, over a hundred lines long, and status 2."""
+    def one_line(self, message: str):
+        fix = f"see {self.prog} --help"
+        if "--exit-threshold" in message and "," in message:
+            fix = "pass one number, or one per exit but the last with --exit-thresholds t1,t2 and --exit-policy per_exit_entropy"
+        elif "invalid" in message and "value" in message:
+            fix = f"pass a value of that type ({fix})"
+        raise UsageError(f"{self.prog}: {message}", fix)
+    setattr(one_line, MARK, True)
+    return one_line
+
+
+def install_argparse_errors() -> None:
+    """Under fairseq's console commands only: their parse errors are one line (see above)."""
+    import argparse
+
+    if not getattr(argparse.ArgumentParser.error, MARK, False):
+        argparse.ArgumentParser.error = _one_line_parse_error(argparse.ArgumentParser.error)
+
+
 def install_excepthook() -> None:
     """Print an uncaught UsageError as its one line (once per process; other errors untouched)."""
     if not getattr(sys.excepthook, MARK, False):

@@ -17,7 +17,7 @@ modules"). CPU clusters (gloo) exist, and it is how CI exercises the GPU default
 whose parameters are all on the CPU the plugin drops ``device_ids``/``output_device``, as torch
 asks; GPU modules are wrapped exactly as fairseq does.
 """
-from typing import Optional
+from typing import Dict, List, Optional
 
 from fairseq.models import distributed_fairseq_model
 from torch.nn.parallel import DistributedDataParallel
@@ -69,7 +69,39 @@ class DeviceAwareDDP(DistributedDataParallel):
     def __init__(self, module, device_ids: Optional[list] = None, output_device=None, **kwargs):
         if not any(p.is_cuda for p in module.parameters()):
             device_ids = output_device = None
+        check_same_model(module, kwargs.get("process_group"))
         super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
+
+
+def model_difference(shapes: List[Dict[str, tuple]]) -> Optional[str]:
+    """The first difference between the ranks' models (``shapes[r]``: rank r's parameter name ->
+    shape), said as rank 0's tensor against the other rank's; None when every rank has rank 0's."""
+    first = shapes[0]
+    for rank, other in enumerate(shapes[1:], start=1):
+        for name in sorted(set(first) | set(other)):
+            if first.get(name) != other.get(name):
+                def said(r, shape):
+                    return f"missing on rank {r}" if shape is None else f"{list(shape)} on rank {r}"
+                return (f"rank {rank} built another model than rank 0 ({len(other)} parameters against {len(first)}): "
+                        f"{name} is {said(0, first.get(name))} and {said(rank, other.get(name))}")
+    return None
+
+
+def check_same_model(module, process_group=None) -> None:
+    """Every rank has built the same model, else one line on every rank (torch's own check ends in
+    a traceback per rank, "DDP expects same model across all ranks"). Ranks build different models
+    when their settings or data folders differ (another dict.txt changes the embedding's size)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(process_group) < 2:
+        return
+    mine = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    shapes: List[Dict[str, tuple]] = [{} for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather_object(shapes, mine, group=process_group)
+    difference = model_difference(shapes)
+    if difference is not None:
+        raise UsageError(difference, "give every rank the same settings and the same data folder (its dict.txt "
+                                     "sets the embedding's size), then start the job again")
 
 
 def install() -> None:

@@ -55,6 +55,16 @@ def check_checkpoint_file(path: str) -> None:
         raise _untrusted(path, ", ".join(sorted(unsafe)[:3]))
 
 
+def check_not_export(path: str) -> None:
+    """An export folder's ``model.pt`` (tensors only, no settings: fairseq's loader fails on it with
+    ``KeyError: 'best_loss'``) is named as what it is, with the two ways to use it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(folder, "export.json")):
+        raise UsageError(f"{path} is the weights of an export folder ({folder}), not a training checkpoint",
+                         f"load the folder in Python with EarlyExitClassifier.from_pretrained({folder!r}); "
+                         "fairseq-validate takes the training checkpoint it was exported from (checkpoint_best.pt)")
+
+
 def safe_loader(load: Callable) -> Callable:
     """Wrap fairseq's ``load_checkpoint_to_cpu``: check first, and report a refused pickle in one line."""
 
@@ -62,8 +72,12 @@ def safe_loader(load: Callable) -> Callable:
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         if os.path.isfile(path):  # remote paths are fetched by fairseq's PathManager
             check_checkpoint_file(path)
+            check_not_export(path)
         try:
             return load(path, arg_overrides, load_on_all_ranks)
+        except KeyError as err:  # fairseq's upgrade of a state that is not a training checkpoint's
+            raise UsageError(f"{path} is not a fairseq training checkpoint (it lacks {err})",
+                             "pass checkpoint_best.pt or checkpoint_last.pt of a training run") from None
         except pickle.UnpicklingError as err:  # legacy format: torch's weights-only refusal
             refused = re.search(r"GLOBAL (\S+)", str(err))
             if refused:

@@ -18,7 +18,8 @@ it back and is refused). A lock from another host cannot be checked from here an
 line says which file to delete if that run is really gone. Files of a process's own
 (``leebert.lock.<new|old>.<pid>.<host>``) that a SIGKILL left behind are removed by the next run
 on the same host. Without hard links the lock is created with ``O_EXCL`` and written after
-(:func:`_link`).
+(:func:`_link`). :func:`acquire_lock` is the same lock for any file: the plugin's other outputs
+(exports, data folders, sweeps) hold theirs through :mod:`leebert_plugin.runtime.outputs`.
 """
 import atexit
 import errno
@@ -49,6 +50,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # it exists, but belongs to someone else
         pass
     return True
+
+
+def _command_of(pid: int) -> Optional[str]:
+    """The command line of process ``pid`` (Linux's ``/proc``), or None where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip() or None
+
+
+def _in_use(what: str, path: Path, holder: dict, elsewhere: str) -> UsageError:
+    """The refusal for a lock whose pid is alive on this host. A pid can be reused (the machine
+    restarted, the run was killed and its number handed out again), which the plugin cannot tell
+    for sure: the line shows what that process is and how to clear the lock once the user has."""
+    pid, command = holder["pid"], _command_of(holder["pid"])
+    detail = f"its command: {command[:80]}" if command else "its command cannot be read here"
+    if command is not None and not any(w in command for w in ("fairseq", "hydra", "leebert")):
+        detail += "; not a run of the plugin by the look of it: perhaps its pid was reused after a restart"
+    return UsageError(f"{what} is in use by another run (pid {pid} on this host, started {holder.get('started')}; "
+                      f"{detail})", f"wait for it to finish (or stop it), or {elsewhere}; if ps -p "
+                      f"{pid} -o pid,lstart,args shows no run on {what} (a reused pid), delete {path} and start again")
 
 
 def _read(path: Path) -> Optional[dict]:
@@ -150,8 +173,16 @@ def _create(path: Path, holder: dict) -> None:
 def acquire(save_dir: str) -> Optional[UsageError]:
     """Take ``save_dir``'s lock for this process. Returns None, or the refusal when another live
     run holds it."""
-    path = Path(save_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return acquire_lock(Path(save_dir) / LOCK_NAME, str(save_dir), "pass another checkpoint.save_dir",
+                        "start one run per checkpoint.save_dir")
+
+
+def acquire_lock(path: Path, what: str, elsewhere: str, one_run: str) -> Optional[UsageError]:
+    """Take the lock file ``path`` guarding ``what`` (a save dir, an output folder) for this process,
+    released when it exits (or by :func:`release_lock`). Returns None, or the refusal when another
+    live run holds it; ``elsewhere``: the fix's other way (``pass another checkpoint.save_dir``),
+    ``one_run``: the fix when runs keep taking it."""
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _sweep(path, me["host"])
     for _ in range(3):
@@ -163,21 +194,21 @@ def acquire(save_dir: str) -> Optional[UsageError]:
                 return None  # this process holds it already
             if holder is not None and holder.get("host") != me["host"]:
                 return UsageError(
-                    f"{save_dir} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
-                    f"{holder.get('started')})", f"wait for it, or pass another checkpoint.save_dir; if that run is "
-                    f"gone, delete {path}")
+                    f"{what} is in use by another run (pid {holder['pid']} on {holder.get('host')}, started "
+                    f"{holder.get('started')})", f"wait for it, or {elsewhere}; if that run is gone, delete {path}")
             if holder is not None and _alive(holder["pid"]):
-                return UsageError(
-                    f"{save_dir} is in use by another run (pid {holder['pid']} on this host, started "
-                    f"{holder.get('started')})", "wait for it to finish (or stop it), or pass another "
-                    "checkpoint.save_dir")
+                return _in_use(what, path, holder, elsewhere)
             logger.warning(f"{path}: the run that held it ({holder or 'unreadable'}) is gone; taking it over")
             _take_over(path, holder, me)
             continue
         atexit.register(_release, path, me["pid"])
         return None
-    return UsageError(f"could not take the lock {path}: other runs keep taking it",
-                      "start one run per checkpoint.save_dir")
+    return UsageError(f"could not take the lock {path}: other runs keep taking it", one_run)
+
+
+def release_lock(path: Path) -> None:
+    """Remove the lock ``path`` if this process holds it (before it exits)."""
+    _release(path, os.getpid())
 
 
 def hold_save_dir(save_dir: str) -> None:

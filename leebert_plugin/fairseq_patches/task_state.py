@@ -31,7 +31,7 @@ def restoring_task_state(load_checkpoint):
         def noting(*a, **k):
             state = loader(*a, **k)
             if isinstance(state, dict) and hasattr(self.task, "check_resume"):
-                self.task.check_resume(filename, state, self.get_criterion(), reset_optimizer)
+                self.task.check_resume(filename, state, self.get_criterion(), reset_optimizer, model_cfg=self.cfg.model)
             seen.append(state.get("task_state") if isinstance(state, dict) else None)
             return state
 

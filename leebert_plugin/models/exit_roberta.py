@@ -95,6 +95,12 @@ class ExitRobertaModel(RobertaModel):
         self.register_buffer("training_stage", torch.ones((), dtype=torch.long))
 
     @property
+    def active_gates(self) -> Optional[SkipGates]:
+        """The skip gates a forward pass asks, or None: no gates, or gates off (``skip_threshold=1``,
+        an evaluation mode: every layer runs, the gates are not evaluated and cost nothing)."""
+        return self.skip_gates if self.skip_gates is not None and self.args.skip_threshold < 1 else None
+
+    @property
     def stage(self) -> int:
         return int(self.training_stage)
 
@@ -125,12 +131,18 @@ class ExitRobertaModel(RobertaModel):
         parser.add_argument("--skip-gates", action="store_true",
                             help="a SmartBERT skip gate before every layer")
         parser.add_argument("--skip-threshold", type=float, metavar="TAU",
-                            help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1)")
+                            help="a layer is skipped when its gate's probability is >= TAU (0 < TAU < 1); "
+                                 "1: gates off, an evaluation mode (every layer runs and no gate is evaluated; "
+                                 "e.g. fairseq-validate --model-overrides \"{'skip_threshold': 1.0}\"); "
+                                 "training refuses it")
         parser.add_argument("--skip-gate-bias", type=float, metavar="B",
                             help="initial bias of every skip gate's logit; unset: torch's default init, as in "
                                  "the authors' code (skip probabilities start near 0.5, so about half the layers "
                                  "are skipped from the first hard-gated update); negative starts from the full "
-                                 "network (-3: about 0.05)")
+                                 "network (-3: about 0.05). Adam moves the bias by at most about lr per update, so "
+                                 "after N updates it is within about N x lr of B (319 updates at lr 5e-5: 0.016): a "
+                                 "gate started closed (B=-3) stays closed unless the gate's weights open it, which "
+                                 "is what this start measures, not the method")
         parser.add_argument("--layer-projectors", action="store_true",
                             help="SmartBERT's stage-1 contrastive projectors of every layer input")
         parser.add_argument("--type-vocab-size", type=int, metavar="N",
@@ -170,6 +182,7 @@ class ExitRobertaModel(RobertaModel):
         return_exit_states: bool = False,
         exits_used: Optional[List[int]] = None,
         project: Optional[str] = None,
+        gates_off: bool = False,
         **kwargs,
     ):
         """Without a head name: plain RoBERTa. With one: ``(logits, {"exits": ExitOutput})``.
@@ -180,17 +193,19 @@ class ExitRobertaModel(RobertaModel):
         None: every exit), ``return_exit_states``, and ``project`` (SmartBERT's contrastive
         projections, computed here rather than by the criterion): ``"layers"`` projects every
         layer input through the stage-1 projectors, ``"exits"`` every used intermediate exit's
-        states through its own projector.
+        states through its own projector. ``gates_off``: this pass runs every layer without asking
+        the gates (as ``skip_threshold=1`` does for every pass).
         """
         if classification_head_name is None:
             return super().forward(src_tokens, features_only, return_all_hiddens, **kwargs)
         sentence_encoder, heads = self.encoder.sentence_encoder, self.exit_heads[classification_head_name]
+        gates = None if gates_off else self.active_gates
         if exit_policy is not None:
             out = early_exit_pass(sentence_encoder, heads, self.exit_layers, src_tokens, exit_policy,
-                                  gates=self.skip_gates, skip_threshold=self.args.skip_threshold)
+                                  gates=gates, skip_threshold=self.args.skip_threshold)
         else:
             out = full_depth_pass(sentence_encoder, heads, self.exit_layers, src_tokens, return_states=return_exit_states,
-                                  gates=self.skip_gates, gate_mode=self.gate_mode if self.training else "hard",
+                                  gates=gates, gate_mode=self.gate_mode if self.training else "hard",
                                   skip_threshold=self.args.skip_threshold, exits_used=exits_used)
         if project is not None:
             self._project(out, classification_head_name, project)

@@ -24,6 +24,7 @@ from leebert_plugin.data.wordpiece_vocab import fairseq_order, load_vocab, write
 from leebert_plugin.errors import UsageError
 from leebert_plugin.models.checkpoint_fit import check_state_dict_fits
 from leebert_plugin.models.exit_roberta import ExitRobertaModel
+from leebert_plugin.runtime.outputs import carry_over, check_folder, replacing, torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ LAYER_KEYS = {
     "final_layer_norm": "output.LayerNorm",
 }
 ENCODER = "encoder.sentence_encoder."
+# the config.json fields the model's shape is read from (the others have BERT's defaults)
+SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
 OUTPUTS = ("model.pt", "dict.txt", "vocab.txt", "convert.json")
 
 
@@ -66,6 +70,12 @@ def read_config(hf_dir: Path) -> dict:
     if config.get("hidden_act") not in ACTIVATIONS:
         raise UsageError(f"{path} uses the activation {config.get('hidden_act')!r}",
                          f"convert a BERT with one of {', '.join(ACTIVATIONS)}")
+    missing = [k for k in SHAPE_FIELDS if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)]
+    if missing:
+        value = config.get(missing[0])
+        raise UsageError(f"{path} has no {missing[0]} field" if missing[0] not in config else
+                         f"{path}: {missing[0]}={value!r} is not a whole number",
+                         f"use the config.json that came with these weights (it names {', '.join(SHAPE_FIELDS)})")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UsageError(f"{path} uses {config['position_embedding_type']!r} position embeddings",
                          "convert a BERT with absolute (learned) positions")
@@ -102,12 +112,13 @@ def read_vocab(hf_dir: Path, out_vocab: Path) -> List[str]:
         ids = model["vocab"]
         tokens = sorted(ids, key=ids.get)
         out_vocab.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    elif (hf_dir / "vocab.txt").is_file():
-        out_vocab.write_text((hf_dir / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    else:
+        return load_vocab(out_vocab, source=hf_dir / "tokenizer.json")
+    if not (hf_dir / "vocab.txt").is_file():
         raise UsageError(f"{hf_dir} has neither vocab.txt nor tokenizer.json",
                          "put the checkpoint's vocab.txt next to its config.json")
-    return load_vocab(out_vocab)
+    tokens = load_vocab(hf_dir / "vocab.txt")  # checked where it is: a message names the user's file
+    out_vocab.write_text((hf_dir / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return tokens
 
 
 def matching_arch(config: dict) -> Tuple[str, Dict[str, object]]:
@@ -239,32 +250,30 @@ def fairseq_checkpoint(model_state: Dict[str, Tensor], cfg: Optional[dict] = Non
 def convert(hf_dir: Path, out_dir: Path) -> dict:
     """Write ``model.pt``, ``dict.txt``, ``vocab.txt`` and ``convert.json`` into ``out_dir``.
 
-    Refuses to overwrite any of them. Returns what ``convert.json`` holds (arch and overrides).
+    Refuses to overwrite any of them. The four are built beside ``out_dir`` and swapped in together
+    (:func:`~leebert_plugin.runtime.outputs.replacing`): a kill leaves none of them or all four.
+    Returns what ``convert.json`` holds (arch and overrides).
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     existing = [name for name in OUTPUTS if (out_dir / name).exists()]
     if existing:
         raise UsageError(f"{out_dir} already holds {', '.join(existing)}",
                          "convert into a new (or empty) output directory")
+    check_folder(out_dir, "the output directory")
     config = read_config(hf_dir)
     weights = read_weights(hf_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_tmp = out_dir / "vocab.txt.partial"
-    try:
-        vocab = read_vocab(hf_dir, vocab_tmp)
+    with replacing(out_dir) as stage:  # one converter per out_dir; a kill leaves no half conversion
+        vocab = read_vocab(hf_dir, stage / "vocab.txt")
         state = convert_state_dict(config, weights, vocab, hf_dir)
         check_against_config(state, weights, config, len(vocab), hf_dir)
-    except BaseException:
-        vocab_tmp.unlink(missing_ok=True)
-        raise
-    arch, overrides = matching_arch(config)
-    lowercase = _lowercase(hf_dir)
-    torch.save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), out_dir / "model.pt")
-    write_dict(vocab, out_dir / "dict.txt")
-    vocab_tmp.rename(out_dir / "vocab.txt")
-    summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
-               "wordpiece_lowercase": lowercase, "vocab_size": len(vocab)}
-    (out_dir / "convert.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        arch, overrides = matching_arch(config)
+        lowercase = _lowercase(hf_dir)
+        torch_save(fairseq_checkpoint(state, fairseq_config(arch, overrides)), stage / "model.pt")
+        write_dict(vocab, stage / "dict.txt")
+        summary = {"source": str(hf_dir.resolve()), "arch": arch, "model_overrides": overrides,
+                   "wordpiece_lowercase": lowercase, "vocab_size": len(vocab)}
+        (stage / "convert.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        carry_over(out_dir, stage, OUTPUTS)  # what else out_dir holds is kept
     return summary
 
 

@@ -11,8 +11,11 @@ Parametrisations (``methods.md`` §6.3; the paper's is not public):
   distillation) and start equal. The CE-to-KD balance stays where the config puts it.
 * ``global_softmax``: one softmax over every term, times the number of groups; the balance
   between groups is learned too.
+
+How far learned weights are from their uniform start, per group: :func:`spread`.
 """
-from typing import Dict, List, Optional, Sequence
+import math
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +28,28 @@ PARAMETRIZATIONS = ("group_softmax", "global_softmax")
 
 def term_group(name: str) -> str:
     return name.split("_", 1)[0]
+
+
+def spread(weights: Mapping[str, float]) -> Dict[str, Dict[str, float]]:
+    """How far each group's weights are from uniform, by group name (``ce``, ``kd``, ...):
+
+        kl_uniform    = KL(p || uniform) = sum_k p_k ln(n p_k) = ln n - H(p),   p = the group's weights / their sum
+        max_min_ratio = max_k w_k / min_k w_k
+
+    Both are 0 and 1 at the uniform start whatever the group's scale (``kd_weight``); KL reaches
+    ln n when one of n terms holds the whole group, the ratio is unbounded. Two numbers, because KL
+    weighs the group as a whole and the ratio its extremes (one planted term weighted down shows in
+    the ratio long before it shows in the KL of a group of 132)."""
+    groups: Dict[str, List[float]] = {}
+    for name, w in weights.items():
+        groups.setdefault(term_group(name), []).append(float(w))
+    out = {}
+    for group, ws in groups.items():
+        total = sum(ws)
+        p = [w / total for w in ws]
+        kl = sum(pk * math.log(len(p) * pk) for pk in p if pk > 0)
+        out[group] = {"kl_uniform": max(0.0, kl), "max_min_ratio": max(ws) / min(ws) if min(ws) > 0 else math.inf}
+    return out
 
 
 class LossWeights(nn.Module):
@@ -46,6 +71,15 @@ class LossWeights(nn.Module):
         for i, n in enumerate(self.names):
             groups.setdefault(term_group(n), []).append(i)
         self.groups = groups
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> "LossWeights":
+        """The module a saved state dict (``task_state['bilevel']['weights']``) describes, its names
+        included: the weights of a checkpoint without the criterion that trained them."""
+        extra = state["_extra_state"]
+        module = cls(extra["names"], extra["parametrization"], extra["group_scales"])
+        module.load_state_dict(state)
+        return module
 
     def weights(self) -> Tensor:
         """All weights, in ``names`` order (differentiable in ``logits``)."""

@@ -13,9 +13,15 @@ public):
 * ``darts1``: first order: the same finite-difference product, with the outer gradient taken at
   the current parameters instead of after a virtual step (the plain first-order DARTS gradient
   is zero here, since the outer objective does not contain the weights); the model trains on D1.
+
+The weights' learning rate (``w_lr``) fits the run by default: Adam moves a logit by about
+``w_lr`` per meta step at most, so ``w_lr = w_travel / meta steps`` lets a weight travel
+``w_travel`` logits over any run, from 64 updates to 20,000 (``BilevelTraining``). An explicit
+``optimizer.w_lr`` wins over the derived one; the checkpoint's is never used.
 """
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.optim import register_optimizer
 
@@ -30,7 +36,12 @@ logger = logging.getLogger(__name__)
 class CLOConfig(ExitAdamConfig):
     mode: str = field(default="clo", metadata={"help": "clo (cross-level, both directions), darts2 "
                                                        "(second order) or darts1 (first order)"})
-    w_lr: float = field(default=3e-3, metadata={"help": "learning rate of the loss weights' Adam"})
+    w_lr: Optional[float] = field(
+        default=None, metadata={"help": "learning rate of the loss weights' Adam; null (default): "
+                                        "w_travel / the number of meta steps the run will take"})
+    w_travel: float = field(
+        default=3.0, metadata={"help": "with w_lr null: how far (in logits) Adam may move a loss weight over "
+                                       "the whole run, at most w_lr per meta step"})
     w_weight_decay: float = field(default=1e-3, metadata={"help": "decoupled weight decay of the loss weights' AdamW"})
     w_betas: str = field(default="(0.5, 0.999)", metadata={"help": "betas of the loss weights' Adam (DARTS')"})
     w_update_interval: int = field(default=10, metadata={"help": "run the meta step every k updates"})

@@ -54,11 +54,11 @@ NON_NEGATIVE, POSITIVE, AT_LEAST_ONE, OPEN_UNIT = Range(0), Range(0, open_low=Tr
 RANGES: Dict[str, Dict[str, Range]] = {
     "task": {"d2_ratio": OPEN_UNIT, "exit_patience": AT_LEAST_ONE, "stage1_epochs": NON_NEGATIVE,
              "soft_gate_epochs": NON_NEGATIVE},
-    "model": {"skip_threshold": OPEN_UNIT},
+    "model": {"skip_threshold": Range(0, 1, open_low=True, open_high=False)},  # 1: gates off (evaluation)
     "criterion": {"kd_weight": NON_NEGATIVE, "temperature": POSITIVE, "gate_lambda": NON_NEGATIVE,
                   "eta1": NON_NEGATIVE, "eta2": NON_NEGATIVE, "t1": POSITIVE, "t2": POSITIVE},
     "optimizer": {"exit_lr_scale": POSITIVE, "w_lr": POSITIVE, "w_weight_decay": NON_NEGATIVE,
-                  "w_update_interval": AT_LEAST_ONE, "fd_eps": POSITIVE},
+                  "w_update_interval": AT_LEAST_ONE, "fd_eps": POSITIVE, "w_travel": POSITIVE},
 }
 
 

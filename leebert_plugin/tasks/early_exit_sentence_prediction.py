@@ -8,7 +8,7 @@ the value saved in the checkpoint.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from fairseq import distributed_utils
@@ -16,19 +16,20 @@ from fairseq.logging import metrics
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
-from omegaconf import II, OmegaConf, open_dict
+from omegaconf import II, ListConfig, OmegaConf, open_dict
 
-from leebert_plugin import cli
-from leebert_plugin.fairseq_patches import command_line, ddp
 from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
 from leebert_plugin.exits.flops import full_model_flops, sample_flops
 from leebert_plugin.exits.policies import build_policy, parse_thresholds
+from leebert_plugin.fairseq_patches import command_line, ddp
+from leebert_plugin.modules.loss_weights import LossWeights
 from leebert_plugin.optim import precision
 from leebert_plugin.optim.bilevel import BilevelTraining
 from leebert_plugin.runtime.option_checks import check_options
 from leebert_plugin.tasks.nonfinite import check_finite
+from leebert_plugin.tasks.stage_schedule import check_stage_epochs, updates_per_epoch
 from leebert_plugin.tasks.two_stage import TwoStageTraining
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,12 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
         default="", metadata={"help": "checkpoint stage 2 starts from (default: SAVE_DIR/checkpoint_best.pt, "
                                       "kept as checkpoint_stage1_best.pt)"}
     )
+    stage1_only: bool = field(
+        default=False,
+        metadata={"help": "two-stage training: train stage 1 alone (backbone, gates, last exit), on purpose. "
+                          "Without it a run whose optimization.max_epoch or max_update ends inside stage 1 is "
+                          "refused before its first update; with it, one that goes on past stage 1 is"},
+    )
     # Read from other config groups. No help metadata on these: fairseq adds a field whose default is
     # an interpolation to argparse when it has help, a second --max-epoch etc. whose default (None)
     # would replace the owning group's (fairseq/dataclass/utils.py, gen_parser_from_dataclass).
@@ -89,6 +96,14 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     # the optimizer's settings: under clo they configure bi-level training (optim/bilevel.py)
     optimizer_settings: Any = II("optimizer")
     max_epoch: int = II("optimization.max_epoch")
+    # the run's length: where stage 2 starts in updates (two-stage training), and the loss weights' lr
+    # clo derives from it (optim/bilevel.py); known with the training epoch iterator
+    max_update: int = II("optimization.max_update")
+    update_freq: Any = II("optimization.update_freq")
+    train_subset: str = II("dataset.train_subset")
+    # the per-stage schedule (lr_scheduler._name=two_stage_linear) is set by the task, update by update
+    lr: Any = II("optimization.lr")
+    lr_scheduler_settings: Any = II("lr_scheduler")
     # checked against the longest sentence of every split before the first batch (data/checks.py)
     max_tokens: Optional[int] = II("dataset.max_tokens")
     # the precision settings, checked before fairseq builds its optimizer wrapper (optim/precision.py)
@@ -106,7 +121,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         super().__init__(cfg, data_dictionary, label_dictionary)
         self.bilevel: Optional[BilevelTraining] = None  # LeeBERT's learned loss weights (clo): bilevel_for
         self._bilevel_state = None  # (state, reset_optimizer) restored before the bi-level object was built
-        self.two_stage = TwoStageTraining(cfg) if cfg.stage1_epochs > 0 else None
+        self._train_batches: Optional[int] = None  # batches per epoch of the training split (get_batch_iterator)
+        self.two_stage = self._two_stage(cfg) if cfg.stage1_epochs > 0 else None
         self._said_stage1_policy = False
         self.policy = build_policy(cfg.exit_policy, cfg.num_classes, cfg.exit_threshold, cfg.exit_patience,
                                    parse_thresholds(cfg.exit_thresholds))
@@ -125,11 +141,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             # a task config built alone in Python has no distributed_training group to interpolate
             ddp.check_backend(_outer(cfg, "ddp_backend", "pytorch_ddp"), _outer(cfg, "find_unused_parameters", True),
                               world, _outer(cfg, "use_bmuf", False), _outer(cfg, "zero_sharding", "none"))
-            max_epoch = _outer(cfg, "max_epoch", 0)
-            if cfg.stage1_epochs > 0 and 0 < max_epoch <= cfg.stage1_epochs:
-                raise UsageError(f"task.stage1_epochs={cfg.stage1_epochs} with optimization.max_epoch={max_epoch}: "
-                                 "stage 2 (the intermediate exits) would never run",
-                                 f"set optimization.max_epoch above {cfg.stage1_epochs}, e.g. {cfg.stage1_epochs * 2}")
+            cls._check_stages(cfg)
             precision.check_precision(_outer(cfg, "common_settings", None), torch.cuda.is_available())
             if _outer(cfg, "write_checkpoints_asynchronously", False):
                 raise command_line.async_checkpoints_refused()
@@ -140,10 +152,46 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             checks.check_num_classes(cfg.num_classes, task.label_dictionary, cfg.data, kwargs.get("from_checkpoint", False))
         return task
 
+    @staticmethod
+    def _check_stages(cfg) -> None:
+        """Before training: a budget (``max_epoch``) that ends inside stage 1, or goes past it with
+        ``stage1_only``; the per-stage schedule without two stages or without an end to decay to.
+        ``max_update`` is checked once the updates of an epoch are known (:meth:`get_batch_iterator`)."""
+        max_epoch, max_update = _outer(cfg, "max_epoch", 0), _outer(cfg, "max_update", 0)
+        scheduler = _outer(cfg, "lr_scheduler_settings", None)
+        per_stage = scheduler is not None and scheduler.get("_name") == "two_stage_linear"
+        if cfg.stage1_epochs > 0:
+            check_stage_epochs(cfg.stage1_epochs, max_epoch, max_update, cfg.stage1_only)
+        elif cfg.stage1_only:
+            raise UsageError("task.stage1_only=true without two-stage training (task.stage1_epochs=0)",
+                             "set task.stage1_epochs to the epochs of stage 1, or task.stage1_only=false")
+        if per_stage and cfg.stage1_epochs == 0:
+            raise UsageError("lr_scheduler._name=two_stage_linear schedules the two stages of two-stage training, "
+                             "and task.stage1_epochs=0 asks for one", "set task.stage1_epochs > 0, or use "
+                             "lr_scheduler._name=polynomial_decay")
+        if per_stage and max_epoch <= 0 and max_update <= 0:
+            raise UsageError("lr_scheduler._name=two_stage_linear decays each stage to 0 at its end, and neither "
+                             "optimization.max_epoch nor optimization.max_update ends the run",
+                             "set optimization.max_epoch (stage 1 + stage 2 epochs)")
+
+    @staticmethod
+    def _two_stage(cfg) -> TwoStageTraining:
+        """Two-stage training with the run's budget and, under ``two_stage_linear``, its per-stage schedule."""
+        scheduler = _outer(cfg, "lr_scheduler_settings", None)
+        per_stage = scheduler is not None and scheduler.get("_name") == "two_stage_linear"
+        lr = _outer(cfg, "lr", [0.0])
+        return TwoStageTraining(cfg, _outer(cfg, "max_epoch", 0) or 0, _outer(cfg, "max_update", 0) or 0,
+                                float(lr[0] if isinstance(lr, (list, tuple, ListConfig)) else lr),
+                                int(scheduler.get("warmup_updates", 0)) if per_stage else None)
+
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if getattr(model, "exit_layers", None) is not None:  # the policy refuses a model it cannot decide for now,
-            self.policy.check_model(len(model.exit_layers), model.skip_gates is not None)  # not at validation
+            self.policy.check_model(len(model.exit_layers), model.active_gates is not None)  # not at validation
+        if not from_checkpoint and getattr(model, "skip_gates", None) is not None and model.active_gates is None:
+            raise UsageError(f"model.skip_threshold={model.args.skip_threshold} turns the skip gates off, an evaluation "
+                             "mode, and this run trains them", "train with model.skip_threshold below 1 (0.5, the "
+                             "authors'); evaluate with gates off by overriding it at validation")
         return model
 
     def load_dataset(self, split, combine=False, **kwargs):
@@ -152,6 +200,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         checks.check_rows(cfg.data, split, self.source_dictionary, getattr(self, "label_dictionary", None),
                           cfg.regression_target, cfg.init_token, cfg.max_positions, str(cfg.shorten_method),
                           _outer(cfg, "max_tokens", None))
+        checks.warn_unk_share(cfg.data, split, self.source_dictionary)
         return super().load_dataset(split, combine=combine, **kwargs)
 
     def build_criterion(self, cfg, from_checkpoint=False):
@@ -191,10 +240,51 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             if spec is not None:
                 self.bilevel = BilevelTraining(self._bilevel_settings(), spec["names"], spec["parametrization"],
                                                spec["group_scales"], self.cfg.d2_ratio, self.cfg.seed,
-                                               next(model.parameters()).device)
+                                               next(model.parameters()).device, self.planned_updates())
                 if self._bilevel_state is not None:
                     self.bilevel.load_state_dict(*self._bilevel_state)
         return self.bilevel
+
+    def planned_updates(self) -> Optional[int]:
+        """The updates this run will take, as fairseq's trainer stops it: ``optimization.max_update``,
+        or ``max_epoch`` x the updates of an epoch (its training batches / ``update_freq``, known once
+        the trainer built the epoch iterator), the smaller when both are set; None when neither is."""
+        max_update = _outer(self.cfg, "max_update", 0) or 0
+        max_epoch = _outer(self.cfg, "max_epoch", 0) or 0
+        by_epochs = None
+        if max_epoch > 0 and self._train_batches:
+            by_epochs = max_epoch * updates_per_epoch(self._train_batches, self._update_freq())
+        known = [n for n in (max_update if max_update > 0 else None, by_epochs) if n]
+        return min(known) if known else None
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator. That of the training split gives the updates of an epoch (its batches /
+        ``update_freq``), known here before any update runs: the run's length under ``max_epoch``
+        (:meth:`planned_updates`), and for a two-stage run the stages in updates, whose budget is
+        checked here."""
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        train = self.datasets.get(_outer(self.cfg, "train_subset", "train"))
+        if train is not None and dataset is train:
+            self._train_batches = len(itr)
+            if self.two_stage is not None:
+                self.two_stage.plan_updates(updates_per_epoch(len(itr), self._update_freq(kwargs.get("epoch", 1))))
+        return itr
+
+    def _update_freq(self, epoch: int = 1) -> int:
+        """``optimization.update_freq`` of ``epoch`` (fairseq's list holds one per epoch, the last repeated)."""
+        freq = _outer(self.cfg, "update_freq", [1]) or [1]
+        return int(freq[min(epoch, len(freq)) - 1] if isinstance(freq, (list, tuple, ListConfig)) else freq)
+
+    def learned_loss_weights(self) -> Optional[Dict[str, float]]:
+        """LeeBERT's learned loss-term weights by term name (``ce_L3``, ``kd_L3<L7``), from training or
+        as the loaded checkpoint saved them (the hub, ``fairseq-validate``); None without them."""
+        if self.bilevel is not None:
+            weights = self.bilevel.weights
+        elif self._bilevel_state is not None:
+            weights = LossWeights.from_state(self._bilevel_state[0]["weights"])
+        else:
+            return None
+        return dict(zip(weights.names, weights.weights().detach().cpu().tolist()))
 
     def _build_criterion(self, cfg, from_checkpoint=False):
         if OmegaConf.is_config(cfg):
@@ -243,7 +333,8 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad):
         model.train()
         model.set_num_updates(update_num)
-        stage = self.two_stage.before_step(model, optimizer) if self.two_stage is not None else self.stage(model)
+        stage = (self.two_stage.before_step(model, optimizer, update_num) if self.two_stage is not None
+                 else self.stage(model))
         batch, stats = sample, {}
         if self.bilevel_for(criterion, model) is not None:
             batch, stats = self._bilevel_update(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -284,11 +375,22 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def dictionaries_sha256(self) -> str:
         return checks.dictionaries_sha256(self.source_dictionary, getattr(self, "label_dictionary", None))
 
-    def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool) -> None:
+    def check_resume(self, path: str, state: dict, criterion, reset_optimizer: bool, model_cfg=None) -> None:
         """Before fairseq's trainer reads a checkpoint it resumes from or restores without resetting
         the optimizer: the same criterion (fairseq asserts it deep inside, unless the optimizer is
         reset). The fix differs: a checkpoint of this save dir is resumed with its own criterion; one
-        from elsewhere (``checkpoint.restore_file``) is started from with a fresh optimizer."""
+        from elsewhere (``checkpoint.restore_file``) is started from with a fresh optimizer. A
+        checkpoint of this save dir is also resumed with its own model settings (``model_cfg``,
+        the run's: :func:`checks.changed_model_setting`)."""
+        if model_cfg is not None and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cfg.save_dir):
+            cfg = state.get("cfg")
+            changed = checks.changed_model_setting(cfg.get("model") if hasattr(cfg, "get") else None, model_cfg)
+            if changed is not None:
+                key, saved_value, value = changed
+                raise UsageError(f"{path}, the checkpoint this run resumes, was trained with model.{key}={saved_value!r}; "
+                                 f"this run asks for model.{key}={value!r}",
+                                 f"resume with model.{key}={saved_value!r}, or start in another checkpoint.save_dir "
+                                 f"(from its weights: checkpoint.restore_file={path} checkpoint.reset_optimizer=true)")
         history = state.get("optimizer_history") or [{}]
         saved = history[-1].get("criterion_name")
         if reset_optimizer or state.get("last_optimizer_state") is None or saved is None \
@@ -348,10 +450,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             logger.warning(f"this model is in stage 1 of two-stage training (task.stage1_epochs={self.cfg.stage1_epochs}): "
                            f"its intermediate exits are not trained yet, so the exit policy {self.policy.name!r} is not "
                            f"applied; every sentence runs to the last exit"
-                           + (", skipping the layers its gates skip" if model.skip_gates is not None else "")
+                           + (", skipping the layers its gates skip" if model.active_gates is not None else "")
                            + ". Validate a stage-2 checkpoint (checkpoint_best.pt after stage 2) for early exit")
         lengths = sample["net_input"]["src_tokens"].ne(self.source_dictionary.pad()).sum(-1)
-        if policy.name == "none" and model.skip_gates is None:
+        if policy.name == "none" and model.active_gates is None:
             exit_layer = torch.full((nsentences,), num_layers, dtype=torch.long)
             layers_run = exit_layer
             exits_run = torch.full_like(exit_layer, len(model.exit_layers))
@@ -383,7 +485,29 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         logging_output["flops_full"] = float(full_model_flops(model, head, lengths).sum())
         for layer in model.exit_layers:
             logging_output[f"exit_L{layer}"] = (exit_layer == layer).sum()
+        if model.active_gates is not None and self.stage(model) == 1:
+            logging_output.update(self._gate_diagnostics(model, sample))
         return loss, sample_size, logging_output
+
+    def _gate_diagnostics(self, model, sample) -> dict:
+        """Stage 1 with gates: what the gates do on this batch, as sums the workers add up.
+
+        The gate logits ``z = logit(g)`` of every layer and sentence on the gated full-depth pass
+        (``g`` clamped to [1e-6, 1 - 1e-6], so |z| <= 13.8: a saturated sigmoid has lost the rest),
+        summed and squared for their mean and spread; and the last exit's correct answers with
+        the gates on (that pass) and off (every layer run), which tell a backbone that learned
+        the task from gates that throw its layers away."""
+        head = self.cfg.classification_head_name
+        with torch.no_grad():
+            on, extra = model(**sample["net_input"], features_only=True, classification_head_name=head)
+            off, _ = model(**sample["net_input"], features_only=True, classification_head_name=head, gates_off=True)
+        z = torch.logit(torch.stack(extra["exits"].gate_probs).float(), eps=1e-6)  # L x B
+        out = {"gate_logit_sum": z.sum(), "gate_logit_sqsum": z.pow(2).sum(), "gate_logit_n": z.numel()}
+        if not self.cfg.regression_target:
+            targets = model.get_targets(sample, [on]).view(-1)
+            out["ncorrect_gates_on"] = (on.argmax(-1) == targets).sum()
+            out["ncorrect_gates_off"] = (off.argmax(-1) == targets).sum()
+        return out
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
@@ -408,12 +532,32 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
         skipped = sum(log.get("layers_skipped", 0) for log in logging_outputs)
         if any("layers_skipped" in log for log in logging_outputs):
             metrics.log_scalar("mean_skipped", float(skipped) / nsentences, nsentences, round=3)
+        _reduce_gate_diagnostics(logging_outputs, nsentences)
         for prefix in ("exit_L", "skip_L"):
             keys = sorted({k for log in logging_outputs for k in log if k.startswith(prefix)},
                           key=lambda k: int(k[len(prefix):]))
             for key in keys:
                 count = sum(log.get(key, 0) for log in logging_outputs)
                 metrics.log_scalar(key, 100.0 * float(count) / nsentences, nsentences, round=2)
+
+
+def _reduce_gate_diagnostics(logging_outputs, nsentences: int) -> None:
+    """``gate_logit_mean`` and ``gate_logit_std`` (over layers and sentences: sqrt(E[z^2] - E[z]^2)),
+    ``last_acc_gates_on`` / ``last_acc_gates_off`` (%), when the batches carry them (stage 1 with gates)."""
+    def total(key):
+        return sum(float(log.get(key, 0)) for log in logging_outputs)
+    if any("gate_logit_n" in log for log in logging_outputs):
+        # sums over the whole validation (fairseq reduces batch by batch), the figures derived from them
+        for key in ("gate_logit_sum", "gate_logit_sqsum", "gate_logit_n"):
+            metrics.log_scalar_sum("_" + key, total(key))
+        metrics.log_derived("gate_logit_mean", lambda m: round(m["_gate_logit_sum"].sum / m["_gate_logit_n"].sum, 3))
+        metrics.log_derived("gate_logit_std", lambda m: round(max(0.0, m["_gate_logit_sqsum"].sum / m["_gate_logit_n"].sum
+                                                                  - (m["_gate_logit_sum"].sum / m["_gate_logit_n"].sum) ** 2)
+                                                              ** 0.5, 3))
+    for mode in ("on", "off"):
+        if any(f"ncorrect_gates_{mode}" in log for log in logging_outputs):
+            metrics.log_scalar(f"last_acc_gates_{mode}", 100.0 * total(f"ncorrect_gates_{mode}") / nsentences,
+                               nsentences, round=2)
 
 
 def _unwrapped(model):

@@ -20,6 +20,9 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
     cmd = [str(BIN / "python"), "scripts/benchmark.py", "--data", str(mr_bin), "--restore", "none",
            "--arch", "exit_roberta_tiny", "--methods", "full_ft", "pabee", "smartbert", "--seeds", "1",
            "--epochs", "2", "--exit-pooling", "cls", "--out", str(out), "--device", "cpu",
+           # SmartBERT's recipe (5 + 4 epochs at batch 16) shrunk to 1 soft + 1 hard + 1 stage-2 epoch of 13 updates
+           "--override", "smartbert:dataset.batch_size=32", "--override", "smartbert:task.stage1_epochs=2",
+           "--override", "smartbert:task.soft_gate_epochs=1", "--override", "smartbert:optimization.max_epoch=3",
            "--override", "smartbert:+model.skip_gate_bias=-1"]
     proc = run(cmd, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -76,6 +79,16 @@ def test_benchmark_runs_methods_and_its_points_match_fairseq_validate(mr_bin, tm
                  for m in ("pabee", "smartbert")}
     assert model_cfg["smartbert"].skip_gate_bias == -1 and model_cfg["pabee"].skip_gate_bias is None
     assert checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))["cfg"].common.cpu  # --device cpu
+    # SmartBERT's record says its recipe and the overrides that shrank it, the gates of every stage-1 epoch
+    # and the epoch the dev selection kept
+    smart_result = json.loads((out / "smartbert" / "seed1" / "result.json").read_text())
+    assert smart_result["budget"]["stage1_epochs"] == 5 and smart_result["budget"]["epochs"] == 9
+    assert "smartbert:task.stage1_epochs=2" not in smart_result["overrides"] and \
+        "task.stage1_epochs=2" in smart_result["overrides"]
+    gates = smart_result["gates"]
+    assert [e["epoch"] for e in gates["epochs"]] == [1, 2] and gates["kept_epoch"] in (1, 2)
+    assert all(len(e["skip_per_layer"]) == 4 and "last_acc_gates_off" in e for e in gates["epochs"])
+    assert "gates" not in result  # pabee has none
     # SmartBERT without an exit policy: its gates' layer speed-up, as fairseq-validate measures it
     smart = next(r for r in rows if r["method"] == "smartbert" and r["policy"] == "none")
     measured = validate(out / "smartbert" / "seed1", mr_bin, ckpt="checkpoint_last.pt")

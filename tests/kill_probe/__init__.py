@@ -8,8 +8,6 @@ just before it replaces the old one).
 import os
 import signal
 
-from fairseq import checkpoint_utils
-
 import leebert_plugin  # noqa: F401  (registers the plugin)
 from leebert_plugin.fairseq_patches import checkpoint_files
 
@@ -27,7 +25,7 @@ def _die() -> None:
 
 
 if PHASE:
-    persistent_save = checkpoint_utils._torch_persistent_save  # called with the temporary file
+    persistent_save = checkpoint_files.save_to_file  # called with the temporary file
     atomic_copy = checkpoint_files.atomic_copy
     replace = os.replace
 
@@ -54,6 +52,6 @@ if PHASE:
             _die()
         return replace(src, dst)
 
-    checkpoint_utils._torch_persistent_save = write_half_then_die
+    checkpoint_files.save_to_file = write_half_then_die
     checkpoint_files.atomic_copy = copy_half_then_die
     os.replace = die_before_replace

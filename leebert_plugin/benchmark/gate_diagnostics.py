@@ -1,0 +1,36 @@
+"""SmartBERT's gates, epoch by epoch of stage 1, from a run's training log, for its record.
+
+After every stage-1 epoch the task validates with its gates on dev and logs (``valid`` records of
+``train.log``) the share of sentences that skip each layer (``skip_L<i>``, %), the mean and
+spread of the gate logits (``gate_logit_mean`` / ``_std``), and the last exit's accuracy with the
+gates on and off (``last_acc_gates_on`` / ``_off``); at the switch, the stage-1 epoch the dev
+selection kept (``stage 2: restored ... (kept stage-1 epoch K)``). :func:`stage1_diagnostics`
+gathers them into ``result.json`` (``gates``), so a collapse (every layer skipped, the gates-on
+accuracy at chance while the gates-off one is not) reads off the record.
+"""
+import re
+from typing import Dict, List, Optional
+
+from leebert_plugin.runtime.launch import json_records
+
+FIGURES = ("gate_logit_mean", "gate_logit_std", "last_acc_gates_on", "last_acc_gates_off", "mean_skipped")
+KEPT = re.compile(r"stage 2: restored .* \(kept stage-1 epoch ([0-9]+)")  # mid-epoch: ", after N of its batches"
+
+
+def stage1_diagnostics(log: str) -> Optional[Dict]:
+    """``{"epochs": [{"epoch", FIGURES..., "skip_per_layer": [%...]}...], "kept_epoch": K}`` from a
+    training log (None: a run without gate diagnostics). A resumed run logs an epoch again after its
+    restart: the last record of each epoch is kept."""
+    epochs: Dict[int, Dict] = {}
+    for record in json_records(log, "valid"):
+        if "valid_gate_logit_mean" not in record:
+            continue
+        epoch = int(record["epoch"])
+        layers = sorted((int(k[len("valid_skip_L"):]), float(v)) for k, v in record.items()
+                        if k.startswith("valid_skip_L"))
+        epochs[epoch] = {"epoch": epoch, **{k: float(record[f"valid_{k}"]) for k in FIGURES if f"valid_{k}" in record},
+                         "skip_per_layer": [v for _, v in layers]}
+    if not epochs:
+        return None
+    kept: List[int] = [int(m.group(1)) for m in KEPT.finditer(log)]
+    return {"epochs": [epochs[e] for e in sorted(epochs)], "kept_epoch": kept[-1] if kept else None}
