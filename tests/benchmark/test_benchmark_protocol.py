@@ -312,6 +312,7 @@ def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoin
     fresh = ({"evaluation": 99, "points": old["points"], "test_oracle": old["test_oracle"]},
              Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)))
     monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: fresh)
+    monkeypatch.setattr(matrix, "write_weights", lambda *a: False)  # the stand-in checkpoint holds no weights
     monkeypatch.setattr(matrix, "VERSION", 99)
     for before, after in (({"device": "cuda"}, "cuda"), ({}, None)):
         (save / "result.json").write_text(json.dumps(dict(old, **before)))
@@ -356,6 +357,7 @@ def test_a_run_records_its_budget_and_a_run_under_another_budget_is_refused(tmp_
     monkeypatch.setattr(matrix, "train", lambda m, name, seed: launched.append(
         json.loads((m.save_dir(name, seed) / "launch.json").read_text())) or 5.0)
     monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: (fresh, outcomes))
+    monkeypatch.setattr(matrix, "write_weights", lambda *a: False)  # no real checkpoint: no weights to record
     run_matrix(m, log=lambda line: None)
     path = m.save_dir("pabee", 1) / "result.json"
     budget = {"epochs": 2, "batch_size": 32, "lr": 5e-5, "exit_pooling": "mean", "exit_lr_scale": 10.0,
@@ -428,6 +430,7 @@ def test_a_killed_run_resumes_only_as_it_was_launched(tmp_path, monkeypatch):
                                                        "finished")):
             run_matrix(other, log=lambda line: None)
     resumed = []
+    monkeypatch.setattr(matrix, "write_weights", lambda *a: False)  # no real checkpoint: no weights to record
     monkeypatch.setattr(matrix, "train", lambda *a: resumed.append(a[1:]) or 1.0)
     monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: (
         {"evaluation": VERSION, "gated": True, "points": [pt(80, 1.0, 79, 1.0, "none")]},
