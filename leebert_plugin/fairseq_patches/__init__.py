@@ -30,8 +30,8 @@ fairseq function wrapped (module here)                        what changes      
                                                               before any worker starts                     copy onto checkpoint_last/best, or no training
 ``sys.excepthook`` under fairseq's console commands           an uncaught UsageError (and fairseq's known  the error reaches the interpreter's top level as
 (command_line)                                                command-line asserts) is one line, status 1  a traceback
-``argparse.ArgumentParser.error`` under fairseq's console     a bad option value (``--exit-threshold abc``)  argparse prints fairseq's usage text (over 100
-commands (command_line)                                       is one line, status 1                        lines) and exits with status 2
+``argparse.ArgumentParser.error`` under                       a bad option value (``--exit-threshold x``)  argparse prints fairseq's usage text (over 100
+fairseq's console commands (command_line)                     is one line, status 1                        lines) and exits with status 2
 ============================================================  ===========================================  ==================================================
 
 The plugin's own checks of fairseq settings (DDP backends, precision, BMUF) are not wraps: the
