@@ -26,6 +26,7 @@ versions (a 4-layer model from scratch on the bundled 1,600 snippets, ``RUN_DIR`
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -61,11 +62,13 @@ def library_logs_to(log: Path) -> None:
 
 
 def shown(path: Path) -> str:
-    """``path`` as the commands print it: relative to the repository root when inside it."""
+    """``path`` as the commands print it: relative to the repository root when inside it. Not
+    resolved: ``.venv/bin/python`` is a link to the base interpreter, which lacks the venv's packages."""
+    path = Path(os.path.abspath(path))
     try:
-        return str(path.resolve().relative_to(ROOT))
+        return str(path.relative_to(ROOT))
     except ValueError:
-        return str(path.resolve())
+        return str(path)
 
 
 def next_steps(run: Path, checkpoint: Path, data: Path, threshold: Optional[float]) -> str:

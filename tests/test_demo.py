@@ -2,6 +2,7 @@
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_the_report_ends_with_the_next_commands_and_the_validate_one_runs(traine
     commands = [line for line in table.splitlines()[-7:] if line and not line.startswith(("#", "```"))]
     export, serve, validate_line = commands[-3:]
     assert table.rstrip().endswith("```")  # the commands are the last thing the user sees
+    assert Path(export.split()[0]).name == "python"  # the venv's interpreter, not the base one its link points to
     assert export.split()[1:] == ["-m", "leebert_plugin.export", str(checkpoint), str(mr_bin), str(tmp_path / "export"),
                                   "--overwrite"]
     assert f"from_pretrained('{tmp_path / 'export'}')" in serve and f"threshold={chosen:g}" in serve

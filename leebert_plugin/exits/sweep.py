@@ -162,8 +162,9 @@ def write_risk_tsv(result: CertifiedSweep, path: Path) -> None:
     w.writerow(RISK_COLUMNS)
     for r in result.certified.rows:
         w.writerow([f"{r.candidate.value:.6g}", r.losses, r.n, f"{r.risk:.6g}", f"{r.bound:.6g}", f"{r.p_value:.4g}",
-                        int(r.passed), f"{r.layer_speedup:.4g}",
-                        "" if r.flops_speedup is None else f"{r.flops_speedup:.4g}"])
+                    int(r.passed), f"{r.layer_speedup:.4g}",
+                    "" if r.flops_speedup is None else f"{r.flops_speedup:.4g}"])
+    write_text(path, text.getvalue())
 
 
 def write_tsv(result: Sweep, path: Path) -> None:
