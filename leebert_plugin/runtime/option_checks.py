@@ -15,7 +15,7 @@ import dataclasses
 import math
 from argparse import Namespace
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -65,6 +65,8 @@ RANGES: Dict[str, Dict[str, Range]] = {
 def _items(cfg: Any) -> Iterator[Tuple[str, Any]]:
     if isinstance(cfg, DictConfig):
         for key in cfg.keys():
+            if OmegaConf.is_interpolation(cfg, str(key)):
+                continue  # another group's option (task.lr is ${optimization.lr}): checked, and named, there
             value = OmegaConf.select(cfg, str(key), throw_on_resolution_failure=False)
             yield str(key), value
     elif isinstance(cfg, Namespace):
@@ -84,11 +86,14 @@ def _numbers(value: Any) -> Iterator[float]:
             yield from _numbers(v)
 
 
-def check_options(group: str, cfg: Any) -> None:
+def check_options(group: str, cfg: Any, skip: Iterable[str] = ()) -> None:
     """Refuse ``group.key=nan`` / ``inf`` (also inside lists such as ``optimization.lr``), and a value
-    of an option of :data:`RANGES` outside its range, in one line."""
+    of an option of :data:`RANGES` outside its range, in one line. ``skip``: keys that mirror another
+    group's option (the task's ``lr`` is ``optimization.lr``), checked and named in their own group."""
     ranges = RANGES.get(group, {})
     for key, value in _items(cfg):
+        if key in skip:
+            continue
         if isinstance(value, (DictConfig, dict, Namespace)):
             continue  # nested groups are checked as their own group
         for number in _numbers(value):

@@ -5,6 +5,7 @@ the configured exit policy, the mean number of executed layers, the layer speed-
 histogram. The exit settings are task fields, so ``fairseq-validate --exit-threshold X`` overrides
 the value saved in the checkpoint.
 """
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ class EarlyExitSentencePredictionConfig(SentencePredictionConfig):
     )
 
 
+# the task's fields that mirror another group's options (``II("optimization.lr")``): checked and named there
+MIRRORED = frozenset(f.name for f in dataclasses.fields(EarlyExitSentencePredictionConfig)
+                     if isinstance(f.default, str) and f.default.startswith("${"))
+
+
 @register_task("early_exit_sentence_prediction", dataclass=EarlyExitSentencePredictionConfig)
 class EarlyExitSentencePredictionTask(SentencePredictionTask):
     def __init__(self, cfg, data_dictionary, label_dictionary):
@@ -130,7 +136,7 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
-        check_options("task", cfg)
+        check_options("task", cfg, skip=MIRRORED)
         check_options("optimizer", _outer(cfg, "optimizer_settings", None))
         if cfg.num_classes is None or cfg.num_classes < 1:
             raise UsageError(f"num_classes={cfg.num_classes}", "set task.num_classes to the number of labels")
