@@ -81,3 +81,15 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_sep("-", "doc blocks run by the docs test")
             for line in timing_summary(config.stash[TIMINGS]):
                 terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models and many tiny tensors gain nothing from threads,
+    and on a shared machine lose much to them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

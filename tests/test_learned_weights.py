@@ -128,13 +128,7 @@ def test_a_planted_harmful_term_is_weighted_down_under_the_glue_settings():
     assert kd["kd_wrong"] == min(kd.values())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and on a shared machine loses much to them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_meta_step_moves_the_weights_by_the_exact_hypergradient():

@@ -13,13 +13,7 @@ from leebert_plugin.exits.evaluate import ExitTrace
 from leebert_plugin.exits.policies import entropy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The synthetic draws are many tiny tensors: one thread runs them, a busy pool only waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exact_cdf(k: int, n: int, p: Fraction) -> Fraction:
