@@ -11,7 +11,9 @@ from leebert_plugin.benchmark import risk_validity as rv
 from leebert_plugin.exits.calibrate import thresholds_for_levels, thresholds_from_scores
 from leebert_plugin.exits.evaluate import ExitTrace, replay, save_traces
 from leebert_plugin.exits.policies import build_policy
-from test_risk_control import TAUS, TRUE_RISK, one_thread, synthetic_trace  # noqa: F401  (one_thread: autouse here too)
+from test_risk_control import TAUS, TRUE_RISK, synthetic_trace
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("ties", [False, True])
