@@ -501,15 +501,16 @@ def test_bad_input_api_and_files(name, mr_bin, trained, plain_roberta, tmp_path)
     test_bad_input(name, mr_bin, trained, plain_roberta, tmp_path)
 
 
-@pytest.mark.xfail(reason="open (issue 34): after the one line, fairseq-hydra-train sometimes still ends in SIGABRT "
-                          "('terminate called without an active exception', status -6), seen at 84955bb; not always "
-                          "(status 1 on the api-errors branch), so not strict")
 def test_an_error_where_the_bilevel_split_is_checked_ends_with_status_1(mr_bin, tmp_path):
-    """Not only "not 0": the line was followed by SIGABRT (status 134), which scripts read as a crash."""
-    save = guarded_dir(tmp_path)
+    """Not only "not 0": the line was followed by SIGABRT (status 134) in about 1 run of 2, which
+    scripts read as a crash; three runs, so a regression is caught 7 times in 8."""
     case = CATALOGUE["leebert: D1 empty (d2_ratio=0.9999)"]
-    proc = run(command(case, {"data": str(mr_bin), "save": str(save)}))
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    for attempt in range(3):
+        (tmp_path / str(attempt)).mkdir()
+        save = guarded_dir(tmp_path / str(attempt))
+        proc = run(command(case, {"data": str(mr_bin), "save": str(save)}))
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert not (save / "leebert.lock").exists()  # the exit handlers ran before the quick exit
 
 
 def test_a_lock_naming_a_live_unrelated_pid_says_how_to_clear_it(mr_bin, tmp_path):

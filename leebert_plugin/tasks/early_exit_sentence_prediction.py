@@ -19,6 +19,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import II, ListConfig, OmegaConf, open_dict
 
+from leebert_plugin.cli import leave
 from leebert_plugin.data import checks
 from leebert_plugin.errors import UsageError
 from leebert_plugin.exits import glue_metrics
@@ -329,12 +330,13 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
 
         Only fairseq's trainer calls this, and it answers any ``Exception`` from a train step by
         writing ``crash.pt`` into the save dir: a bad input found here (an empty D2, a NaN loss)
-        leaves as ``SystemExit(line)``, so the command ends in its one line with nothing written.
+        leaves as ``SystemExit(line)`` (:func:`~leebert_plugin.cli.leave`), so the command ends in its one line
+        with nothing written.
         """
         try:
             return self._train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
         except UsageError as err:
-            raise SystemExit(str(err)) from err
+            leave(str(err))
 
     def _train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad):
         model.train()
