@@ -526,7 +526,7 @@ def test_a_lock_naming_a_live_unrelated_pid_says_how_to_clear_it(mr_bin, tmp_pat
                                                        "started": "2026-01-01 00:00:00"}))
         case = Case("train", ["optimization.max_update=2"], [])
         assert_refused(save, lambda: run(command(case, {"data": str(mr_bin), "save": str(save)})),
-                       f"pid {other.pid} on this host", "its command: sleep 300", "not a training run",
+                       f"pid {other.pid} on this host", "its command: sleep 300", "not a run of the plugin",
                        f"ps -p {other.pid} -o pid,lstart,args", f"delete {save / 'leebert.lock'}")
     finally:
         other.kill()
