@@ -285,18 +285,31 @@ def test_every_run_trains_with_the_data_s_number_of_classes(tmp_path):
         assert [a for a in m.command(method, 1) if a.startswith("task.num_classes=")] == ["task.num_classes=20"]
 
 
-def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoint(tmp_path, monkeypatch):
+def _one_finished_pabee_run(tmp_path, monkeypatch, never_evaluated: str, **record):
+    """A pabee matrix of seed 1 whose run is finished: ``result.json`` (a record at full depth,
+    updated with ``record``) and all-correct outcomes; training it again fails the test, and so does
+    evaluating it (the reason: ``never_evaluated``). Returns the matrix, its save dir, the record,
+    the outcomes and the matrix module (to patch further)."""
+    import leebert_plugin.benchmark.matrix as matrix
+
     m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
                torch.device("cpu"))
     save = m.save_dir("pabee", 1)
     save.mkdir(parents=True)
-    old = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record("pabee"),
-           "evaluation": 1, "points": [pt(80, 1.0, 79, 1.0, "none")], "test_oracle": {"layer_speedup": 2.0}}
-    (save / "result.json").write_text(json.dumps(old))
-    Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16)).save(save / "outcomes.npz")
-    import leebert_plugin.benchmark.matrix as matrix
+    record = dict({"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [],
+                   "budget": m.budget_record("pabee"), "points": [pt(80, 1.0, 79, 1.0, "none")]}, **record)
+    outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
+    (save / "result.json").write_text(json.dumps(record))
+    outcomes.save(save / "outcomes.npz")
     monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a run without its checkpoint was re-evaluated"))
+    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail(never_evaluated))
+    return m, save, record, outcomes, matrix
+
+
+def test_a_committed_record_of_an_older_evaluation_is_kept_without_its_checkpoint(tmp_path, monkeypatch):
+    m, save, old, _, matrix = _one_finished_pabee_run(tmp_path, monkeypatch, "a run without its checkpoint was "
+                                                      "re-evaluated", evaluation=1,
+                                                      test_oracle={"layer_speedup": 2.0})
     said = []
     runs = run_matrix(m, log=said.append)
     assert runs["pabee"][0].result == old and "kept as evaluation 1 scored it" in said[0] and len(said) == 1
@@ -447,19 +460,9 @@ def test_a_killed_run_resumes_only_as_it_was_launched(tmp_path, monkeypatch):
 
 
 def test_a_current_record_without_traces_gets_them_only_if_they_give_it_exactly(tmp_path, monkeypatch):
-    m = Matrix(tmp_path, tmp_path / "out", ["pabee"], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
-               torch.device("cpu"))
-    save = m.save_dir("pabee", 1)
-    save.mkdir(parents=True)
-    record = {"method": "pabee", "seed": 1, "train_seconds": 9.0, "overrides": [], "budget": m.budget_record("pabee"),
-              "evaluation": VERSION, "gated": False,
-              "points": [dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])]}
-    outcomes = Outcomes(np.arange(3), np.ones((1, 3), dtype=bool), np.ones((1, 3), dtype=np.int16))
-    (save / "result.json").write_text(json.dumps(record))
-    outcomes.save(save / "outcomes.npz")
-    import leebert_plugin.benchmark.matrix as matrix
-    monkeypatch.setattr(matrix, "train", lambda *a: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(matrix, "evaluate", lambda *a, **k: pytest.fail("a current run was evaluated again"))
+    m, save, record, outcomes, matrix = _one_finished_pabee_run(
+        tmp_path, monkeypatch, "a current run was evaluated again", evaluation=VERSION, gated=False,
+        points=[dict(pt(80, 1.0, 79, 1.0, "none"), thresholds=[0.1, 0.2])])
     traced, written = [], []
     monkeypatch.setattr(matrix, "traces_of", lambda ckpt, data, device: traced.append(ckpt) or {"traces": ckpt})
     monkeypatch.setattr(matrix, "save_traces", lambda path, traces: written.append((path, traces)))
