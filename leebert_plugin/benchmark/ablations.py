@@ -34,8 +34,8 @@ from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.errors import UsageError
 
-CLO_ONLY = ("~optimizer.mode", "~optimizer.w_lr", "~optimizer.w_weight_decay", "~optimizer.w_betas",
-            "~optimizer.w_update_interval", "~optimizer.xi", "~optimizer.fd_eps")  # keys exit_adam lacks
+CLO_ONLY = ("~optimizer.mode", "~optimizer.w_travel", "~optimizer.w_weight_decay", "~optimizer.w_betas",
+            "~optimizer.w_update_interval", "~optimizer.xi", "~optimizer.fd_eps")  # the config's keys exit_adam lacks
 
 
 @dataclass(frozen=True)

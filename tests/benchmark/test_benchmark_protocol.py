@@ -620,3 +620,33 @@ def test_the_summary_names_runs_an_older_evaluation_scored():
     assert f"pabee seed 2 (evaluation {GATED_SINCE})" in line and "not like for like" in line
     assert "seed 1" not in line
     assert line in summary({"pabee": [ok, stale]}, "header", reps=10)
+
+
+@pytest.mark.parametrize("variant", [v for vs in ABLATIONS.values() for v in vs], ids=lambda v: v.name)
+def test_every_variant_composes_with_its_method_s_config(variant, tmp_path):
+    """What hydra and fairseq do with a variant's command, on its method's yaml: a ``~key`` must
+    name a key the yaml sets to a value (hydra refuses to delete a null or absent key: the fixed
+    weights variant failed so once ``w_lr`` became null), and after a switch of optimizer every key
+    left in the yaml's optimizer section must be one of the new optimizer's fields (fairseq
+    refuses the others)."""
+    import dataclasses
+
+    import yaml
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+
+    from helpers import ROOT
+
+    m = Matrix(tmp_path, tmp_path / "out", [variant.name], [1], Budget(2), 100, "exit_bert_tiny", 4, None,
+               torch.device("cpu"), variants={variant.name: variant})
+    argv = m.command(variant.name, 1)
+    cfg = yaml.safe_load((ROOT / "configs" / f"{argv[argv.index('--config-name') + 1]}.yaml").read_text())
+    for override in argv[argv.index("--config-name") + 2:]:  # the recipe's, then the variant's
+        key, _, value = override.lstrip("~+").partition("=")
+        group, _, field = key.partition(".")
+        if override.startswith("~"):
+            assert cfg.get(group, {}).get(field) is not None, f"{override}: hydra cannot delete a null or absent key"
+            del cfg[group][field]
+        elif "$" not in value:
+            cfg.setdefault(group, {})[field] = yaml.safe_load(value)
+    fields = {f.name for f in dataclasses.fields(OPTIMIZER_DATACLASS_REGISTRY[cfg["optimizer"]["_name"]])}
+    assert set(cfg["optimizer"]) <= fields, set(cfg["optimizer"]) - fields
