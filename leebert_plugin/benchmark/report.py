@@ -97,8 +97,10 @@ class Target:
 COMPARISONS = (
     ("leebert", At("layers", 1.5), "pabee", At("layers", 1.5)),
     ("leebert", At("layers", 2.0), "pabee", At("layers", 2.0)),
+    ("leebert", At("layers", 3.0), "pabee", At("layers", 3.0)),  # where the fronts part (issue 38)
     ("leebert", At("layers", 2.0), "deebert", At("layers", 2.0)),
     ("leebert", At("layers", 2.0), "smartbert", At("layers", 2.0)),
+    ("smartbert", At("layers", 2.0), "pabee", At("layers", 2.0)),
     ("leebert", FULL, "full_ft", FULL),
     ("leebert", At("layers", 1.9), "full_ft", FULL),
     ("pabee", At("layers", 1.5), "full_ft", FULL),
@@ -112,6 +114,8 @@ TARGETS = (
            "leebert", At("layers", 1.9), "full_ft", FULL, floor=-0.3),
     Target("LeeBERT at least 0.5 points above PABEE at 2x, interval excluding 0",
            "leebert", At("layers", 2.0), "pabee", At("layers", 2.0), floor=0.0, beat=True, mean_floor=0.5),
+    Target("LeeBERT at least 1 point above PABEE at 3x, interval excluding 0",
+           "leebert", At("layers", 3.0), "pabee", At("layers", 3.0), floor=0.0, beat=True, mean_floor=1.0),
     Target("LeeBERT at least 0.5 points above DeeBERT at 2x, interval excluding 0",
            "leebert", At("layers", 2.0), "deebert", At("layers", 2.0), floor=0.0, beat=True, mean_floor=0.5),
     Target("SmartBERT at >= 2x FLOPs with at most 1 point of drop from full fine-tuning trained as its backbone "
