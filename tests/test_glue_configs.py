@@ -17,7 +17,7 @@ def test_committed_configs_match_the_generator(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for path in GLUE:
         shutil.copy(path, tmp_path / path.name)
-    (tmp_path / "rte_leebert.yaml").write_text((tmp_path / "rte_leebert.yaml").read_text().replace("w_travel: 3.0", "w_travel: 2.0"))
+    (tmp_path / "rte_leebert.yaml").write_text((tmp_path / "rte_leebert.yaml").read_text().replace("w_lr: null", "w_lr: 0.1"))
     (tmp_path / "wnli_deebert.yaml").unlink()
     assert write_or_check(tmp_path, check=True) == ["rte_leebert.yaml", "wnli_deebert.yaml"]  # hand edits are caught
     assert len(GLUE) == len(list(names())) == 34  # 9 tasks x 4 methods, no two-stage STS-B

@@ -34,8 +34,11 @@ from typing import Dict, List, Sequence, Tuple
 
 from leebert_plugin.errors import UsageError
 
-CLO_ONLY = ("~optimizer.mode", "~optimizer.w_travel", "~optimizer.w_weight_decay", "~optimizer.w_betas",
-            "~optimizer.w_update_interval", "~optimizer.xi", "~optimizer.fd_eps")  # the config's keys exit_adam lacks
+# The config's keys that exit_adam lacks, deleted when a variant switches to it. hydra cannot delete a
+# key whose value is null (it reports that the key does not exist), so ``w_lr: null`` is set first.
+CLO_ONLY = ("~optimizer.mode", "optimizer.w_lr=0", "~optimizer.w_lr", "~optimizer.w_travel",
+            "~optimizer.w_weight_decay", "~optimizer.w_betas", "~optimizer.w_update_interval", "~optimizer.xi",
+            "~optimizer.fd_eps")
 
 
 @dataclass(frozen=True)

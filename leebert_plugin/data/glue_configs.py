@@ -71,7 +71,7 @@ METHODS = {
         "criterion": {"_name": "leebert", "distill": "lae", "temperature": 1.0, "kd_weight": 1.0,
                       "exit_weighting": "uniform", "learn_weights": True,
                       "weight_parametrization": "group_softmax"},
-        "optimizer": {"_name": "clo", "mode": "clo", "w_travel": 3.0, "w_weight_decay": 1e-3,
+        "optimizer": {"_name": "clo", "mode": "clo", "w_lr": None, "w_travel": 3.0, "w_weight_decay": 1e-3,
                       "w_betas": "(0.5,0.999)", "w_update_interval": 10, "xi": -1.0, "fd_eps": 0.01},
     },
 }
@@ -133,10 +133,6 @@ def render(task: str, method: str) -> str:
             "leebert_plugin/data/glue_configs.py; edit that, not this file.\n# Needs task.data=<TASK>-bin and checkpoint.restore_file=<roberta.base>/model.pt "
             "(absolute paths);\n# trains on the GPU(s) fairseq finds, else on the CPU "
             "(common.cpu=true forces the CPU).\n")
-    if method == "leebert":  # left out of the file: hydra cannot delete a null key (~optimizer.w_lr), which
-        # switching to another optimizer (optimizer._name=exit_adam) needs for every key that optimizer lacks
-        head += ("# optimizer.w_lr is unset: the loss weights' learning rate is w_travel / the run's meta steps "
-                 "(optim/bilevel.py);\n# optimizer.w_lr=<rate> fixes it.\n")
     return head + yaml.safe_dump(build(task, method), sort_keys=False, default_flow_style=False)
 
 
