@@ -254,12 +254,12 @@ def across_tables(columns: Dict[str, Dict[str, List[Run]]]) -> List[str]:
     return lines
 
 
-ABLATION_POINTS = (FULL, At("layers", 2.0))
+ABLATION_POINTS = (FULL, At("layers", 2.0), At("layers", 3.0))  # 3x: where LeeBERT's and PABEE's fronts part
 
 
 def ablation_comparisons(by_seed: Dict[str, Dict[int, Run]], variants: Sequence[Variant],
                          reps: int = 2000) -> List[Comparison]:
-    """Each variant against its method at the recipe's defaults, at full depth and at 2x."""
+    """Each variant against its method at the recipe's defaults, at full depth, 2x and 3x."""
     return [compare(by_seed[v.name], by_seed[v.method], at, at, reps) for v in variants
             if v.name in by_seed and v.method in by_seed for at in ABLATION_POINTS]
 

@@ -594,7 +594,7 @@ def test_ablations_compare_each_variant_with_its_method():
                    variants=[variant, Variant("missing", "pabee", ())])
     rows = text.split("Ablations:")[1].splitlines()
     assert [r.split(" | ")[:2] for r in rows if r.startswith("| leebert-x")] == [
-        ["| leebert-x - pabee", "full depth"], ["| leebert-x - pabee", "2x"]]
+        ["| leebert-x - pabee", "full depth"], ["| leebert-x - pabee", "2x"], ["| leebert-x - pabee", "3x"]]
     assert "leebert-x better" in next(r for r in rows if "| 2x |" in r)
     assert not any("missing" in r for r in rows)
     # the targets of the method a variant stands in for ("leebert" here: its variant of "leebert"),
