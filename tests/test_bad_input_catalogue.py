@@ -96,9 +96,6 @@ CATALOGUE: Dict[str, Case] = {
     "smartbert: learned weights (clo) with two stages": Case(
         "train", [*SMARTBERT, "+criterion.learn_weights=true", "optimizer._name=clo"],
         ["for one-stage training", "task.stage1_epochs=0"], "mr_smartbert"),
-    "leebert: clo with a criterion that learns no weights": Case(
-        "train", [*LEEBERT_SHORT, "criterion.learn_weights=false"], ["clo optimizer learns loss-term weights",
-                                                                     "criterion.learn_weights=true"], "mr_leebert"),
     "smartbert: stage 2 without a stage-1 checkpoint": Case(
         "train", [*SMARTBERT_SHORT, "checkpoint.no_save=true", "optimization.max_epoch=2"],
         ["stage 2 needs a stage-1 checkpoint"], "mr_smartbert"),

@@ -83,6 +83,19 @@ def test_resume_mid_epoch_continues_exactly(mr_bin, tmp_path):
     torch.testing.assert_close(wb["optimizer"]["state"][0]["exp_avg"], wa["optimizer"]["state"][0]["exp_avg"])
 
 
+def test_fixed_weights_on_a_leebert_config_need_only_learn_weights_false(mr_bin, tmp_path):
+    """LeeBERT's terms at fixed weights from its own config, clo left in place: the run trains as
+    under exit_adam (no meta step, no D1/D2 split, no learned weights saved) and says so."""
+    proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *SHORT,
+                       "criterion.learn_weights=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the loss-term weights stay at their start, no meta step" in proc.stdout + proc.stderr
+    train = json_records(proc.stdout, "train_inner")
+    assert len(train) == 6 and all("hypergrad_norm" not in r and "w_ce_L1" not in r for r in train)
+    assert all("kd_L1<L4" in r for r in train)  # LeeBERT's terms, at their fixed weights
+    assert weights_record(tmp_path / "checkpoint_last.pt") is None
+
+
 def test_clo_without_the_early_exit_task(mr_bin, tmp_path):
     """fairseq's own sentence_prediction task would never train the learned weights: refuse."""
     cfg = yaml.safe_load((ROOT / "configs" / "mr_leebert.yaml").read_text())

@@ -224,9 +224,13 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             raise UsageError("learned loss-term weights (clo) are for one-stage training; with task.stage1_epochs > 0 "
                              "the terms change at the switch", "set criterion.learn_weights=false, or task.stage1_epochs=0")
         if not learns and self._bilevel_settings() is not None:
-            raise UsageError(f"the clo optimizer learns loss-term weights, and criterion {cfg._name} has none to learn",
-                             "use a criterion with criterion.learn_weights=true (leebert has it by default), "
-                             "or optimizer._name=exit_adam")
+            # LeeBERT's terms at fixed weights (or PABEE's): clo is exit_adam plus the meta step, and
+            # the meta step has nothing to learn, so the run is exit_adam's (no D1/D2 split). Refusing
+            # would send the user to optimizer._name=exit_adam, which also means deleting every clo
+            # key of the config (hydra cannot merge them into exit_adam's).
+            logger.warning("criterion.learn_weights=false under the clo optimizer: the loss-term weights stay at "
+                           "their start, no meta step; the model trains as under exit_adam "
+                           "(criterion.learn_weights=true learns them)")
         return criterion
 
     def _bilevel_settings(self):
