@@ -52,6 +52,7 @@ from leebert_plugin.benchmark.matrix import (
 from leebert_plugin.benchmark.plots import plot, plot_ablations, plot_rules
 from leebert_plugin.benchmark.recipe import METHODS, Budget
 from leebert_plugin.benchmark.report import across_tables, summary
+from leebert_plugin.benchmark.gate_diagnostics import gate_table
 from leebert_plugin.benchmark.weights import spread_table, write_weight_figures
 from leebert_plugin.data.checks import label_count
 from leebert_plugin.runtime.devices import add_device_argument, resolve_device
@@ -131,6 +132,9 @@ def main() -> None:
     weights = weight_records(m, list(shown_runs))  # the runs that learn their loss weights
     if weights:
         text += "\n## Learned loss weights at the end of training\n\n" + spread_table(weights)
+    gates = gate_table({name: [(r.seed, r.result.get("gates")) for r in rs] for name, rs in shown_runs.items()})
+    if gates:
+        text += "\n## SmartBERT's gates over stage 1 (dev, mean over seeds)\n\n" + gates
     with files_of(out, "summary.md"):  # one invocation writes the summaries at a time; each file whole
         write_points(shown_runs, out / "points.tsv")
         write_text(out / "summary.md", text)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from leebert_plugin.benchmark.gate_diagnostics import stage1_diagnostics
+from leebert_plugin.benchmark.gate_diagnostics import gate_table, stage1_diagnostics
 from leebert_plugin.benchmark.matrix import Matrix
 from leebert_plugin.benchmark.recipe import DEEBERT, METHODS, SMARTBERT, Budget, TwoStageRecipe, overrides
 
@@ -101,3 +101,14 @@ def test_stage_1_gate_diagnostics_are_read_off_the_training_log():
     assert d["epochs"][0] == {"epoch": 1, "gate_logit_mean": 0.1, "gate_logit_std": 0.5, "last_acc_gates_on": 60.0,
                               "last_acc_gates_off": 70.0, "mean_skipped": 1.5, "skip_per_layer": [100.0, 50.0]}
     assert stage1_diagnostics(LOG.split("\n")[-1]) is None  # a run without gates
+
+
+def test_the_gate_table_averages_each_stage_1_epoch_over_the_seeds_that_logged_it():
+    one = stage1_diagnostics(LOG)
+    two = {"epochs": [dict(one["epochs"][1], mean_skipped=1.5, skip_per_layer=[75.0, 25.0])], "kept_epoch": None}
+    table = gate_table({"smartbert": [(1, one), (2, two), (3, None)], "pabee": [(1, None)]})
+    rows = [r for r in table.splitlines() if r.startswith("| smartbert")]
+    assert rows == ["| smartbert | 1 | 1 | 1.50 | 100 / 50 | 0.10 ± 0.50 | 60.00 | 70.00 |",
+                    "| smartbert | 2 | 2 | 1.00 | 50 / 25 | -1.00 ± 2.00 | 80.00 | 81.00 |"]
+    assert "- smartbert: the dev selection kept stage-1 epoch 2 (seed 1), - (seed 2)" in table
+    assert "pabee" not in table and gate_table({"pabee": [(1, None)]}) == ""

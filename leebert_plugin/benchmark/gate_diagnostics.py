@@ -9,7 +9,8 @@ gathers them into ``result.json`` (``gates``), so a collapse (every layer skippe
 accuracy at chance while the gates-off one is not) reads off the record.
 """
 import re
-from typing import Dict, List, Optional
+import statistics
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from leebert_plugin.runtime.launch import json_records
 
@@ -34,3 +35,39 @@ def stage1_diagnostics(log: str) -> Optional[Dict]:
         return None
     kept: List[int] = [int(m.group(1)) for m in KEPT.finditer(log)]
     return {"epochs": [epochs[e] for e in sorted(epochs)], "kept_epoch": kept[-1] if kept else None}
+
+
+def gate_table(records: Mapping[str, Sequence[Tuple[int, Optional[Dict]]]]) -> str:
+    """A markdown table of the stage-1 gate diagnostics (:func:`stage1_diagnostics`, each run's
+    ``result.json`` ``gates``) of every run name: per stage-1 epoch, the mean over the seeds that
+    logged it of the layers skipped per sentence, the skip share of each layer (%), the gate
+    logits' mean and spread, and the last exit's dev accuracy with the gates on and off; then the
+    epoch the dev selection kept, seed by seed. Empty when no run has diagnostics."""
+    rows: List[str] = []
+    kept_lines: List[str] = []
+    for name, seeded in records.items():
+        seeded = [(seed, gates) for seed, gates in seeded if gates]
+        if not seeded:
+            continue
+        numbers = sorted({e["epoch"] for _, gates in seeded for e in gates["epochs"]})
+        for number in numbers:
+            rows_of = [e for _, gates in seeded for e in gates["epochs"] if e["epoch"] == number]
+
+            def mean(key: str) -> str:
+                values = [e[key] for e in rows_of if key in e]
+                return f"{statistics.mean(values):.2f}" if values else "-"
+
+            width = max(len(e["skip_per_layer"]) for e in rows_of)
+            skip = " / ".join(f"{statistics.mean(e['skip_per_layer'][i] for e in rows_of if i < len(e['skip_per_layer'])):.0f}"
+                              for i in range(width))
+            rows.append(f"| {name} | {number} | {len(rows_of)} | {mean('mean_skipped')} | {skip} | "
+                        f"{mean('gate_logit_mean')} ± {mean('gate_logit_std')} | {mean('last_acc_gates_on')} | "
+                        f"{mean('last_acc_gates_off')} |")
+        kept_lines.append(f"- {name}: the dev selection kept stage-1 epoch " + ", ".join(
+            f"{gates.get('kept_epoch') if gates.get('kept_epoch') is not None else '-'} (seed {seed})"
+            for seed, gates in seeded))
+    if not rows:
+        return ""
+    return "\n".join(["| run | stage-1 epoch | seeds | layers skipped per sentence | skip share per layer, % (layer 1 / 2 / ...) "
+                      "| gate logit mean ± spread | last exit's dev acc, gates on | gates off |",
+                      "|---|---|---|---|---|---|---|---|", *rows, "", *kept_lines]) + "\n"
