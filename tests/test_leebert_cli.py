@@ -89,10 +89,20 @@ def test_fixed_weights_on_a_leebert_config_need_only_learn_weights_false(mr_bin,
     proc = hydra_train("mr_leebert", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", *SHORT,
                        "criterion.learn_weights=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "the loss-term weights stay at their start, no meta step" in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("the loss-term weights stay at their start, no meta step") == 1
     train = json_records(proc.stdout, "train_inner")
     assert len(train) == 6 and all("hypergrad_norm" not in r and "w_ce_L1" not in r for r in train)
     assert all("kd_L1<L4" in r for r in train)  # LeeBERT's terms, at their fixed weights
+    assert weights_record(tmp_path / "checkpoint_last.pt") is None
+
+
+def test_pabee_under_clo_trains_as_under_exit_adam(mr_bin, tmp_path):
+    """multi_exit learns no weights: clo has nothing to learn and says so, the run trains."""
+    proc = hydra_train("mr_multi_exit", f"task.data={mr_bin}", f"checkpoint.save_dir={tmp_path}", "optimizer._name=clo",
+                       "optimization.max_update=3", "dataset.disable_validation=true", "common.log_interval=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "criterion multi_exit with learn_weights=false under the clo optimizer" in proc.stdout + proc.stderr
+    assert len(json_records(proc.stdout, "train_inner")) == 3
     assert weights_record(tmp_path / "checkpoint_last.pt") is None
 
 

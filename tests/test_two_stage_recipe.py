@@ -112,3 +112,6 @@ def test_the_gate_table_averages_each_stage_1_epoch_over_the_seeds_that_logged_i
                     "| smartbert | 2 | 2 | 1.00 | 50 / 25 | -1.00 ± 2.00 | 80.00 | 81.00 |"]
     assert "- smartbert: the dev selection kept stage-1 epoch 2 (seed 1), - (seed 2)" in table
     assert "pabee" not in table and gate_table({"pabee": [(1, None)]}) == ""
+    mixed = gate_table({"s": [(1, {"epochs": [{"epoch": 1, "mean_skipped": 1.0, "skip_per_layer": [10.0, 20.0]}]}),
+                              (2, {"epochs": [{"epoch": 1, "skip_per_layer": [10.0, 20.0, 30.0]}]}), (3, {})]})
+    assert "| s | 1 | 2 | 1.00 | - | - ± - | - | - |" in mixed  # depths differ: no per-layer mean by position

@@ -49,17 +49,19 @@ def gate_table(records: Mapping[str, Sequence[Tuple[int, Optional[Dict]]]]) -> s
         seeded = [(seed, gates) for seed, gates in seeded if gates]
         if not seeded:
             continue
-        numbers = sorted({e["epoch"] for _, gates in seeded for e in gates["epochs"]})
+        numbers = sorted({e["epoch"] for _, gates in seeded for e in gates.get("epochs", [])})
         for number in numbers:
-            rows_of = [e for _, gates in seeded for e in gates["epochs"] if e["epoch"] == number]
+            rows_of = [e for _, gates in seeded for e in gates.get("epochs", []) if e["epoch"] == number]
 
             def mean(key: str) -> str:
                 values = [e[key] for e in rows_of if key in e]
                 return f"{statistics.mean(values):.2f}" if values else "-"
 
-            width = max(len(e["skip_per_layer"]) for e in rows_of)
-            skip = " / ".join(f"{statistics.mean(e['skip_per_layer'][i] for e in rows_of if i < len(e['skip_per_layer'])):.0f}"
-                              for i in range(width))
+            depths = {len(e.get("skip_per_layer", [])) for e in rows_of} - {0}
+            # one depth per run name (its seeds share the arch); should two differ, the layers are
+            # not averaged by position but left out
+            skip = (" / ".join(f"{statistics.mean(e['skip_per_layer'][i] for e in rows_of if e.get('skip_per_layer')):.0f}"
+                               for i in range(depths.pop())) if len(depths) == 1 else "-")
             rows.append(f"| {name} | {number} | {len(rows_of)} | {mean('mean_skipped')} | {skip} | "
                         f"{mean('gate_logit_mean')} ± {mean('gate_logit_std')} | {mean('last_acc_gates_on')} | "
                         f"{mean('last_acc_gates_off')} |")

@@ -228,9 +228,10 @@ class EarlyExitSentencePredictionTask(SentencePredictionTask):
             # the meta step has nothing to learn, so the run is exit_adam's (no D1/D2 split). Refusing
             # would send the user to optimizer._name=exit_adam, which also means deleting every clo
             # key of the config (hydra cannot merge them into exit_adam's).
-            logger.warning("criterion.learn_weights=false under the clo optimizer: the loss-term weights stay at "
-                           "their start, no meta step; the model trains as under exit_adam "
-                           "(criterion.learn_weights=true learns them)")
+            learnable = self.cfg.stage1_epochs == 0  # learned weights are for one-stage training (above)
+            logger.warning(f"criterion {cfg._name} with learn_weights=false under the clo optimizer: the loss-term "
+                           "weights stay at their start, no meta step; the model trains as under exit_adam"
+                           + (" (criterion.learn_weights=true learns them)" if learnable else ""))
         return criterion
 
     def _bilevel_settings(self):
