@@ -334,5 +334,8 @@ def target_lines(by_seed: Dict[str, Dict[int, Run]], checks: Sequence, reps: int
                 outcome = f"no verdict under {VERDICT_SEEDS} seeds"
             else:
                 outcome = "met" if t.met(c.over_seeds) else "MISSED"  # not reached in some seed: missed
+                mean = c.over_seeds.mean if c.over_seeds is not NOT_REACHED else float("nan")
+                if outcome == "MISSED" and mean < t.mean_floor and f"{mean:.2f}" == f"{t.mean_floor:.2f}":  # shown as the floor
+                    outcome += f" (mean {mean:.4f}, under {t.mean_floor:g})"
             lines.append(f"- {who}{t.text}: {c.over_seeds} over {len(c.seeds)} seeds -> {outcome}")
     return lines

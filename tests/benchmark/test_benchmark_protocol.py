@@ -20,6 +20,7 @@ from leebert_plugin.benchmark.recipe import Budget
 from leebert_plugin.benchmark.plots import plot_ablations
 from leebert_plugin.benchmark.report import (
     TARGETS, Run, across_tables, compare, evaluation_line, mean_point, realised_speedup, summary,
+    target_lines,
 )
 from leebert_plugin.benchmark.stats import NOT_REACHED, Interval, paired_bootstrap, seed_interval, t975
 from leebert_plugin.errors import UsageError
@@ -246,6 +247,15 @@ def test_matrices_side_by_side_pair_within_each_column(tmp_path):
     back = read_records(tmp_path / "1k")
     assert {n: [r.seed for r in rs] for n, rs in back.items()} == {"leebert": [1, 2, 10], "pabee": [1, 2, 10]}
     assert back["pabee"][2].result["points"] == columns["1k"]["pabee"][1].result["points"]  # seed 10's record
+
+
+def test_a_mean_shown_rounded_onto_a_target_s_floor_is_spelled_out():
+    """+0.50 [+0.15, +0.85] -> MISSED reads as a contradiction: the line gives the unrounded mean."""
+    lee, pab = two_methods([0.5, 0.5, 0.5, 0.5, 0.4875], n=8000)
+    (line,) = target_lines({"leebert": lee, "pabee": pab}, [(TARGETS[1], "leebert")], reps=0)
+    assert ": +0.50 [" in line and line.endswith("-> MISSED (mean 0.4975, under 0.5)"), line
+    lee, pab = two_methods([0.4875] * 4 + [0.4625], n=8000)  # shown as +0.48: no note
+    assert target_lines({"leebert": lee, "pabee": pab}, [(TARGETS[1], "leebert")], reps=0)[0].endswith("-> MISSED")
 
 
 def test_noisy_differences_are_ties_and_targets_follow_their_rule():
