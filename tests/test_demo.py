@@ -10,7 +10,7 @@ from helpers import run, validate
 from leebert_plugin.runtime.launch import json_records
 from leebert_plugin import demo
 from leebert_plugin.errors import UsageError
-from leebert_plugin.runtime.launch import train_with_progress
+from leebert_plugin.runtime.launch import ATTEMPT_MARK, train_with_progress
 
 
 def test_report_chooses_on_dev_and_its_full_depth_row_is_fairseq_validates(trained, mr_bin, tmp_path, monkeypatch):
@@ -40,6 +40,21 @@ def test_train_with_progress_logs_everything_and_counts_updates(tmp_path, capfd)
     assert code == 3 and seconds > 0
     assert log.count("num_updates") == 3 and "stderr line" in log
     assert "15/15" in capfd.readouterr().err  # the bar reached its total
+
+
+def test_a_resumed_attempt_appends_to_the_log_and_keeps_what_the_killed_one_logged(tmp_path):
+    """The benchmark and the main job resume a killed run in its save dir: the first attempt's
+    records (SmartBERT's stage-1 gate records among them) must survive the second attempt."""
+    def attempt(epoch: int) -> str:
+        return f"print('[x][valid][INFO] - {{\"epoch\": {epoch}, \"valid_gate_logit_mean\": \"0.5\"}}')"
+
+    log = tmp_path / "train.log"
+    assert train_with_progress([sys.executable, "-c", attempt(1)], log, 1, "probe")[0] == 0
+    assert ATTEMPT_MARK not in log.read_text()  # a first attempt has no mark
+    assert train_with_progress([sys.executable, "-c", attempt(2)], log, 1, "probe")[0] == 0
+    text = log.read_text()
+    assert [int(r["epoch"]) for r in json_records(text, "valid")] == [1, 2]
+    assert text.count(ATTEMPT_MARK) == 1 and text.index(ATTEMPT_MARK) < text.index('"epoch": 2')
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and user_dir/ live there
 BIN = Path(sys.executable).parent  # fairseq's console scripts sit beside this Python
+ATTEMPT_MARK = "===== train_with_progress: a new attempt (fairseq resumes from the save dir's checkpoint, if any)"
 
 
 def quiet_env(base: Optional[Dict[str, str]] = None, **extra: str) -> Dict[str, str]:
@@ -91,12 +92,20 @@ def train_with_progress(cmd: List[str], log: Path, total_updates: int, desc: str
                         env: Optional[Dict[str, str]] = None, cwd: Path = ROOT) -> Tuple[int, float]:
     """Run a fairseq training command with its whole output in ``log`` and a progress bar of its
     updates on stderr (tqdm over the ``num_updates`` of fairseq's json stat lines, so it needs
-    ``--log-format json``); returns the exit status and the wall-clock seconds."""
+    ``--log-format json``); returns the exit status and the wall-clock seconds.
+
+    The log is appended to, after a line that marks the new attempt: the callers resume a killed
+    run from its save dir, and what the earlier attempt logged (SmartBERT's gate records of the
+    epochs it finished, the losses before the kill) is part of that run's record."""
     from tqdm import tqdm
 
     start = time.monotonic()
-    with open(log, "w") as out, tqdm(total=total_updates, desc=desc, unit="update", leave=True,
+    earlier = log.is_file() and log.stat().st_size > 0
+    with open(log, "a") as out, tqdm(total=total_updates, desc=desc, unit="update", leave=True,
                                      dynamic_ncols=True, file=sys.stderr) as bar:
+        if earlier:
+            out.write(f"{ATTEMPT_MARK}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            out.flush()
         proc = subprocess.Popen(cmd, cwd=cwd, env=quiet_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         for line in proc.stdout:
