@@ -57,6 +57,31 @@ def test_a_resumed_attempt_appends_to_the_log_and_keeps_what_the_killed_one_logg
     assert text.count(ATTEMPT_MARK) == 1 and text.index(ATTEMPT_MARK) < text.index('"epoch": 2')
 
 
+def test_a_killed_attempt_has_logged_every_line_its_run_printed(tmp_path):
+    """A session's end kills the benchmark (SIGKILL, no flush): every line the training printed
+    before must already be in the log, the last stage-1 epoch's gate record too."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    log = tmp_path / "train.log"
+    child = ("import time; [print('[x][valid][INFO] - {\"epoch\": %d, \"valid_gate_logit_mean\": \"0.5\"}' % e, "
+             "flush=True) for e in (1, 2, 3)]; time.sleep(60)")
+    parent = (f"import sys; from leebert_plugin.runtime.launch import train_with_progress; "
+              f"train_with_progress([sys.executable, '-c', {child!r}], __import__('pathlib').Path({str(log)!r}), 1, 'probe')")
+    proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and '"epoch": 3' not in (log.read_text() if log.is_file() else ""):
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its training, as a session's end does
+        proc.wait()
+    assert [int(r["epoch"]) for r in json_records(log.read_text(), "valid")] == [1, 2, 3]
+
+
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
     demo.same_settings(tmp_path, {"train_rows": 6000, "epochs": 1, "seed": 1})
     demo.same_settings(tmp_path, {"train_rows": 6000, "epochs": 1, "seed": 1})  # the same: goes on

@@ -96,12 +96,14 @@ def train_with_progress(cmd: List[str], log: Path, total_updates: int, desc: str
 
     The log is appended to, after a line that marks the new attempt: the callers resume a killed
     run from its save dir, and what the earlier attempt logged (SmartBERT's gate records of the
-    epochs it finished, the losses before the kill) is part of that run's record."""
+    epochs it finished, the losses before the kill) is part of that run's record. It is written
+    line by line (``buffering=1``): a session's end kills this process without a flush, and a block
+    buffer then lost the last lines of the attempt, a stage-1 epoch's gate record among them."""
     from tqdm import tqdm
 
     start = time.monotonic()
     earlier = log.is_file() and log.stat().st_size > 0
-    with open(log, "a") as out, tqdm(total=total_updates, desc=desc, unit="update", leave=True,
+    with open(log, "a", buffering=1) as out, tqdm(total=total_updates, desc=desc, unit="update", leave=True,
                                      dynamic_ncols=True, file=sys.stderr) as bar:
         if earlier:
             out.write(f"{ATTEMPT_MARK}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
