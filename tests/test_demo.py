@@ -1,7 +1,11 @@
 """The main job's pieces (leebert_plugin/demo.py) on the tiny trained model, and the training progress bar."""
 import logging
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,16 +64,11 @@ def test_a_resumed_attempt_appends_to_the_log_and_keeps_what_the_killed_one_logg
 def test_a_killed_attempt_has_logged_every_line_its_run_printed(tmp_path):
     """A session's end kills the benchmark (SIGKILL, no flush): every line the training printed
     before must already be in the log, the last stage-1 epoch's gate record too."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     log = tmp_path / "train.log"
     child = ("import time; [print('[x][valid][INFO] - {\"epoch\": %d, \"valid_gate_logit_mean\": \"0.5\"}' % e, "
              "flush=True) for e in (1, 2, 3)]; time.sleep(60)")
-    parent = (f"import sys; from leebert_plugin.runtime.launch import train_with_progress; "
-              f"train_with_progress([sys.executable, '-c', {child!r}], __import__('pathlib').Path({str(log)!r}), 1, 'probe')")
+    parent = (f"import sys; from pathlib import Path; from leebert_plugin.runtime.launch import train_with_progress; "
+              f"train_with_progress([sys.executable, '-c', {child!r}], Path({str(log)!r}), 1, 'probe')")
     proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
